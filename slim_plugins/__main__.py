@@ -1,0 +1,5 @@
+import sys
+
+from slim_plugins.cli import main
+
+sys.exit(main())

@@ -1,0 +1,179 @@
+"""Start-up hook, run by ``slim_plugins.pth`` in every interpreter of the environment.
+
+It must cost next to nothing: it reads ``sys.argv`` and the environment, takes the
+slim-plugins options out of ``sys.argv`` (so the train script's own parser never sees them),
+records them in the environment (so child processes, e.g. the workers started by
+``paddle.distributed.launch``, are activated too) and installs an import watcher. Nothing
+heavier (pluggy, paddle) is imported until a watched suite module is imported.
+"""
+import json
+import os
+import sys
+
+ENV_PLUGINS = "SLIM_PLUGINS"  # comma list: "prune,no:other"
+ENV_OPTIONS = "SLIM_PLUGINS_OPTIONS"  # JSON: {"prune": {"eval_metric_loss": "0.05"}}
+ENV_CONFIG = "SLIM_PLUGINS_CONFIG"  # path of a YAML file with a `plugins:` section
+ENV_DISABLE = "SLIM_PLUGINS_DISABLE"  # "1": the start-up hook does nothing at all
+ENV_NO_AUTOLOAD = "SLIM_PLUGINS_DISABLE_AUTOLOAD"  # "1": entry points are not loaded
+
+# Suite modules whose import brings in the adapter that drives them. Third-party adapters add
+# theirs through `Adapter.modules` once the session exists.
+WATCHED = {
+    "paddle.hapi.model": "slim_plugins.adapters.builtin",
+}
+
+_booted = False
+
+
+def _truthy(value):
+    return str(value).strip().lower() in {"1", "true", "yes", "on"}
+
+
+def split_argv(argv, plugin_names=()):
+    """Take slim-plugins options out of ``argv``.
+
+    Returns ``(rest, plugins, options, config)``: ``plugins`` the ``--plugin`` values in order
+    (``no:NAME`` kept as is), ``options`` ``{plugin: {key: raw string}}`` from ``--NAME.KEY VALUE``
+    or ``--NAME.KEY=VALUE`` for the plugins named, ``config`` the ``--plugin-config`` path.
+    """
+    rest, plugins, options, config = [], [], {}, None
+    argv = list(argv)
+    named = set(plugin_names)
+    # first pass: plugin names, so that `--prune.x` before `--plugin prune` is understood too
+    for i, token in enumerate(argv):
+        if token == "--plugin" and i + 1 < len(argv):
+            named.add(argv[i + 1].split(":")[-1])
+        elif token.startswith("--plugin="):
+            named.add(token.split("=", 1)[1].split(":")[-1])
+    i = 0
+    while i < len(argv):
+        token = argv[i]
+        value_next = i + 1 < len(argv)
+        if token in ("--plugin", "--plugin-config") and value_next:
+            if token == "--plugin":
+                plugins.append(argv[i + 1])
+            else:
+                config = argv[i + 1]
+            i += 2
+            continue
+        if token.startswith("--plugin="):
+            plugins.append(token.split("=", 1)[1])
+        elif token.startswith("--plugin-config="):
+            config = token.split("=", 1)[1]
+        elif token.startswith("--") and "." in token.split("=", 1)[0]:
+            head = token[2:].split("=", 1)
+            plugin, _, key = head[0].partition(".")
+            if plugin in named and key:
+                if len(head) == 2:
+                    value = head[1]
+                elif value_next:
+                    value = argv[i + 1]
+                    i += 1
+                else:
+                    value = "true"
+                options.setdefault(plugin, {})[key.replace("-", "_")] = value
+            else:
+                rest.append(token)
+        else:
+            rest.append(token)
+        i += 1
+    return rest, plugins, options, config
+
+
+def export_to_environment(plugins, options, config, environ=None):
+    """Record an activation so child processes inherit it."""
+    environ = os.environ if environ is None else environ
+    if plugins:
+        known = [p for p in environ.get(ENV_PLUGINS, "").split(",") if p]
+        environ[ENV_PLUGINS] = ",".join(known + [p for p in plugins if p not in known])
+    if options:
+        merged = json.loads(environ.get(ENV_OPTIONS) or "{}")
+        for plugin, values in options.items():
+            merged.setdefault(plugin, {}).update(values)
+        environ[ENV_OPTIONS] = json.dumps(merged)
+    if config:
+        environ[ENV_CONFIG] = os.path.abspath(config)
+
+
+class _Watcher:
+    """A meta-path finder that calls back after a watched module has executed."""
+
+    def __init__(self):
+        self.callbacks = {}
+
+    def watch(self, module_name, callback):
+        if module_name in sys.modules:
+            callback(sys.modules[module_name])
+        else:
+            self.callbacks.setdefault(module_name, []).append(callback)
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname not in self.callbacks:
+            return None
+        for finder in sys.meta_path:
+            if finder is self or not hasattr(finder, "find_spec"):
+                continue
+            spec = finder.find_spec(fullname, path, target)
+            if spec is not None:
+                break
+        else:
+            return None
+        loader = spec.loader
+        if loader is None or not hasattr(loader, "exec_module"):
+            return spec
+        callbacks = self.callbacks.pop(fullname)
+        original = loader.exec_module
+
+        class _Loader:
+            def __getattr__(self, name):
+                return getattr(loader, name)
+
+            def create_module(self, spec):
+                return loader.create_module(spec)
+
+            def exec_module(self, module):
+                original(module)
+                for callback in callbacks:
+                    callback(module)
+
+        spec.loader = _Loader()
+        return spec
+
+
+watcher = _Watcher()
+
+
+def _on_suite_import(adapter_module):
+    def callback(_module):
+        try:
+            from slim_plugins.session import get_session
+
+            get_session().install_adapter_module(adapter_module)
+        except Exception as exc:
+            # Asked for: fail loudly. Not asked for: never break an unrelated paddle program.
+            if os.environ.get(ENV_PLUGINS) or os.environ.get(ENV_CONFIG):
+                raise
+            sys.stderr.write(f"slim-plugins: not active in this process ({type(exc).__name__}: {exc})\n")
+
+    return callback
+
+
+def boot(argv=None, environ=None):
+    """Entry of the start-up hook; safe to call more than once."""
+    global _booted
+    environ = os.environ if environ is None else environ
+    if _booted or _truthy(environ.get(ENV_DISABLE, "")):
+        return
+    _booted = True
+    import zlib  # noqa: F401  Paddle 2.6's libpaddle exports an old zlib: load Python's first.
+
+    argv = sys.argv if argv is None else argv
+    if any(t.startswith("--plugin") or (t.startswith("--") and "." in t) for t in argv[1:]):
+        rest, plugins, options, config = split_argv(argv[1:])
+        if plugins or options or config:
+            argv[1:] = rest
+            export_to_environment(plugins, options, config, environ)
+    for module_name, adapter_module in WATCHED.items():
+        watcher.watch(module_name, _on_suite_import(adapter_module))
+    if watcher not in sys.meta_path:
+        sys.meta_path.insert(0, watcher)

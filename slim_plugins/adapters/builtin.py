@@ -1,0 +1,123 @@
+"""The builtin adapter: any script that trains with Paddle's high-level API (``paddle.Model``).
+
+Patches ``paddle.Model.fit`` (fires ``slim_before_train`` before the first epoch, and
+``slim_after_train``), ``Model.save`` (``slim_on_checkpoint_save``) and ``Model.load``
+(``slim_before_load_weights``). The metric is the first of ``Model.prepare(metrics=...)``,
+evaluated with ``Model.evaluate`` on the ``eval_data`` given to ``fit``.
+"""
+import functools
+import inspect
+
+from slim_plugins.adapters import Adapter
+from slim_plugins.hooks import hookimpl
+from slim_plugins.run import Metric
+
+_RUN_ATTR = "_slim_run"
+
+
+class HapiAdapter(Adapter):
+    name = "builtin"
+    modules = ("paddle.hapi.model",)
+    description = "Paddle high-level API: paddle.Model.fit / evaluate / save / load"
+
+    def matches(self, imported_modules):
+        return "paddle" in imported_modules
+
+    # ------------------------------------------------------------------ patching
+    def install(self, session):
+        from paddle.hapi.model import Model
+
+        from slim_plugins.session import get_session
+
+        if getattr(Model.fit, "_slim_patched", False):
+            return
+        adapter = self
+        fit, save, load = Model.fit, Model.save, Model.load
+        fit_signature = inspect.signature(fit)
+
+        @functools.wraps(fit)
+        def patched_fit(model_self, *args, **kwargs):
+            bound = fit_signature.bind(model_self, *args, **kwargs)
+            bound.apply_defaults()
+            run = adapter.run_for(get_session(), model_self)
+            run.state["fit_args"] = dict(bound.arguments)
+            if not run.state.get("before_train_fired"):
+                run.state["before_train_fired"] = True
+                adapter.fire(run, "slim_before_train")
+            result = fit(model_self, *args, **kwargs)
+            adapter.fire(run, "slim_after_train")
+            return result
+
+        @functools.wraps(save)
+        def patched_save(model_self, path, training=True):
+            run = adapter.run_for(get_session(), model_self)
+            if not training:
+                adapter.fire(run, "slim_before_export", path=path)
+            result = save(model_self, path, training)
+            if training:
+                adapter.fire(run, "slim_on_checkpoint_save", path=path)
+            return result
+
+        @functools.wraps(load)
+        def patched_load(model_self, path, *args, **kwargs):
+            run = adapter.run_for(get_session(), model_self)
+            adapter.fire(run, "slim_before_load_weights", path=path)
+            return load(model_self, path, *args, **kwargs)
+
+        for patched in (patched_fit, patched_save, patched_load):
+            patched._slim_patched = True
+        Model.fit, Model.save, Model.load = patched_fit, patched_save, patched_load
+
+    def run_for(self, session, hapi_model):
+        run = getattr(hapi_model, _RUN_ATTR, None)
+        if run is None:
+            run = self.new_run(session, handle=hapi_model)
+            object.__setattr__(hapi_model, _RUN_ATTR, run)
+        return run
+
+    # ------------------------------------------------------------------ what it exposes
+    def model(self, run):
+        return run.handle.network
+
+    def optimizer(self, run):
+        return getattr(run.handle, "_optimizer", None)
+
+    def train_loader(self, run):
+        return run.state.get("fit_args", {}).get("train_data")
+
+    def eval_loader(self, run):
+        return run.state.get("fit_args", {}).get("eval_data")
+
+    def metric(self, run):
+        hapi = run.handle
+        args = run.state.get("fit_args", {})
+        eval_data = args.get("eval_data")
+        metrics = getattr(hapi, "_metrics", None) or []
+        if eval_data is None or not metrics:
+            return None
+        name = metrics[0].name()
+        name = name[0] if isinstance(name, (list, tuple)) else name
+        batch_size = args.get("batch_size", 1)
+        num_workers = args.get("num_workers", 0)
+
+        def evaluate(max_batches=None):
+            result = hapi.evaluate(eval_data, batch_size=batch_size, verbose=0,
+                                   num_workers=num_workers, num_iters=max_batches)
+            value = result[name]
+            return float(value[0] if isinstance(value, (list, tuple)) else value)
+
+        return Metric(name, evaluate)
+
+    def input_spec(self, run):
+        return getattr(run.handle, "_inputs", None) or None
+
+    def save_dir(self, run):
+        return run.state.get("fit_args", {}).get("save_dir") or None
+
+
+adapter = HapiAdapter()
+
+
+@hookimpl
+def slim_register_adapters(register):
+    register(adapter)

@@ -1,0 +1,162 @@
+"""Plugin options: declared by plugins, given by users on the command line, in YAML or Python."""
+import json
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Optional, Sequence
+
+from slim_plugins.errors import OptionError
+
+
+def to_bool(value):
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in {"1", "true", "yes", "on"}:
+        return True
+    if text in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError(f"{value!r} is not a boolean (use true or false)")
+
+
+def to_list(item_type=str):
+    """Converter for lists: accepts a list, JSON/YAML ``[a, b]`` or ``a,b``."""
+
+    def convert(value):
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                value = json.loads(text)
+            else:
+                value = [v for v in text.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            value = [value]
+        return [item_type(v.strip() if isinstance(v, str) else v) for v in value]
+
+    convert.__name__ = f"list[{getattr(item_type, '__name__', item_type)}]"
+    return convert
+
+
+def to_mapping(value_type=float):
+    """Converter for ``{glob: value}``: a dict, JSON, or ``glob=value,glob=value``."""
+
+    def convert(value):
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("{"):
+                value = json.loads(text)
+            else:
+                pairs = [p for p in text.split(",") if p.strip()]
+                value = {}
+                for pair in pairs:
+                    if "=" not in pair and ":" not in pair:
+                        raise ValueError(f"{pair!r} is not 'name=value'")
+                    key, _, val = pair.replace(":", "=", 1).partition("=")
+                    value[key.strip()] = val.strip()
+        if not isinstance(value, dict):
+            raise ValueError(f"{value!r} is not a mapping of name to value")
+        return {str(k): value_type(v) for k, v in value.items()}
+
+    convert.__name__ = f"dict[str, {getattr(value_type, '__name__', value_type)}]"
+    return convert
+
+
+def optional(convert):
+    def wrapped(value):
+        if value is None or (isinstance(value, str) and value.strip().lower() in {"", "none", "null"}):
+            return None
+        return convert(value)
+
+    wrapped.__name__ = f"{getattr(convert, '__name__', convert)} | None"
+    return wrapped
+
+
+@dataclass
+class Option:
+    plugin: str
+    name: str
+    type: Callable[[Any], Any]
+    default: Any
+    help: str
+    choices: Optional[Sequence[Any]] = None
+
+    def convert(self, value, source):
+        try:
+            converted = self.type(value) if value is not None or self.default is not None else None
+        except (TypeError, ValueError) as exc:
+            raise OptionError(
+                f"option {self.name}={value!r} (from {source}) is invalid: {exc}",
+                plugin=self.plugin,
+                hint=f"{self.name} takes {getattr(self.type, '__name__', self.type)}: {self.help}",
+            ) from None
+        if self.choices is not None and converted not in self.choices:
+            raise OptionError(
+                f"option {self.name}={value!r} (from {source}) is not one of {list(self.choices)}",
+                plugin=self.plugin,
+                hint=f"choose one of {', '.join(map(str, self.choices))}",
+            )
+        return converted
+
+
+class Options:
+    """Declared options of every plugin, and the values users gave."""
+
+    def __init__(self):
+        self.declared: Dict[str, Dict[str, Option]] = {}
+        # plugin -> key -> (value, source); later sources override earlier ones
+        self.given: Dict[str, Dict[str, tuple]] = {}
+
+    def register(self, plugin, name, type=str, default=None, help="", choices=None):
+        self.declared.setdefault(plugin, {})[name] = Option(plugin, name, type, default, help, choices)
+
+    def give(self, plugin, values, source):
+        """Record user values; they are validated when the plugin asks for its config."""
+        slot = self.given.setdefault(plugin, {})
+        for key, value in (values or {}).items():
+            slot[str(key).replace("-", "_")] = (value, source)
+
+    def config(self, plugin):
+        declared = self.declared.get(plugin, {})
+        given = self.given.get(plugin, {})
+        unknown = sorted(set(given) - set(declared))
+        if unknown:
+            key = unknown[0]
+            raise OptionError(
+                f"unknown option {key!r} (from {given[key][1]})",
+                plugin=plugin,
+                hint="valid options: " + (", ".join(sorted(declared)) or "none"),
+            )
+        values = {}
+        for name, option in declared.items():
+            if name in given:
+                value, source = given[name]
+                values[name] = option.convert(value, source)
+            else:
+                values[name] = option.default
+        return PluginConfig(plugin, values, {k: v[1] for k, v in given.items()})
+
+
+class PluginConfig:
+    """Read-only typed view of one plugin's options: ``config.eval_metric_loss``."""
+
+    def __init__(self, plugin, values, sources):
+        object.__setattr__(self, "_plugin", plugin)
+        object.__setattr__(self, "_values", dict(values))
+        object.__setattr__(self, "_sources", dict(sources))
+
+    def __getattr__(self, name):
+        try:
+            return self._values[name]
+        except KeyError:
+            raise AttributeError(f"plugin {self._plugin!r} has no option {name!r}") from None
+
+    def __setattr__(self, name, value):
+        raise AttributeError("plugin configs are read-only")
+
+    def source(self, name):
+        """Where a value came from (``--prune.x``, ``config.yml``, ``python``), or ``default``."""
+        return self._sources.get(name, "default")
+
+    def as_dict(self):
+        return dict(self._values)
+
+    def __repr__(self):
+        return f"PluginConfig({self._plugin!r}, {self._values!r})"

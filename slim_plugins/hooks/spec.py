@@ -1,0 +1,165 @@
+"""Hook specifications of slim-plugins.
+
+Two kinds of hooks:
+
+* **What an adapter exposes** (``slim_model`` ... ``slim_world``): query hooks answered by the
+  adapter that owns the run (``run.adapter``); the first non-None result wins, so a plugin may
+  answer before an adapter to override one piece.
+* **Lifecycle events** (``slim_before_train`` ... ``slim_before_export``): fired by an adapter
+  from its suite's own entry points; every implementation is called.
+
+Call every hook with keyword arguments. Implementations may take a subset of the arguments.
+"""
+from slim_plugins.hooks import hookspec
+
+# --------------------------------------------------------------------------------------------
+# set-up
+
+
+@hookspec(historic=True)
+def slim_add_options(register):
+    """Declare the configuration keys of a plugin.
+
+    :param register: ``register(plugin, name, type, default, help, choices=None)``. ``type`` is a
+        callable that converts a string from the command line (``float``, ``int``, ``str``,
+        ``bool``, ``list`` ...). Unknown keys given by a user are rejected with the list of
+        declared ones.
+
+    Historic: an implementation registered late is still called. Fires once per session.
+    """
+
+
+@hookspec(historic=True)
+def slim_register_adapters(register):
+    """Contribute adapters.
+
+    :param register: ``register(adapter)`` with an :class:`slim_plugins.adapters.Adapter`.
+
+    Historic. Fires when the session starts; adapters from entry points register here.
+    """
+
+
+# --------------------------------------------------------------------------------------------
+# what an adapter exposes; ``run`` is a :class:`slim_plugins.run.TrainingRun`
+
+
+@hookspec(firstresult=True)
+def slim_model(run):
+    """The network being trained: a ``paddle.nn.Layer``, not a ``DataParallel`` wrapper.
+
+    :param run: the training run.
+    :returns: the layer, or None if this implementation does not own ``run``.
+
+    Stops at the first non-None result.
+    """
+
+
+@hookspec(firstresult=True)
+def slim_optimizer(run):
+    """The optimizer of the run, if it exists yet (pruning prunes its accumulators too).
+
+    :returns: a ``paddle.optimizer.Optimizer`` or None. Stops at the first non-None result.
+    """
+
+
+@hookspec(firstresult=True)
+def slim_train_loader(run):
+    """The training data: an iterable of batches in the suite's own format.
+
+    :returns: the loader or None. Stops at the first non-None result.
+    """
+
+
+@hookspec(firstresult=True)
+def slim_eval_loader(run):
+    """The evaluation data: an iterable of batches in the suite's own format.
+
+    :returns: the loader or None. Stops at the first non-None result.
+    """
+
+
+@hookspec(firstresult=True)
+def slim_metric(run):
+    """How to score the current model with the suite's own metric.
+
+    :returns: a :class:`slim_plugins.run.Metric` whose ``evaluate(max_batches=None)`` returns a
+        float where higher is better (mAP, hmean, accuracy), or None. Stops at the first
+        non-None result.
+    """
+
+
+@hookspec(firstresult=True)
+def slim_input_spec(run):
+    """The inputs the model is traced with.
+
+    :returns: a list of ``paddle.static.InputSpec`` (batch dimension may be None/-1) or None.
+        Stops at the first non-None result.
+    """
+
+
+@hookspec(firstresult=True)
+def slim_forward_inputs(run, batch_size):
+    """Dummy inputs for one forward pass, for models whose ``forward`` takes no plain tensor list
+    (e.g. a dict of image, scale factor and image shape).
+
+    :param batch_size: the batch size wanted.
+    :returns: the positional arguments of ``model(*args)`` as a list, or None to build them
+        from :func:`slim_input_spec`. Stops at the first non-None result.
+    """
+
+
+@hookspec(firstresult=True)
+def slim_save_dir(run):
+    """Where the run writes checkpoints; plugins write their artifacts here.
+
+    :returns: a directory path or None. Stops at the first non-None result.
+    """
+
+
+@hookspec(firstresult=True)
+def slim_world(run):
+    """The process's place in a distributed run.
+
+    :returns: ``(rank, world_size)`` or None. Stops at the first non-None result; the default
+        reads ``PADDLE_TRAINER_ID`` / ``PADDLE_TRAINERS_NUM``.
+    """
+
+
+# --------------------------------------------------------------------------------------------
+# lifecycle events, in the order they fire
+
+
+@hookspec
+def slim_before_load_weights(run, path):
+    """Weights are about to be loaded into ``run.model`` from ``path`` (train resume, eval,
+    export, or plain load). Plugins that change shapes rebuild them here.
+
+    :param path: the checkpoint prefix or file the suite loads from.
+
+    Fires before every weight load the adapter sees, in every process.
+    """
+
+
+@hookspec
+def slim_before_train(run):
+    """The model, optimizer and data exist and training is about to start: the place to change
+    the model (prune). Fires once per run, before data-parallel wrapping and EMA where the
+    suite allows, on every rank.
+    """
+
+
+@hookspec
+def slim_on_checkpoint_save(run, path):
+    """The suite has just saved a checkpoint under ``path`` (prefix without extension).
+    Plugins write their side files next to it.
+    """
+
+
+@hookspec
+def slim_before_export(run, path):
+    """The model is about to be exported for inference to ``path``."""
+
+
+@hookspec
+def slim_after_train(run):
+    """Training returned normally. Plugins write their reports here."""

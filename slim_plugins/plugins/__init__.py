@@ -1,0 +1,1 @@
+"""Plugins shipped with slim-plugins, one package each."""

@@ -1,0 +1,64 @@
+"""The prune plugin: see what can be pruned, analyse sensitivities, choose ratios, prune before
+training, and keep the pruned shapes through checkpoints, eval, export and resume.
+
+Switched on with ``--plugin prune``, a ``plugins: {prune: ...}`` config section, or
+``slim_plugins.enable("prune", ...)``. Its plan keeping (``slim_before_load_weights``,
+``slim_on_checkpoint_save``) works whenever the plugin is not blocked, so the suite's eval and
+export commands need no option to load a pruned checkpoint.
+"""
+from slim_plugins.config import optional, to_bool, to_list, to_mapping
+from slim_plugins.hooks import hookimpl
+from slim_plugins.plugins.prune.sensitivity import DEFAULT_RATIOS
+
+NAME = "prune"
+
+OPTIONS = (
+    ("ratios", optional(to_mapping(float)), None,
+     "fixed ratios {glob: ratio} on structured parameter names (or PaddleSlim global names)"),
+    ("eval_metric_loss", optional(float), None,
+     "choose per group the largest ratio whose relative metric loss stays under this budget"),
+    ("pruned_flops", optional(float), None,
+     "choose ratios from the sensitivities so that this fraction of FLOPs is removed"),
+    ("criterion", str, "l1_norm", "filter importance: l1_norm, l2_norm or fpgm"),
+    ("skip", to_list(str), [], "globs of groups never to prune"),
+    ("align", optional(int), None, "round kept channels to a multiple of this"),
+    ("sen_file", optional(str), None, "sensitivity file (default: <save_dir>/sensitivities.json)"),
+    ("sen_ratios", to_list(float), list(DEFAULT_RATIOS), "ratios the sensitivity analysis tries"),
+    ("sen_loss_cap", optional(float), None,
+     "stop a group's analysis after the first ratio whose loss exceeds this "
+     "(default: eval_metric_loss when that is how ratios are chosen)"),
+    ("sen_batches", optional(int), None, "evaluate only the first N eval batches in the analysis"),
+    ("action", str, "prune", "prune (then train), show (print groups and exit) or analyze (exit after analysis)"),
+    ("report", optional(str), None, "report JSON path (default: <save_dir>/prune_report.json)"),
+    ("plot", to_bool, True, "write PNG plots next to the sensitivity file"),
+)
+CHOICES = {"criterion": ("l1_norm", "l2_norm", "fpgm"), "action": ("prune", "show", "analyze")}
+
+
+@hookimpl
+def slim_add_options(register):
+    for name, type_, default, help_ in OPTIONS:
+        register(NAME, name, type_, default, help_, CHOICES.get(name))
+
+
+@hookimpl
+def slim_before_load_weights(run, path):
+    from slim_plugins.plugins.prune.workflow import replay_for_checkpoint
+
+    replay_for_checkpoint(run, path)
+
+
+@hookimpl
+def slim_before_train(run):
+    if not run.session.is_enabled(NAME):
+        return
+    from slim_plugins.plugins.prune.workflow import PruneWorkflow
+
+    PruneWorkflow(run, run.plugin_config(NAME)).execute()
+
+
+@hookimpl
+def slim_on_checkpoint_save(run, path):
+    from slim_plugins.plugins.prune.workflow import save_plan_with_checkpoint
+
+    save_plan_with_checkpoint(run, path)

@@ -1,0 +1,89 @@
+"""FLOPs, parameters and latency of a dygraph model, measured with forward hooks."""
+import time
+
+import numpy as np
+import paddle
+import paddle.nn as nn
+
+
+def _conv_flops(layer, out):
+    weight = layer.weight
+    kernel = int(np.prod(weight.shape[1:]))  # in/groups * kh * kw
+    return int(np.prod(out.shape)) * (kernel + (1 if layer.bias is not None else 0))
+
+
+def _linear_flops(layer, out):
+    return int(np.prod(out.shape)) * int(layer.weight.shape[0])
+
+
+def _norm_flops(layer, out):
+    return 2 * int(np.prod(out.shape))
+
+
+_COUNTERS = [
+    ((nn.Conv1D, nn.Conv2D, nn.Conv3D, nn.Conv1DTranspose, nn.Conv2DTranspose, nn.Conv3DTranspose), _conv_flops),
+    ((nn.Linear,), _linear_flops),
+    ((nn.BatchNorm1D, nn.BatchNorm2D, nn.BatchNorm3D, nn.BatchNorm, nn.LayerNorm, nn.GroupNorm), _norm_flops),
+]
+
+
+def flops_by_layer(model, inputs):
+    """Multiply-accumulate count per sublayer for one forward pass of ``inputs`` (batch 1 is
+    the convention; the numbers are for the batch given). Layers called twice count twice."""
+    counts = {}
+    handles = []
+
+    def hook_for(name, fn):
+        def hook(layer, _inputs, output):
+            out = output[0] if isinstance(output, (list, tuple)) else output
+            counts[name] = counts.get(name, 0) + fn(layer, out)
+
+        return hook
+
+    for name, layer in model.named_sublayers():
+        for types, fn in _COUNTERS:
+            if isinstance(layer, types):
+                handles.append(layer.register_forward_post_hook(hook_for(name, fn)))
+                break
+    was_training = model.training
+    model.eval()
+    try:
+        with paddle.no_grad():
+            model(*inputs)
+    finally:
+        for h in handles:
+            h.remove()
+        if was_training:
+            model.train()
+    return counts
+
+
+def flops(model, inputs):
+    return int(sum(flops_by_layer(model, inputs).values()))
+
+
+def parameters(model):
+    """Trainable parameter count (BN running statistics excluded)."""
+    return int(sum(int(np.prod(p.shape)) for p in model.parameters() if not p.stop_gradient))
+
+
+def latency_ms(model, inputs, repeat=20, warmup=3):
+    """Median milliseconds of one forward pass of ``inputs`` (one batch) on the current device."""
+    was_training = model.training
+    model.eval()
+    times = []
+    try:
+        with paddle.no_grad():
+            for i in range(warmup + repeat):
+                start = time.perf_counter()
+                out = model(*inputs)
+                if isinstance(out, (list, tuple)):
+                    out = out[0]
+                if hasattr(out, "numpy"):
+                    out.numpy()
+                if i >= warmup:
+                    times.append((time.perf_counter() - start) * 1000)
+    finally:
+        if was_training:
+            model.train()
+    return float(np.median(times))

@@ -1,0 +1,82 @@
+"""Tables and PNG plots of the prune workflow."""
+import os
+
+from slim_plugins.text import table
+
+
+def human(n):
+    n = float(n)
+    for unit in ("", "K", "M", "G", "T"):
+        if abs(n) < 1000:
+            return f"{n:.3g}{unit}"
+        n /= 1000
+    return f"{n:.3g}P"
+
+
+def before_after_table(before, after, metric_name):
+    """``before``/``after``: dicts with params, flops, latency_ms, metric (any may be missing)."""
+    rows = []
+    for key, label, fmt in (("params", "parameters", human), ("flops", "FLOPs", human),
+                            ("latency_ms", "latency / batch (ms)", lambda v: f"{v:.2f}"),
+                            ("metric", metric_name, lambda v: f"{v:.4f}")):
+        b, a = before.get(key), after.get(key)
+        if b is None and a is None:
+            continue
+        change = f"{(a - b) / b:+.1%}" if (a is not None and b) else ""
+        rows.append([label, fmt(b) if b is not None else "-", fmt(a) if a is not None else "-", change])
+    return table(rows, ["", "before", "after", "change"])
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_sensitivities(sensitivities, path, metric_name="metric", budget=None):
+    """Loss against pruning ratio, one line per group."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 5), dpi=100)
+    for group, losses in sorted(sensitivities.items()):
+        if losses:
+            xs, ys = zip(*sorted(losses.items()))
+            ax.plot(xs, ys, marker="o", markersize=3, label=group)
+    if budget is not None:
+        ax.axhline(budget, color="red", linestyle="--", linewidth=1, label=f"budget {budget:g}")
+    ax.set_xlabel("pruning ratio (fraction of channels removed)")
+    ax.set_ylabel(f"relative {metric_name} loss")
+    ax.set_title("Sensitivity of each prunable group")
+    ax.grid(alpha=0.3)
+    if len(sensitivities) <= 16:
+        ax.legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def plot_flops_vs_budget(points, path, metric_name="metric", chosen=None):
+    """Pruned FLOPs fraction against the metric-loss budget (PaddleX's slim_visualize view).
+
+    :param points: list of ``(budget, pruned_fraction)``.
+    """
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=100)
+    xs, ys = zip(*points) if points else ((), ())
+    ax.plot(xs, [100 * y for y in ys], marker="o", markersize=3)
+    if chosen is not None:
+        ax.axvline(chosen, color="red", linestyle="--", linewidth=1, label=f"chosen {chosen:g}")
+        ax.legend()
+    ax.set_xlabel(f"eval_metric_loss (relative {metric_name} loss budget)")
+    ax.set_ylabel("pruned FLOPs (%)")
+    ax.set_title("FLOPs removed for a given loss budget")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path

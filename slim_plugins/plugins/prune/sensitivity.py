@@ -1,0 +1,235 @@
+"""Sensitivity analysis: prune each group alone at each ratio, score with the suite's metric.
+
+The file is JSON, rewritten atomically (temp file + rename) after every evaluation, so a crash
+at any moment loses at most the evaluation in flight, and a restart recomputes nothing recorded.
+"""
+import datetime
+import hashlib
+import json
+import os
+import tempfile
+import time
+
+import numpy as np
+
+from slim_plugins.errors import SensitivityFileError
+from slim_plugins.progress import Progress
+
+FORMAT = "slim-plugins/sensitivity"
+VERSION = 1
+DEFAULT_RATIOS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+
+
+def ratio_key(ratio):
+    return f"{float(ratio):.4g}"
+
+
+def architecture_fingerprint(model):
+    """Structured names and shapes of every parameter."""
+    h = hashlib.sha256()
+    for name, param in model.named_parameters():
+        h.update(f"{name}:{list(param.shape)};".encode())
+    return "sha256:" + h.hexdigest()[:32]
+
+
+def weights_fingerprint(model):
+    from slim_plugins import compat
+
+    h = hashlib.sha256()
+    for name, param in model.named_parameters():
+        h.update(name.encode())
+        h.update(np.ascontiguousarray(compat.numpy_of(param)).tobytes())
+    return "sha256:" + h.hexdigest()[:32]
+
+
+def relative_loss(baseline, metric):
+    """Relative drop of a higher-is-better metric; 0 when the baseline is 0."""
+    if baseline == 0:
+        return 0.0 if metric >= 0 else 1.0
+    return (baseline - metric) / abs(baseline)
+
+
+def write_json_atomic(path, data):
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=directory)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=1, sort_keys=False)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+class SensitivityFile:
+    """The sensitivity records of one model, metric and criterion."""
+
+    def __init__(self, path, data):
+        self.path = path
+        self.data = data
+
+    # ---------------------------------------------------------------- creation
+    @classmethod
+    def new(cls, path, *, model_fingerprint, weights, metric, criterion, max_batches):
+        now = _now()
+        data = {
+            "format": FORMAT, "version": VERSION,
+            "model_fingerprint": model_fingerprint, "weights_fingerprint": weights,
+            "metric": {"name": metric, "baseline": None, "seconds": None, "max_batches": max_batches},
+            "criterion": criterion, "created": now, "updated": now, "groups": {},
+        }
+        return cls(path, data)
+
+    @classmethod
+    def load(cls, path):
+        try:
+            with open(path) as f:
+                data = json.load(f)
+        except json.JSONDecodeError as exc:
+            raise SensitivityFileError(f"{path} is not valid JSON ({exc})", plugin="prune",
+                                       hint="delete it or point prune.sen_file elsewhere") from None
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            raise SensitivityFileError(
+                f"{path} is not a slim-plugins sensitivity file", plugin="prune",
+                hint="import PaddleSlim pickles with `slim-plugins sens import`")
+        return cls(path, data)
+
+    @classmethod
+    def open(cls, path, *, model_fingerprint, weights, metric, criterion, max_batches):
+        """Load ``path`` if it exists and belongs to this model/metric/criterion, else start one."""
+        if not os.path.exists(path):
+            return cls.new(path, model_fingerprint=model_fingerprint, weights=weights, metric=metric,
+                           criterion=criterion, max_batches=max_batches)
+        found = cls.load(path)
+        found.check(model_fingerprint=model_fingerprint, weights=weights, metric=metric,
+                    criterion=criterion, max_batches=max_batches)
+        return found
+
+    def check(self, *, model_fingerprint, weights, metric, criterion, max_batches):
+        d = self.data
+        problems = []
+        if d.get("model_fingerprint") not in (None, model_fingerprint):
+            problems.append(f"it was made on another model architecture ({d['model_fingerprint']}, "
+                            f"this model is {model_fingerprint})")
+        elif d.get("weights_fingerprint") not in (None, weights):
+            problems.append("it was made on other weights of this architecture")
+        if d["metric"].get("name") not in (None, metric):
+            problems.append(f"its metric is {d['metric']['name']!r}, this run's is {metric!r}")
+        if d.get("criterion") not in (None, criterion):
+            problems.append(f"its criterion is {d['criterion']!r}, this run's is {criterion!r}")
+        if d["metric"].get("max_batches") != max_batches and d["metric"].get("baseline") is not None:
+            problems.append(f"it evaluated {d['metric'].get('max_batches') or 'all'} batches, "
+                            f"this run evaluates {max_batches or 'all'}")
+        if problems:
+            raise SensitivityFileError(
+                f"refusing sensitivity file {self.path}: " + "; ".join(problems), plugin="prune",
+                hint="use another prune.sen_file for this model, or delete the file to start over")
+
+    # ---------------------------------------------------------------- content
+    @property
+    def baseline(self):
+        return self.data["metric"].get("baseline")
+
+    def set_baseline(self, value, seconds):
+        self.data["metric"]["baseline"] = float(value)
+        self.data["metric"]["seconds"] = round(float(seconds), 4)
+
+    def group(self, name, channels=None, members=None):
+        g = self.data["groups"].setdefault(name, {"channels": channels, "members": members or [], "ratios": {}})
+        if channels is not None:
+            g["channels"] = channels
+        return g
+
+    def record(self, name, ratio, metric, seconds):
+        entry = {"metric": float(metric), "loss": relative_loss(self.baseline, metric),
+                 "seconds": round(float(seconds), 4)}
+        self.group(name)["ratios"][ratio_key(ratio)] = entry
+        return entry
+
+    def has(self, name, ratio):
+        return ratio_key(ratio) in self.data["groups"].get(name, {}).get("ratios", {})
+
+    def losses(self, name=None):
+        """``{ratio: loss}`` of one group, or ``{group: {ratio: loss}}`` of all."""
+        if name is None:
+            return {g: self.losses(g) for g in self.data["groups"]}
+        ratios = self.data["groups"].get(name, {}).get("ratios", {})
+        return dict(sorted((float(r), e["loss"]) for r, e in ratios.items()))
+
+    def capped(self, name, ratio, cap):
+        """Is ``ratio`` past the first ratio of ``name`` whose loss exceeded ``cap``?"""
+        if cap is None:
+            return False
+        return any(loss > cap and r < float(ratio) for r, loss in self.losses(name).items())
+
+    def adopt_legacy_names(self, structured):
+        """Rename groups imported under PaddleSlim global names (``conv2d_3.w_0``) to this
+        model's structured names. Global names depend on layer creation order: only a model
+        built the same way as the one analysed maps correctly."""
+        groups = self.data["groups"]
+        for name in [n for n, g in groups.items() if g.get("legacy_name")]:
+            if name in structured:
+                entry = groups.pop(name)
+                entry.pop("legacy_name", None)
+                groups[structured[name]] = entry
+
+    def save(self):
+        self.data["updated"] = _now()
+        write_json_atomic(self.path, self.data)
+
+
+def _now():
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def plan_work(sfile, groups, ratios, cap):
+    """(group, ratio) pairs still to evaluate, ratios ascending within a group."""
+    work = []
+    for name in groups:
+        for ratio in sorted(ratios):
+            if not sfile.has(name, ratio) and not sfile.capped(name, ratio, cap):
+                work.append((name, ratio))
+    return work
+
+
+def evaluate_group(prunable, metric, name, ratio, max_batches):
+    applied = prunable.apply({name: ratio})
+    try:
+        start = time.perf_counter()
+        value = metric(max_batches=max_batches)
+        return value, time.perf_counter() - start
+    finally:
+        applied.restore()
+
+
+def analyze(prunable, metric, sfile, *, groups, ratios=DEFAULT_RATIOS, cap=None, max_batches=None,
+            show_progress=True, on_record=None):
+    """Fill ``sfile`` for ``groups`` x ``ratios``, one evaluation at a time, in this process.
+
+    Ratios of a group above the first one whose loss exceeds ``cap`` are skipped.
+    """
+    for name in groups:
+        g = prunable.groups[name]
+        sfile.group(name, channels=g.channels, members=g.members)
+    if sfile.baseline is None:
+        start = time.perf_counter()
+        baseline = metric(max_batches=max_batches)
+        sfile.set_baseline(baseline, time.perf_counter() - start)
+        sfile.save()
+    work = plan_work(sfile, groups, ratios, cap)
+    progress = Progress(len(work), "sensitivity", enabled=show_progress)
+    for name, ratio in work:
+        if sfile.capped(name, ratio, cap):
+            progress.skip()
+            continue
+        value, seconds = evaluate_group(prunable, metric, name, ratio, max_batches)
+        entry = sfile.record(name, ratio, value, seconds)
+        sfile.save()
+        if on_record:
+            on_record(name, ratio, entry)
+        progress.step(f"{name} @ {ratio:g}: {metric.name} {value:.4f} loss {entry['loss']:+.4f}")
+    return sfile

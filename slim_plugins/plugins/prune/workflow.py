@@ -1,0 +1,216 @@
+"""The prune workflow as one object, run from ``slim_before_train``."""
+import json
+import os
+import sys
+import time
+
+from slim_plugins.errors import AdapterError, OptionError
+from slim_plugins.plugins.prune import measure, report
+from slim_plugins.plugins.prune.model import PrunableModel, matches
+from slim_plugins.plugins.prune.plan import (
+    attach, attached, find_plan, make_plan, plan_path, replay, PrunePlan)
+from slim_plugins.plugins.prune.ratios import (
+    align_ratios, fixed_ratios, ratios_by_loss, ratios_for_flops)
+from slim_plugins.plugins.prune.sensitivity import (
+    SensitivityFile, analyze, architecture_fingerprint, weights_fingerprint, write_json_atomic)
+
+
+def log(message):
+    sys.stderr.write(f"[slim-plugins prune] {message}\n")
+    sys.stderr.flush()
+
+
+def replay_for_checkpoint(run, path):
+    model = run.model
+    if model is None:
+        return
+    found = find_plan(path)
+    if found is None:
+        return
+    plan = PrunePlan.load(found)
+    if replay(model, plan):
+        log(f"rebuilt pruned shapes from {found} ({len(plan.shapes)} parameters) before loading weights")
+
+
+def save_plan_with_checkpoint(run, path):
+    model = run.model
+    plan = attached(model) if model is not None else None
+    if plan is None or not run.is_main_process:
+        return
+    plan.save(plan_path(path))
+
+
+class PruneWorkflow:
+    def __init__(self, run, config):
+        self.run = run
+        self.config = config
+        self.model = run.model
+        if self.model is None:
+            raise AdapterError("the adapter gave no model to prune", plugin="prune")
+        self.save_dir = run.save_dir
+        self.report = {"paddle": __import__("paddle").__version__}
+
+    # ------------------------------------------------------------------ steps
+    def execute(self):
+        cfg = self.config
+        modes = [k for k in ("ratios", "eval_metric_loss", "pruned_flops") if getattr(cfg, k) is not None]
+        if cfg.action == "prune" and not modes:
+            raise OptionError(
+                "the prune plugin is on but has no way to choose ratios", plugin="prune",
+                hint="give one of --prune.ratios 'glob=0.3', --prune.eval_metric_loss 0.02, "
+                     "--prune.pruned_flops 0.3 (or --prune.action show to list groups)")
+        if len(modes) > 1:
+            raise OptionError(f"choose ratios one way only, got {', '.join(modes)}", plugin="prune",
+                              hint="keep one of ratios, eval_metric_loss, pruned_flops")
+        if attached(self.model) is not None:
+            log("the model already carries a pruning plan (resumed checkpoint): not pruning again")
+            return
+        started = time.perf_counter()
+        trace_inputs = self._trace_inputs()
+        self.check_inputs = self.run.forward_inputs(1)
+        base_shapes = {n: list(p.shape) for n, p in self.model.named_parameters()}
+        base_fp = architecture_fingerprint(self.model)
+        self.before = self._measure()
+        log(f"tracing {type(self.model).__name__} with PaddleSlim ({cfg.criterion})")
+        prunable = PrunableModel(self.model, trace_inputs, criterion=cfg.criterion, skip=cfg.skip)
+        groups = prunable.selected_groups()
+        log(f"{len(prunable.groups)} prunable groups, {len(prunable.groups) - len(groups)} skipped by prune.skip")
+        if cfg.action == "show":
+            print(groups_table(prunable, self.check_inputs))
+            raise SystemExit(0)
+
+        sfile = None
+        if cfg.ratios is not None:
+            ratios = fixed_ratios(prunable, cfg.ratios)
+            ratios = {g: r for g, r in ratios.items() if g in groups}
+        else:
+            sfile = self._analyze(prunable, groups)
+            if cfg.action == "analyze":
+                log(f"analysis done: {sfile.path}; exiting as prune.action=analyze asked")
+                raise SystemExit(0)
+            ratios = self._choose(prunable, sfile, groups)
+        if cfg.align and cfg.ratios is not None:
+            ratios = align_ratios(ratios, {g: prunable.groups[g].channels for g in ratios}, cfg.align)
+        if not ratios:
+            log("no group can be pruned within the given budget: training the unpruned model")
+            return
+        prunable.prune(ratios, optimizer=self.run.optimizer, check_inputs=self.check_inputs)
+        self.after = self._measure()
+        plan = make_plan(prunable, ratios, base_shapes, base_fp,
+                         flops={"before": self.before["flops"], "after": self.after["flops"]},
+                         params={"before": self.before["params"], "after": self.after["params"]})
+        attach(self.model, plan)
+        self._write_report(plan, sfile, time.perf_counter() - started)
+
+    def _trace_inputs(self):
+        spec = self.run.input_spec
+        if spec is None:
+            inputs = self.run.forward_inputs(1)
+            if inputs is None:
+                raise AdapterError("the adapter gave neither an input spec nor example inputs", plugin="prune",
+                                   hint="pass inputs=[InputSpec(...)] to paddle.Model")
+            return [list(t.shape) for t in inputs] if len(inputs) > 1 else list(inputs[0].shape)
+        from slim_plugins import compat
+
+        return compat.trace_shapes(spec)
+
+    def _measure(self):
+        return {"flops": measure.flops(self.model, self.check_inputs),
+                "params": measure.parameters(self.model)}
+
+    def _sen_file_path(self):
+        return self.config.sen_file or os.path.join(self.save_dir, "sensitivities.json")
+
+    def _analyze(self, prunable, groups):
+        cfg = self.config
+        metric = self.run.metric
+        if metric is None:
+            raise AdapterError(
+                "sensitivity analysis needs the suite's metric, and the adapter gave none", plugin="prune",
+                hint="give eval data and a metric to the training, or fixed --prune.ratios")
+        cap = cfg.sen_loss_cap
+        if cap is None and cfg.eval_metric_loss is not None:
+            cap = cfg.eval_metric_loss
+        path = self._sen_file_path()
+        sfile = SensitivityFile.open(
+            path, model_fingerprint=architecture_fingerprint(self.model),
+            weights=weights_fingerprint(self.model), metric=metric.name, criterion=cfg.criterion,
+            max_batches=cfg.sen_batches)
+        sfile.adopt_legacy_names(prunable.structured)
+        log(f"sensitivity analysis of {len(groups)} groups x {len(cfg.sen_ratios)} ratios -> {path}")
+        analyze(prunable, metric, sfile, groups=groups, ratios=cfg.sen_ratios, cap=cap,
+                max_batches=cfg.sen_batches, show_progress=self.run.is_main_process)
+        self.report["baseline_metric"] = sfile.baseline
+        self.report["metric_name"] = metric.name
+        return sfile
+
+    def _choose(self, prunable, sfile, groups):
+        cfg = self.config
+        sens = {g: l for g, l in sfile.losses().items() if g in groups}
+        channels = {g: prunable.groups[g].channels for g in sens}
+        if cfg.pruned_flops is not None:
+            base = self.before["flops"]
+
+            def pruned_fraction(ratios):
+                applied = prunable.apply(ratios)
+                try:
+                    return (base - measure.flops(self.model, self.check_inputs)) / base
+                finally:
+                    applied.restore()
+
+            ratios, fraction, budget = ratios_for_flops(sens, cfg.pruned_flops, pruned_fraction, channels, cfg.align)
+            log(f"pruned_flops={cfg.pruned_flops}: loss budget {budget:.4f} removes {fraction:.1%} of FLOPs")
+            self.report["chosen_budget"] = budget
+        else:
+            ratios = ratios_by_loss(sens, cfg.eval_metric_loss)
+            ratios = align_ratios(ratios, channels, cfg.align)
+            self.report["chosen_budget"] = cfg.eval_metric_loss
+        if cfg.plot and self.run.is_main_process:
+            self._plots(prunable, sfile, sens)
+        return ratios
+
+    def _plots(self, prunable, sfile, sens):
+        base = self.before["flops"]
+        stem = os.path.splitext(sfile.path)[0]
+        report.plot_sensitivities(sens, stem + ".png", sfile.data["metric"]["name"],
+                                  budget=self.config.eval_metric_loss)
+        points = []
+        for budget in [0.0025 * i for i in range(1, 41)]:
+            ratios = ratios_by_loss(sens, budget)
+            applied = prunable.apply(ratios)
+            try:
+                points.append((budget, (base - measure.flops(self.model, self.check_inputs)) / base))
+            finally:
+                applied.restore()
+        report.plot_flops_vs_budget(points, stem + ".flops.png", sfile.data["metric"]["name"],
+                                    chosen=self.report.get("chosen_budget"))
+        self.report["plots"] = [stem + ".png", stem + ".flops.png"]
+
+    def _write_report(self, plan, sfile, seconds):
+        self.report.update({
+            "criterion": plan.criterion, "ratios": plan.ratios, "channels": plan.channels,
+            "before": self.before, "after": self.after, "seconds": round(seconds, 2),
+            "sensitivity_file": sfile.path if sfile else None,
+        })
+        print(report.before_after_table(self.before, self.after, "metric"), file=sys.stderr)
+        log(f"pruned {len(plan.ratios)} groups: FLOPs {self.before['flops']} -> {self.after['flops']} "
+            f"({(self.after['flops'] - self.before['flops']) / self.before['flops']:+.1%})")
+        self.run.state["prune_report"] = self.report
+        if not self.run.is_main_process:
+            return
+        path = self.config.report or os.path.join(self.save_dir, "prune_report.json")
+        write_json_atomic(path, self.report)
+        plan.save(os.path.join(self.save_dir, "prune_plan.json"))
+
+
+def groups_table(prunable, inputs):
+    """What can be pruned: groups with their share of FLOPs."""
+    per_layer = measure.flops_by_layer(prunable.model, inputs)
+    total = sum(per_layer.values()) or 1
+    rows = []
+    for name, group in prunable.groups.items():
+        layer = name.rsplit(".", 1)[0]
+        share = per_layer.get(layer, 0) / total
+        skipped = "skip" if matches(name, prunable.skip_patterns, group.master) else ""
+        rows.append([name, group.master, group.channels, f"{share:.1%}", len(group.members), skipped])
+    return report.table(rows, ["group", "paddleslim name", "channels", "FLOPs", "params", "note"])

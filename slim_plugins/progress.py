@@ -1,0 +1,50 @@
+"""One-line progress with ETA, for anything that runs longer than a few seconds."""
+import sys
+import time
+
+
+def format_seconds(seconds):
+    seconds = int(max(0, seconds))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h:d}:{m:02d}:{s:02d}" if h else f"{m:d}:{s:02d}"
+
+
+class Progress:
+    """``Progress(total, "sensitivity")``; ``step(note)`` after each unit of work.
+
+    The ETA uses the mean time per unit so far. ``total`` may shrink as work is skipped.
+    """
+
+    def __init__(self, total, label, stream=None, enabled=True, prefix="[slim-plugins]"):
+        self.total = max(0, int(total))
+        self.label = label
+        self.done = 0
+        self.start = time.perf_counter()
+        self.stream = stream or sys.stderr
+        self.enabled = enabled
+        self.prefix = prefix
+
+    def eta(self):
+        if not self.done:
+            return None
+        per = (time.perf_counter() - self.start) / self.done
+        return per * max(0, self.total - self.done)
+
+    def step(self, note="", n=1):
+        self.done += n
+        self.total = max(self.total, self.done)
+        if not self.enabled:
+            return
+        elapsed = time.perf_counter() - self.start
+        eta = self.eta()
+        pct = 100.0 * self.done / self.total if self.total else 100.0
+        eta_text = format_seconds(eta) if eta is not None else "?"
+        self.stream.write(
+            f"{self.prefix} {self.label} {self.done}/{self.total} ({pct:.0f}%) "
+            f"elapsed {format_seconds(elapsed)} ETA {eta_text}  {note}\n")
+        self.stream.flush()
+
+    def skip(self, n=1):
+        """Work that turned out unnecessary (e.g. ratios past the loss cap)."""
+        self.total = max(self.done, self.total - n)

@@ -1,0 +1,99 @@
+"""Typed state shared by adapters and plugins."""
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Optional
+
+
+@dataclass
+class Metric:
+    """The suite's own evaluation, reduced to one number.
+
+    :ivar name: what the number is (``acc``, ``bbox mAP``, ``hmean``).
+    :ivar evaluate: ``evaluate(max_batches=None) -> float``, higher is better; ``max_batches``
+        limits the evaluation to the first N batches of the eval data.
+    """
+
+    name: str
+    evaluate: Callable[..., float]
+
+    def __call__(self, max_batches=None):
+        return float(self.evaluate(max_batches=max_batches))
+
+
+@dataclass
+class TrainingRun:
+    """One training (or eval, or export) job as an adapter sees it.
+
+    Fields an adapter sets when it creates the run; everything a plugin needs beyond them is
+    asked for through the query hooks, via the properties below.
+
+    :ivar adapter: name of the adapter that owns the run (``builtin``, ``ppdet`` ...).
+    :ivar session: the :class:`slim_plugins.session.Session` it belongs to.
+    :ivar handle: the suite's own object for the run (``paddle.Model``, ppdet ``Trainer`` ...).
+    :ivar mode: ``train``, ``eval``, ``export`` or ``load``.
+    :ivar state: free room for the adapter's own bookkeeping (not for plugins).
+    """
+
+    adapter: str
+    session: Any
+    handle: Any = None
+    mode: str = "train"
+    state: Dict[str, Any] = field(default_factory=dict)
+
+    def _ask(self, hook, **kwargs):
+        return getattr(self.session.pm.hook, hook)(run=self, **kwargs)
+
+    @property
+    def model(self):
+        return self._ask("slim_model")
+
+    @property
+    def optimizer(self):
+        return self._ask("slim_optimizer")
+
+    @property
+    def train_loader(self):
+        return self._ask("slim_train_loader")
+
+    @property
+    def eval_loader(self):
+        return self._ask("slim_eval_loader")
+
+    @property
+    def metric(self) -> Optional[Metric]:
+        return self._ask("slim_metric")
+
+    @property
+    def input_spec(self):
+        return self._ask("slim_input_spec")
+
+    def forward_inputs(self, batch_size=1):
+        """Dummy positional inputs for ``model(*inputs)``."""
+        inputs = self._ask("slim_forward_inputs", batch_size=batch_size)
+        if inputs is not None:
+            return inputs
+        from slim_plugins import compat
+
+        return compat.dummy_inputs(self.input_spec, batch_size)
+
+    @property
+    def save_dir(self):
+        return self._ask("slim_save_dir") or "output"
+
+    @property
+    def world(self):
+        return self._ask("slim_world") or (0, 1)
+
+    @property
+    def rank(self):
+        return self.world[0]
+
+    @property
+    def world_size(self):
+        return self.world[1]
+
+    @property
+    def is_main_process(self):
+        return self.rank == 0
+
+    def plugin_config(self, plugin):
+        return self.session.plugin_config(plugin)

@@ -1,0 +1,34 @@
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from slim_plugins import compat  # noqa: F401  zlib before paddle (Paddle 2.6)
+
+pytest_plugins = ["slim_plugins.testing"]
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SCRIPTS = os.path.join(HERE, "scripts")
+
+
+def run_python(args, cwd, env=None, timeout=600):
+    """Run ``python ARGS`` in a fresh process; returns the CompletedProcess (asserts rc 0)."""
+    full_env = dict(os.environ)
+    for var in ("SLIM_PLUGINS", "SLIM_PLUGINS_OPTIONS", "SLIM_PLUGINS_CONFIG"):
+        full_env.pop(var, None)
+    full_env.update(env or {})
+    proc = subprocess.run([sys.executable] + list(args), cwd=cwd, env=full_env, capture_output=True,
+                          text=True, timeout=timeout)
+    assert proc.returncode == 0, f"exit {proc.returncode}\nSTDOUT:\n{proc.stdout[-3000:]}\nSTDERR:\n{proc.stderr[-6000:]}"
+    return proc
+
+
+def last_json(text):
+    return json.loads(text.strip().splitlines()[-1])
+
+
+@pytest.fixture
+def python():
+    return run_python

@@ -1,0 +1,159 @@
+"""--plugin on the command line, the environment, YAML sections and Python: switching on and
+configuring plugins, and the errors users see."""
+import json
+import sys
+import types
+
+import pluggy
+import pytest
+
+from slim_plugins import _boot, hookimpl
+from slim_plugins.errors import OptionError, UnknownPluginError
+from slim_plugins.session import Session
+
+
+def test_split_argv_takes_out_only_slim_options():
+    argv = ["-c", "cfg.yml", "--plugin", "prune", "--prune.eval_metric_loss", "0.05", "-o",
+            "a.b=1", "--plugin=no:other", "--prune.skip=head.*", "--eval", "--plugin-config", "s.yml"]
+    rest, plugins, options, config = _boot.split_argv(argv)
+    assert rest == ["-c", "cfg.yml", "-o", "a.b=1", "--eval"]
+    assert plugins == ["prune", "no:other"]
+    assert options == {"prune": {"eval_metric_loss": "0.05", "skip": "head.*"}}
+    assert config == "s.yml"
+
+
+def test_split_argv_leaves_dotted_options_of_unnamed_plugins():
+    rest, plugins, options, _ = _boot.split_argv(["--lr.decay", "0.1", "--x"])
+    assert rest == ["--lr.decay", "0.1", "--x"] and not plugins and not options
+
+
+def test_boot_strips_argv_and_exports_environment():
+    env = {}
+    argv = ["train.py", "-c", "c.yml", "--plugin", "prune", "--prune.criterion", "fpgm"]
+    _boot._booted = False
+    try:
+        _boot.boot(argv=argv, environ=env)
+    finally:
+        _boot._booted = True
+    assert argv == ["train.py", "-c", "c.yml"]
+    assert env[_boot.ENV_PLUGINS] == "prune"
+    assert json.loads(env[_boot.ENV_OPTIONS]) == {"prune": {"criterion": "fpgm"}}
+
+
+def test_environment_activation_and_options():
+    env = {_boot.ENV_PLUGINS: "prune", _boot.ENV_OPTIONS: json.dumps({"prune": {"eval_metric_loss": "0.05"}})}
+    session = Session(environ=env, autoload=False)
+    assert session.is_enabled("prune")
+    config = session.plugin_config("prune")
+    assert config.eval_metric_loss == 0.05 and config.criterion == "l1_norm"
+    assert config.source("eval_metric_loss") == "--prune.KEY"
+
+
+def test_unknown_plugin_lists_known_ones():
+    with pytest.raises(UnknownPluginError) as err:
+        Session(environ={_boot.ENV_PLUGINS: "prnue"}, autoload=False)
+    assert "prnue" in str(err.value) and "known plugins: prune" in str(err.value)
+
+
+def test_blocking_with_no_prefix():
+    session = Session(environ={_boot.ENV_PLUGINS: "no:prune"}, autoload=False)
+    assert session.infos["prune"].blocked
+    assert session.pm.get_plugin("prune") is None
+    assert not session.is_enabled("prune")
+
+
+def test_unknown_and_invalid_options_name_value_and_choices(slim_session):
+    slim_session.enable("prune", {"eval_metric_los": 0.1})
+    with pytest.raises(OptionError) as err:
+        slim_session.plugin_config("prune")
+    assert "eval_metric_los" in str(err.value) and "eval_metric_loss" in str(err.value)
+
+    session = Session(environ={}, autoload=False)
+    session.enable("prune", {"criterion": "l3"})
+    with pytest.raises(OptionError) as err:
+        session.plugin_config("prune")
+    assert "'l3'" in str(err.value) and "fpgm" in str(err.value)
+
+    session = Session(environ={}, autoload=False)
+    session.enable("prune", {"eval_metric_loss": "a lot"})
+    with pytest.raises(OptionError, match="eval_metric_loss='a lot'"):
+        session.plugin_config("prune")
+
+
+def test_yaml_section_and_precedence(tmp_path):
+    cfg = tmp_path / "train.yml"
+    cfg.write_text("epoch: 3\nplugins:\n  prune:\n    eval_metric_loss: 0.02\n    criterion: fpgm\n")
+    env = {_boot.ENV_CONFIG: str(cfg), _boot.ENV_PLUGINS: "",
+           _boot.ENV_OPTIONS: json.dumps({"prune": {"criterion": "l2_norm"}})}
+    session = Session(environ=env, autoload=False)
+    assert session.is_enabled("prune")
+    config = session.plugin_config("prune")
+    assert config.eval_metric_loss == 0.02  # from YAML
+    assert config.criterion == "l2_norm"  # the command line wins over YAML
+    session.give_options("prune", {"criterion": "fpgm"}, "yaml", "late.yml")
+    assert session.plugin_config("prune").criterion == "l2_norm"
+
+
+def test_python_enable(slim_session):
+    import slim_plugins
+
+    slim_plugins.enable("prune", pruned_flops=0.3)
+    assert slim_session.is_enabled("prune")
+    assert slim_session.plugin_config("prune").pruned_flops == 0.3
+
+
+def _fake_distribution(name, version, entry_points):
+    class EP:
+        def __init__(self, ep_name, obj):
+            self.name, self.group, self.value, self._obj = ep_name, "slim_plugins", f"{name}.mod", obj
+
+        def load(self):
+            return self._obj
+
+    dist = types.SimpleNamespace(metadata={"Name": name}, version=version,
+                                 entry_points=[EP(n, o) for n, o in entry_points.items()])
+    return dist
+
+
+def test_entry_point_plugins_and_adapters_are_discovered(monkeypatch):
+    from importlib import metadata
+
+    from slim_plugins.adapters import Adapter
+
+    class ThirdAdapter(Adapter):
+        name = "third"
+        modules = ("third_suite.engine",)
+
+    adapter_module = types.SimpleNamespace()
+    adapter_module.slim_register_adapters = hookimpl(lambda register: register(ThirdAdapter()))
+    plugin_module = types.SimpleNamespace()
+    plugin_module.slim_add_options = hookimpl(
+        lambda register: register("quant", "bits", int, 8, "weight bits"))
+    plugin_module.slim_before_train = hookimpl(lambda run: None)
+    dists = [_fake_distribution("slim-third", "1.2", {"third": adapter_module, "quant": plugin_module})]
+    monkeypatch.setattr(metadata, "distributions", lambda: iter(dists))
+
+    session = Session(environ={_boot.ENV_PLUGINS: "quant"})
+    assert session.infos["quant"].kind == "plugin"
+    assert session.infos["quant"].origin == "entry point of slim-third 1.2"
+    assert "third" in session.adapters and session.infos["third"].kind == "adapter"
+    assert session.plugin_config("quant").bits == 8
+    assert "third_suite.engine" in _boot.watcher.callbacks
+
+    blocked = Session(environ={_boot.ENV_PLUGINS: "no:quant"})
+    assert blocked.infos["quant"].blocked and blocked.pm.get_plugin("quant") is None
+
+    no_autoload = Session(environ={_boot.ENV_NO_AUTOLOAD: "1"})
+    assert "quant" not in no_autoload.infos
+    _boot.watcher.callbacks.pop("third_suite.engine", None)
+
+
+def test_misspelt_hook_fails_loudly(slim_session):
+    class Typo:
+        @hookimpl
+        def slim_befor_train(self, run):
+            pass
+
+    slim_session.pm.register(Typo())
+    with pytest.raises(pluggy.PluginValidationError, match="slim_befor_train"):
+        slim_session.pm.check_pending()
