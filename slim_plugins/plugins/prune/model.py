@@ -119,8 +119,14 @@ class PrunableModel:
             group = self.groups[name]
             if ratio <= 0 or plan.contains(group.master, 0):
                 continue
-            with compat.quiet_paddleslim():
-                sub = self.pruner.prune_var(group.master, 0, float(ratio), apply=None)
+            try:
+                with compat.quiet_paddleslim():
+                    sub = self.pruner.prune_var(group.master, 0, float(ratio), apply=None)
+            except Exception as exc:  # PaddleSlim asserts on couplings it cannot follow
+                raise PruneError(
+                    f"PaddleSlim cannot prune group {name} at ratio {ratio:g} "
+                    f"({type(exc).__name__}: {str(exc)[:300]}); the model was not changed",
+                    plugin="prune", hint=f"add {name!r} to prune.skip") from exc
             if sub is not None:
                 plan.extend(sub)
         return plan.masks

@@ -1,0 +1,22 @@
+"""`slim-plugins demo`: the main job on the embedded default."""
+import json
+
+from slim_plugins.plugins.prune.sensitivity import SensitivityFile
+
+
+def test_demo_quick_prunes_a_third_of_flops_within_one_point(tmp_path, python):
+    report = tmp_path / "r.json"
+    proc = python(["-m", "slim_plugins", "demo", "--quick", "--report", str(report),
+                   "--workdir", str(tmp_path / "work")], cwd=str(tmp_path))
+    result = json.loads(report.read_text())
+    for side in ("before", "after"):
+        assert set(result[side]) == {"params", "flops", "latency_ms", "metric"}
+    assert result["flops_reduction"] >= 0.30
+    assert abs(result["accuracy_change_points"]) <= 1.0
+    assert result["after"]["params"] < result["before"]["params"]
+    assert (tmp_path / "r.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "ETA" in proc.stderr and "FLOPs" in proc.stdout
+    sens = SensitivityFile.load(result["sensitivity_file"])
+    assert sens.data["metric"]["name"] == "acc" and sens.baseline == result["before"]["metric"]
+    # the checkpoint carries its plan
+    assert (tmp_path / "work" / "final.prune.json").exists()

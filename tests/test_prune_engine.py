@@ -1,0 +1,294 @@
+"""The prune plugin's engine against PaddleSlim itself, on small real models."""
+import copy
+import json
+import os
+import pickle
+
+import numpy as np
+import paddle
+import paddle.nn as nn
+import pytest
+
+from slim_plugins.errors import OptionError, PruneError, SensitivityFileError
+from slim_plugins.plugins.prune import measure
+from slim_plugins.plugins.prune.legacy import load_legacy, to_sensitivity_json
+from slim_plugins.plugins.prune.merge import merge_files
+from slim_plugins.plugins.prune.model import PrunableModel
+from slim_plugins.plugins.prune.plan import find_plan, make_plan, plan_path, replay
+from slim_plugins.plugins.prune.ratios import align_ratios, fixed_ratios, ratios_by_loss, ratios_for_flops
+from slim_plugins.plugins.prune.sensitivity import (
+    SensitivityFile, analyze, architecture_fingerprint, weights_fingerprint)
+from slim_plugins.run import Metric
+
+SHAPE = [1, 3, 16, 16]
+
+
+class Net(nn.Layer):
+    """conv-bn-relu x2, a residual pair and a depthwise conv: the couplings PaddleSlim groups."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2D(3, 16, 3, padding=1)
+        self.bn1 = nn.BatchNorm2D(16)
+        self.conv2 = nn.Conv2D(16, 32, 3, padding=1)
+        self.bn2 = nn.BatchNorm2D(32)
+        self.dw = nn.Conv2D(32, 32, 3, padding=1, groups=32)
+        self.conv3 = nn.Conv2D(32, 32, 1)
+        self.fc = nn.Linear(32, 4)
+
+    def forward(self, x):
+        x = nn.functional.relu(self.bn1(self.conv1(x)))
+        x = nn.functional.relu(self.bn2(self.conv2(x)))
+        x = x + self.conv3(self.dw(x))
+        return self.fc(nn.functional.adaptive_avg_pool2d(x, 1).flatten(1))
+
+
+def make_net(seed=0):
+    paddle.seed(seed)
+    net = Net()
+    for p in net.parameters():  # distinct norms so channel choice is unambiguous
+        p.set_value(paddle.randn(p.shape) * 0.5 + (0.1 if len(p.shape) == 1 else 0))
+    net.eval()
+    return net
+
+
+def state(net):
+    return {k: v.numpy().copy() for k, v in net.state_dict().items()}
+
+
+def test_groups_have_structured_names():
+    pm = PrunableModel(make_net(), SHAPE)
+    assert "conv1.weight" in pm.groups
+    assert "bn1.weight" in pm.groups["conv1.weight"].members
+    assert "conv2.weight" in pm.groups["conv1.weight"].members  # input channels follow
+    assert pm.resolve("conv2d_*") or pm.resolve("conv1.*")
+
+
+@pytest.mark.parametrize("criterion", ["l1_norm", "l2_norm", "fpgm"])
+def test_masks_equal_paddleslims_own_structural_pruning(criterion):
+    from slim_plugins import compat
+
+    ours, theirs = make_net(), make_net()
+    original = state(ours)
+    pm = PrunableModel(ours, SHAPE, criterion=criterion)
+    pruner_cls = compat.import_paddleslim_pruners()[criterion]
+    with compat.tracing():
+        pruner = pruner_cls(theirs, SHAPE)
+    x = paddle.randn(SHAPE)
+    for group in list(pm.groups)[:3]:
+        applied = pm.apply({group: 0.4})
+        with compat.quiet_paddleslim():
+            plan = pruner.prune_var(dict(theirs.named_parameters())[group].name, 0, 0.4)
+        a, b = state(ours), {k: v for k, v in state(theirs).items() if not k.endswith("_backup")}
+        assert a.keys() == b.keys()
+        for key in a:
+            np.testing.assert_array_equal(a[key], b[key], err_msg=f"{group}: {key}")
+        np.testing.assert_allclose(ours(x).numpy(), theirs(x).numpy(), rtol=1e-5, atol=1e-6)
+        applied.restore()
+        plan.restore(theirs)
+        for key, value in state(ours).items():
+            np.testing.assert_array_equal(value, original[key])
+
+
+def test_prune_keeps_no_backup_and_prunes_optimizer_state():
+    net = make_net()
+    net.train()
+    opt = paddle.optimizer.Adam(parameters=net.parameters())
+    loss = net(paddle.randn([2, 3, 16, 16])).mean()
+    loss.backward()
+    opt.step()
+    pm = PrunableModel(net, SHAPE)
+    pm.prune({"conv1.weight": 0.5}, optimizer=opt, check_inputs=[paddle.randn(SHAPE)])
+    assert list(net.conv1.weight.shape) == [8, 3, 3, 3]
+    assert not any("backup" in k for k in net.state_dict())
+    net(paddle.randn([2, 3, 16, 16])).mean().backward()
+    opt.step()  # accumulators have the pruned shapes
+
+
+class Reshaping(nn.Layer):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2D(3, 8, 3, padding=1)
+        self.conv2 = nn.Conv2D(8, 8, 3, padding=1)
+        self.fc = nn.Linear(8 * 16 * 16, 2)
+
+    def forward(self, x):
+        y = self.conv2(self.conv(x))
+        return self.fc(paddle.reshape(y, [-1, 8 * 16 * 16]))
+
+
+def test_failed_prune_restores_model_and_names_group():
+    net = Reshaping()
+    before = state(net)
+    pm = PrunableModel(net, SHAPE)
+    group = next(iter(pm.groups))
+    with pytest.raises(PruneError) as err:
+        pm.prune({g: 0.5 for g in pm.groups}, check_inputs=[paddle.randn(SHAPE)])
+    assert "conv" in str(err.value) and "prune.skip" in str(err.value)
+    for key, value in state(net).items():
+        np.testing.assert_array_equal(value, before[key])
+    assert group
+
+
+def test_ratio_choice_matches_paddleslim():
+    from paddleslim.dygraph.prune.filter_pruner import FilterPruner
+
+    rng = np.random.RandomState(3)
+    sens = {}
+    for g in range(30):
+        losses = np.cumsum(rng.uniform(-0.01, 0.05, 9))
+        sens[f"g{g}"] = {round(0.1 * (i + 1), 2): float(l) for i, l in enumerate(losses)}
+    for budget in (0.01, 0.02, 0.05, 0.1):
+        theirs = FilterPruner._get_ratios_by_loss(None, sens, budget)
+        ours = ratios_by_loss(sens, budget)
+        assert ours.keys() == theirs.keys()
+        for k in ours:
+            assert ours[k] == pytest.approx(theirs[k], abs=1e-12)
+
+
+def test_align_and_fixed_ratios():
+    assert align_ratios({"a": 0.3}, {"a": 64}, 8) == {"a": 0.25}  # keeps 48
+    assert align_ratios({"a": 0.99}, {"a": 64}, 8) == {"a": 0.875}  # at least one multiple
+    pm = PrunableModel(make_net(), SHAPE)
+    assert set(fixed_ratios(pm, {"conv1.*": 0.5})) == {"conv1.weight"}
+    with pytest.raises(OptionError, match="matches no prunable group"):
+        fixed_ratios(pm, {"backbone.nothing*": 0.5})
+    with pytest.raises(OptionError, match="outside"):
+        fixed_ratios(pm, {"conv1.*": 1.5})
+
+
+class CountingMetric:
+    """Accuracy-like metric on a fixed batch: agreement with the unpruned model's argmax."""
+
+    def __init__(self, net):
+        self.net = net
+        self.x = paddle.randn([64, 3, 16, 16])
+        self.reference = net(self.x).numpy().argmax(1)
+        self.calls = 0
+
+    def __call__(self, max_batches=None):
+        self.calls += 1
+        return float((self.net(self.x).numpy().argmax(1) == self.reference).mean())
+
+
+def sens_file(path, net, metric="agree"):
+    return SensitivityFile.open(str(path), model_fingerprint=architecture_fingerprint(net),
+                                weights=weights_fingerprint(net), metric=metric, criterion="l1_norm",
+                                max_batches=None)
+
+
+def test_sensitivity_resume_recomputes_nothing_and_cap_skips(tmp_path):
+    net = make_net()
+    counting = CountingMetric(net)
+    metric = Metric("agree", counting)
+    pm = PrunableModel(net, SHAPE)
+    groups = list(pm.groups)
+    path = tmp_path / "sens.json"
+    analyze(pm, metric, sens_file(path, net), groups=groups, cap=0.2, show_progress=False)
+    first_calls = counting.calls
+    data = json.loads(path.read_text())
+    assert data["metric"]["baseline"] == 1.0
+    for name, group in data["groups"].items():
+        losses = [e["loss"] for _, e in sorted(group["ratios"].items(), key=lambda kv: float(kv[0]))]
+        assert all(l <= 0.2 for l in losses[:-1])  # stopped after the first loss over the cap
+    analyze(pm, metric, sens_file(path, net), groups=groups, cap=0.2, show_progress=False)
+    assert counting.calls == first_calls  # baseline included
+    assert not [f for f in os.listdir(tmp_path) if f.startswith(".tmp")]
+
+
+def test_sensitivity_file_of_another_model_or_metric_is_refused(tmp_path):
+    net = make_net()
+    path = tmp_path / "sens.json"
+    analyze(PrunableModel(net, SHAPE), Metric("agree", CountingMetric(net)), sens_file(path, net),
+            groups=["conv1.weight"], ratios=[0.5], show_progress=False)
+    with pytest.raises(SensitivityFileError, match="another model architecture"):
+        sens_file(path, Reshaping())
+    with pytest.raises(SensitivityFileError, match="other weights"):
+        sens_file(path, make_net(seed=1))
+    with pytest.raises(SensitivityFileError, match="metric is 'agree'"):
+        sens_file(path, net, metric="mAP")
+
+
+def test_split_ratios_then_merge_equals_one_run(tmp_path):
+    net = make_net()
+    metric = Metric("agree", CountingMetric(net))
+    pm = PrunableModel(net, SHAPE)
+    groups = list(pm.groups)
+    whole, a, b = tmp_path / "whole.json", tmp_path / "a.json", tmp_path / "b.json"
+    analyze(pm, metric, sens_file(whole, net), groups=groups, ratios=[0.2, 0.4, 0.6], show_progress=False)
+    analyze(pm, metric, sens_file(a, net), groups=groups, ratios=[0.2, 0.6], show_progress=False)
+    analyze(pm, metric, sens_file(b, net), groups=groups, ratios=[0.4], show_progress=False)
+    merged = merge_files([str(a), str(b)], str(tmp_path / "merged.json"))
+    assert merged.losses() == SensitivityFile.load(str(whole)).losses()
+    other = tmp_path / "other.json"
+    analyze(pm, metric, SensitivityFile.open(str(other), model_fingerprint="x", weights="y", metric="agree",
+                                             criterion="l1_norm", max_batches=None),
+            groups=groups[:1], ratios=[0.2], show_progress=False)
+    with pytest.raises(SensitivityFileError, match="model_fingerprint differs"):
+        merge_files([str(a), str(other)], str(tmp_path / "bad.json"))
+
+
+def test_legacy_pickles_import_and_malicious_pickle_is_refused(tmp_path):
+    from paddleslim.dygraph.prune.filter_pruner import Status
+
+    status = Status()
+    status.sensitivies = {"conv2d_0.w_0": {np.float64(0.1): 0.01, np.float64(0.2): 0.05}}
+    status.save(str(tmp_path / "dygraph.pickle"))
+    with open(tmp_path / "static.data", "wb") as f:
+        pickle.dump({"conv2d_1.w_0": {0.1: 0.0, 0.2: 0.02}}, f)
+    assert load_legacy(str(tmp_path / "dygraph.pickle")) == {"conv2d_0.w_0": {0.1: 0.01, 0.2: 0.05}}
+    assert load_legacy(str(tmp_path / "static.data")) == {"conv2d_1.w_0": {0.1: 0.0, 0.2: 0.02}}
+    doc = to_sensitivity_json(load_legacy(str(tmp_path / "static.data")), "static.data")
+    assert doc["groups"]["conv2d_1.w_0"]["ratios"]["0.2"]["loss"] == 0.02
+
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    with open(tmp_path / "evil.data", "wb") as f:
+        pickle.dump({"conv2d_0.w_0": {0.1: Evil()}}, f)
+    with pytest.raises(SensitivityFileError, match="refusing to load"):
+        load_legacy(str(tmp_path / "evil.data"))
+    assert not marker.exists()
+
+
+def test_flops_target_and_plan_replay(tmp_path):
+    net = make_net()
+    inputs = [paddle.zeros(SHAPE)]
+    base = measure.flops(net, inputs)
+    pm = PrunableModel(net, SHAPE)
+    sens = {g: {0.2: 0.01, 0.4: 0.02, 0.6: 0.05, 0.8: 0.2} for g in pm.groups}
+
+    def pruned_fraction(ratios):
+        applied = pm.apply(ratios)
+        try:
+            return (base - measure.flops(net, inputs)) / base
+        finally:
+            applied.restore()
+
+    ratios, fraction, _ = ratios_for_flops(sens, 0.3, pruned_fraction)
+    assert fraction >= 0.3
+    with pytest.raises(OptionError, match="cannot be reached"):
+        ratios_for_flops({g: {0.1: 0.0} for g in pm.groups}, 0.9, pruned_fraction)
+
+    base_shapes = {n: list(p.shape) for n, p in net.named_parameters()}
+    fp = architecture_fingerprint(net)
+    pm.prune(ratios, check_inputs=inputs)
+    plan = make_plan(pm, ratios, base_shapes, fp)
+    plan.save(plan_path(str(tmp_path / "model.pdparams")))
+    paddle.save(net.state_dict(), str(tmp_path / "model.pdparams"))
+    assert find_plan(str(tmp_path / "model")) == str(tmp_path / "model.prune.json")
+
+    fresh = Net()
+    from slim_plugins.plugins.prune.plan import PrunePlan
+
+    assert replay(fresh, PrunePlan.load(find_plan(str(tmp_path / "model.pdparams"))))
+    fresh.set_state_dict(paddle.load(str(tmp_path / "model.pdparams")))
+    fresh.eval()
+    x = paddle.randn(SHAPE)
+    np.testing.assert_allclose(fresh(x).numpy(), net(x).numpy(), rtol=1e-5, atol=1e-6)
+    assert not replay(fresh, plan)  # already pruned: nothing to do
+    with pytest.raises(PruneError, match="another model"):
+        replay(Reshaping(), plan)
