@@ -142,7 +142,9 @@ def slim_before_load_weights(run, path):
 
 @hookspec
 def slim_before_train(run):
-    """The model, optimizer and data exist and training is about to start: the place to change
+    """:param run: the training run.
+
+    The model, optimizer and data exist and training is about to start: the place to change
     the model (prune). Fires once per run, before data-parallel wrapping and EMA where the
     suite allows, on every rank.
     """
@@ -150,14 +152,22 @@ def slim_before_train(run):
 
 @hookspec
 def slim_on_checkpoint_save(run, path):
-    """The suite has just saved a checkpoint under ``path`` (prefix without extension).
-    Plugins write their side files next to it.
+    """The suite has just saved a checkpoint; plugins write their side files next to it.
+
+    :param path: the checkpoint prefix (``output/model_final``) or file the suite wrote.
+
+    Fires after every save the adapter sees, on every rank (plugins write on rank 0 only).
     """
 
 
 @hookspec
 def slim_before_export(run, path):
-    """The model is about to be exported for inference to ``path``."""
+    """The model is about to be exported for inference.
+
+    :param path: the export prefix or directory.
+
+    Fires once per export, before the suite converts the model.
+    """
 
 
 @hookspec
