@@ -71,6 +71,8 @@ class SensitivityFile:
     def __init__(self, path, data):
         self.path = path
         self.data = data
+        self.data.setdefault("metric", {}).setdefault("baseline", None)
+        self.data.setdefault("groups", {})
 
     # ---------------------------------------------------------------- creation
     @classmethod
@@ -232,4 +234,115 @@ def analyze(prunable, metric, sfile, *, groups, ratios=DEFAULT_RATIOS, cap=None,
         if on_record:
             on_record(name, ratio, entry)
         progress.step(f"{name} @ {ratio:g}: {metric.name} {value:.4f} loss {entry['loss']:+.4f}")
+    return sfile
+
+
+# -------------------------------------------------------------------------------- in parallel
+def _worker_loop(conn, prunable, metric, cap, max_batches, threads):
+    """Forked worker: evaluate the groups the parent sends, report each result."""
+    import signal
+
+    try:  # die with the parent (SIGKILL included) instead of computing for nobody
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGKILL)
+    except Exception:
+        pass
+    from slim_plugins import compat
+
+    if threads:
+        compat.set_num_threads(threads)
+    local = SensitivityFile(None, {"metric": {"baseline": None}, "groups": {}})
+    while True:
+        task = conn.recv()
+        if task is None:
+            break
+        name, ratios, baseline, done = task
+        local.data["metric"]["baseline"] = baseline
+        local.data["groups"][name] = {"ratios": done}
+        for ratio in ratios:
+            if local.capped(name, ratio, cap):
+                conn.send(("skip", name, ratio))
+                continue
+            value, seconds = evaluate_group(prunable, metric, name, ratio, max_batches)
+            local.record(name, ratio, value, seconds)
+            conn.send(("result", name, ratio, value, seconds))
+        conn.send(("done", name))
+    conn.close()
+
+
+def analyze_parallel(prunable, metric, sfile, *, groups, ratios=DEFAULT_RATIOS, cap=None, max_batches=None,
+                     workers=2, show_progress=True, on_record=None):
+    """Like :func:`analyze`, with ``workers`` forked processes taking whole groups from a queue.
+
+    Only this (parent) process writes the file. The workers inherit the model, the pruner and
+    the evaluation function by ``fork``, so any adapter's metric works unchanged.
+    """
+    import multiprocessing as mp
+    from multiprocessing.connection import wait
+
+    for name in groups:
+        g = prunable.groups[name]
+        sfile.group(name, channels=g.channels, members=g.members)
+    if sfile.baseline is None:
+        start = time.perf_counter()
+        sfile.set_baseline(metric(max_batches=max_batches), time.perf_counter() - start)
+        sfile.save()
+    work = plan_work(sfile, groups, ratios, cap)
+    queue = []
+    for name, ratio in work:
+        if queue and queue[-1][0] == name:
+            queue[-1][1].append(ratio)
+        else:
+            queue.append((name, [ratio]))
+    progress = Progress(len(work), f"sensitivity ({workers} workers)", enabled=show_progress)
+    if not queue:
+        return sfile
+    ctx = mp.get_context("fork")
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    conns, procs = [], []
+    for _ in range(min(workers, len(queue))):
+        parent_end, child_end = ctx.Pipe()
+        proc = ctx.Process(target=_worker_loop, args=(child_end, prunable, metric, cap, max_batches, threads),
+                           daemon=True)
+        proc.start()
+        child_end.close()
+        conns.append(parent_end)
+        procs.append(proc)
+
+    def give(conn):
+        if queue:
+            name, todo = queue.pop(0)
+            done = sfile.data["groups"].get(name, {}).get("ratios", {})
+            conn.send((name, todo, sfile.baseline, done))
+        else:
+            conn.send(None)
+            conns.remove(conn)
+
+    try:
+        for conn in list(conns):
+            give(conn)
+        while conns:
+            for conn in wait(conns):
+                try:
+                    msg = conn.recv()
+                except EOFError:
+                    raise RuntimeError("a sensitivity worker died; the file keeps every result so far, "
+                                       "run again to resume") from None
+                if msg[0] == "result":
+                    _, name, ratio, value, seconds = msg
+                    entry = sfile.record(name, ratio, value, seconds)
+                    sfile.save()
+                    if on_record:
+                        on_record(name, ratio, entry)
+                    progress.step(f"{name} @ {ratio:g}: {metric.name} {value:.4f} loss {entry['loss']:+.4f}")
+                elif msg[0] == "skip":
+                    progress.skip()
+                else:
+                    give(conn)
+    finally:
+        for proc in procs:
+            proc.join(timeout=5)
+            if proc.is_alive():
+                proc.kill()
     return sfile
