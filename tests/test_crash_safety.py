@@ -74,3 +74,20 @@ def test_two_workers_give_the_same_file(tmp_path, uninterrupted, python):
     path = tmp_path / "sens.json"
     python([JOB, str(path), "--workers", "2"], cwd=str(tmp_path))
     assert records(path) == uninterrupted
+
+
+def test_ranks_share_the_work_and_merge_into_one_file(tmp_path, uninterrupted):
+    """Two ranks as paddle.distributed.launch starts them (PADDLE_TRAINER_ID/NUM)."""
+    path = tmp_path / "sens.json"
+    procs = []
+    for rank in range(2):
+        env = dict(os.environ, PADDLE_TRAINER_ID=str(rank), PADDLE_TRAINERS_NUM="2")
+        procs.append(subprocess.Popen([sys.executable, JOB, str(path), "--sharded"], cwd=str(tmp_path), env=env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    for proc in procs:
+        out, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, err[-3000:]
+    assert records(path) == uninterrupted
+    parts = [json.loads((tmp_path / f"sens.rank{r}-of-2.json").read_text()) for r in range(2)]
+    assert set(parts[0]["groups"]).isdisjoint(parts[1]["groups"])
+    assert all(p["complete"] for p in parts)

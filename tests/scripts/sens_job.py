@@ -3,6 +3,7 @@
 Deterministic model and metric (similarity to the unpruned model's outputs on fixed inputs), so a resumed run must reproduce an uninterrupted one exactly.
 """
 import argparse
+import os
 
 from slim_plugins import compat  # noqa: F401
 
@@ -12,7 +13,7 @@ import paddle.nn as nn
 
 from slim_plugins.plugins.prune.model import PrunableModel
 from slim_plugins.plugins.prune.sensitivity import (
-    SensitivityFile, analyze, analyze_parallel, architecture_fingerprint, weights_fingerprint)
+    SensitivityFile, analyze, analyze_parallel, analyze_sharded, architecture_fingerprint, weights_fingerprint)
 from slim_plugins.run import Metric
 
 
@@ -35,6 +36,7 @@ def main():
     parser.add_argument("file")
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--log", help="append one line per evaluation here")
+    parser.add_argument("--sharded", action="store_true", help="rank and world size from PADDLE_TRAINER_*")
     args = parser.parse_args()
     net = build()
     x = paddle.to_tensor(np.random.RandomState(0).randn(128, 3, 16, 16).astype("float32"))
@@ -51,6 +53,14 @@ def main():
         return float(cos.mean())
 
     prunable = PrunableModel(net, [1, 3, 16, 16])
+    identity = dict(model_fingerprint=architecture_fingerprint(net), weights=weights_fingerprint(net),
+                    metric="agree", criterion="l1_norm", max_batches=None)
+    if args.sharded:
+        rank, world = int(os.environ["PADDLE_TRAINER_ID"]), int(os.environ["PADDLE_TRAINERS_NUM"])
+        analyze_sharded(prunable, Metric("agree", evaluate), args.file, identity, groups=list(prunable.groups),
+                        rank=rank, world_size=world, workers=args.workers, show_progress=False)
+        print("complete")
+        return
     sfile = SensitivityFile.open(args.file, model_fingerprint=architecture_fingerprint(net),
                                  weights=weights_fingerprint(net), metric="agree", criterion="l1_norm",
                                  max_batches=None)

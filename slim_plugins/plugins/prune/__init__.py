@@ -28,6 +28,7 @@ OPTIONS = (
      "stop a group's analysis after the first ratio whose loss exceeds this "
      "(default: eval_metric_loss when that is how ratios are chosen)"),
     ("sen_batches", optional(int), None, "evaluate only the first N eval batches in the analysis"),
+    ("sen_workers", int, 1, "local worker processes for the analysis (forked; each takes whole groups)"),
     ("action", str, "prune", "prune (then train), show (print groups and exit) or analyze (exit after analysis)"),
     ("report", optional(str), None, "report JSON path (default: <save_dir>/prune_report.json)"),
     ("plot", to_bool, True, "write PNG plots next to the sensitivity file"),

@@ -25,6 +25,7 @@ class Group:
     master: str  # PaddleSlim's global parameter name, e.g. conv2d_3.w_0
     channels: int
     members: List[str] = field(default_factory=list)  # structured names
+    followers: List[str] = field(default_factory=list)  # other conv weights losing output channels
 
 
 class Applied:
@@ -98,8 +99,12 @@ class PrunableModel:
             name = self.structured[coll.master_name]
             members = [self.structured[v] for v in coll.variables() if v in self.structured]
             channels = int(self.params[coll.master_name].shape[0])
-            self.groups[name] = Group(name, coll.master_name, channels, members)
+            followers = sorted({self.structured[d.name] for d in coll.all_pruning_details()
+                                if d.axis == 0 and d.name in self.structured and d.name != coll.master_name
+                                and len(self.params[d.name].shape) == 4})
+            self.groups[name] = Group(name, coll.master_name, channels, members, followers)
         self.skip_patterns = list(skip)
+        self.unsafe = {}  # group -> reason (set by the inventory: loops, conditionals)
 
     # ------------------------------------------------------------------ names
     def resolve(self, pattern_or_name):
@@ -107,7 +112,8 @@ class PrunableModel:
         return [g.name for g in self.groups.values() if matches(g.name, [pattern_or_name], g.master)]
 
     def selected_groups(self):
-        return [name for name, g in self.groups.items() if not matches(name, self.skip_patterns, g.master)]
+        return [name for name, g in self.groups.items()
+                if name not in self.unsafe and not matches(name, self.skip_patterns, g.master)]
 
     # ------------------------------------------------------------------ masking
     def masks(self, ratios):

@@ -346,3 +346,70 @@ def analyze_parallel(prunable, metric, sfile, *, groups, ratios=DEFAULT_RATIOS, 
             if proc.is_alive():
                 proc.kill()
     return sfile
+
+
+# -------------------------------------------------------------------------------- across ranks
+def part_path(path, rank, world_size):
+    stem, ext = os.path.splitext(path)
+    return f"{stem}.rank{rank}-of-{world_size}{ext or '.json'}"
+
+
+def analyze_sharded(prunable, metric, path, identity, *, groups, rank, world_size, ratios=DEFAULT_RATIOS,
+                    cap=None, max_batches=None, workers=1, show_progress=True, poll=0.5, timeout=86400):
+    """Each rank analyses every ``world_size``-th group into its own part file; rank 0 merges
+    the parts into ``path`` once all are complete, and every rank returns the merged file.
+
+    The files must be on a file system all ranks see (one machine, or a shared mount); otherwise
+    run the ranks with their part files and join them with ``slim-plugins sens merge``.
+    """
+    from slim_plugins.plugins.prune.merge import merge_documents
+
+    main = SensitivityFile.open(path, **identity)
+    if not plan_work(main, groups, ratios, cap):
+        return main
+    mine = groups[rank::world_size]
+    part = SensitivityFile.open(part_path(path, rank, world_size), **identity)
+    part.data.pop("complete", None)
+    for name in mine:  # results the merged file already has are not recomputed
+        done = main.data["groups"].get(name)
+        if done:
+            part.group(name)["ratios"].update(done.get("ratios", {}))
+    if part.baseline is None and main.baseline is not None:
+        part.set_baseline(main.baseline, main.data["metric"].get("seconds") or 0.0)
+    run = analyze_parallel if workers > 1 else analyze
+    extra = {"workers": workers} if workers > 1 else {}
+    run(prunable, metric, part, groups=mine, ratios=ratios, cap=cap, max_batches=max_batches,
+        show_progress=show_progress, **extra)
+    part.data["complete"] = True
+    part.save()
+
+    parts = [part_path(path, r, world_size) for r in range(world_size)]
+    deadline = time.time() + timeout
+    if rank == 0:
+        while True:
+            docs = [json.load(open(p)) for p in parts if os.path.exists(p)]
+            if len(docs) == world_size and all(d.get("complete") for d in docs):
+                break
+            _wait(deadline, poll, f"sensitivity parts of {world_size} ranks")
+        merged = merge_documents(([main.data] if main.data["groups"] else []) + docs,
+                                 ([path] if main.data["groups"] else []) + parts)
+        merged.pop("complete", None)
+        result = SensitivityFile(path, merged)
+        result.save()
+        return result
+    while True:
+        if os.path.exists(path):
+            merged = SensitivityFile.load(path)
+            if not plan_work(merged, groups, ratios, cap):
+                return merged
+        _wait(deadline, poll, "rank 0 to merge the sensitivity parts")
+
+
+def _wait(deadline, poll, what):
+    if time.time() > deadline:
+        from slim_plugins.errors import SensitivityFileError
+
+        raise SensitivityFileError(f"timed out waiting for {what}", plugin="prune",
+                                   hint="a rank died: run again (finished results are kept) or merge "
+                                        "the part files with `slim-plugins sens merge`")
+    time.sleep(poll)

@@ -5,14 +5,18 @@ import sys
 import time
 
 from slim_plugins.errors import AdapterError, OptionError
+from dataclasses import asdict
+
 from slim_plugins.plugins.prune import measure, report
-from slim_plugins.plugins.prune.model import PrunableModel, matches
+from slim_plugins.plugins.prune.inventory import inventory, summary, table_text
+from slim_plugins.plugins.prune.model import PrunableModel
 from slim_plugins.plugins.prune.plan import (
     attach, attached, find_plan, make_plan, plan_path, replay, PrunePlan)
 from slim_plugins.plugins.prune.ratios import (
     align_ratios, fixed_ratios, ratios_by_loss, ratios_for_flops)
 from slim_plugins.plugins.prune.sensitivity import (
-    SensitivityFile, analyze, architecture_fingerprint, weights_fingerprint, write_json_atomic)
+    SensitivityFile, analyze, analyze_parallel, analyze_sharded, architecture_fingerprint, weights_fingerprint,
+    write_json_atomic)
 
 
 def log(message):
@@ -73,11 +77,19 @@ class PruneWorkflow:
         self.before = self._measure()
         log(f"tracing {type(self.model).__name__} with PaddleSlim ({cfg.criterion})")
         prunable = PrunableModel(self.model, trace_inputs, criterion=cfg.criterion, skip=cfg.skip)
+        rows = inventory(prunable, self.check_inputs)
         groups = prunable.selected_groups()
-        log(f"{len(prunable.groups)} prunable groups, {len(prunable.groups) - len(groups)} skipped by prune.skip")
+        log(summary(rows))
+        self.report["convs"] = [asdict(r) for r in rows]
         if cfg.action == "show":
-            print(groups_table(prunable, self.check_inputs))
+            print(table_text(rows))
+            print(summary(rows))
             raise SystemExit(0)
+        for row in rows:
+            if row.status == "skipped" and row.reason and self.run.is_main_process:
+                log(f"skip {row.weight}: {row.reason}")
+        if len(groups) < len(prunable.groups) - len(prunable.unsafe):
+            log(f"{len(prunable.groups) - len(prunable.unsafe) - len(groups)} groups skipped by prune.skip")
 
         sfile = None
         if cfg.ratios is not None:
@@ -132,14 +144,24 @@ class PruneWorkflow:
         if cap is None and cfg.eval_metric_loss is not None:
             cap = cfg.eval_metric_loss
         path = self._sen_file_path()
-        sfile = SensitivityFile.open(
-            path, model_fingerprint=architecture_fingerprint(self.model),
-            weights=weights_fingerprint(self.model), metric=metric.name, criterion=cfg.criterion,
-            max_batches=cfg.sen_batches)
-        sfile.adopt_legacy_names(prunable.structured)
-        log(f"sensitivity analysis of {len(groups)} groups x {len(cfg.sen_ratios)} ratios -> {path}")
-        analyze(prunable, metric, sfile, groups=groups, ratios=cfg.sen_ratios, cap=cap,
-                max_batches=cfg.sen_batches, show_progress=self.run.is_main_process)
+        identity = dict(model_fingerprint=architecture_fingerprint(self.model),
+                        weights=weights_fingerprint(self.model), metric=metric.name, criterion=cfg.criterion,
+                        max_batches=cfg.sen_batches)
+        rank, world_size = self.run.world
+        common = dict(groups=groups, ratios=cfg.sen_ratios, cap=cap, max_batches=cfg.sen_batches)
+        log(f"sensitivity analysis of {len(groups)} groups x {len(cfg.sen_ratios)} ratios -> {path}"
+            + (f" (rank {rank} of {world_size} analyses its share)" if world_size > 1 else "")
+            + (f" with {cfg.sen_workers} workers" if cfg.sen_workers > 1 else ""))
+        if world_size > 1:
+            sfile = analyze_sharded(prunable, metric, path, identity, rank=rank, world_size=world_size,
+                                    workers=cfg.sen_workers, show_progress=True, **common)
+        else:
+            sfile = SensitivityFile.open(path, **identity)
+            sfile.adopt_legacy_names(prunable.structured)
+            if cfg.sen_workers > 1:
+                analyze_parallel(prunable, metric, sfile, workers=cfg.sen_workers, **common)
+            else:
+                analyze(prunable, metric, sfile, **common)
         self.report["baseline_metric"] = sfile.baseline
         self.report["metric_name"] = metric.name
         return sfile
@@ -201,16 +223,3 @@ class PruneWorkflow:
         path = self.config.report or os.path.join(self.save_dir, "prune_report.json")
         write_json_atomic(path, self.report)
         plan.save(os.path.join(self.save_dir, "prune_plan.json"))
-
-
-def groups_table(prunable, inputs):
-    """What can be pruned: groups with their share of FLOPs."""
-    per_layer = measure.flops_by_layer(prunable.model, inputs)
-    total = sum(per_layer.values()) or 1
-    rows = []
-    for name, group in prunable.groups.items():
-        layer = name.rsplit(".", 1)[0]
-        share = per_layer.get(layer, 0) / total
-        skipped = "skip" if matches(name, prunable.skip_patterns, group.master) else ""
-        rows.append([name, group.master, group.channels, f"{share:.1%}", len(group.members), skipped])
-    return report.table(rows, ["group", "paddleslim name", "channels", "FLOPs", "params", "note"])
