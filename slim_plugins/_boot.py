@@ -152,6 +152,11 @@ def _on_suite_import(adapter_module):
         except Exception as exc:
             # Asked for: fail loudly. Not asked for: never break an unrelated paddle program.
             if os.environ.get(ENV_PLUGINS) or os.environ.get(ENV_CONFIG):
+                from slim_plugins.errors import SlimPluginsError
+
+                if isinstance(exc, SlimPluginsError):  # a user error: the message, not a traceback
+                    sys.stderr.write(f"slim-plugins: error: {exc}\n")
+                    raise SystemExit(2) from None
                 raise
             sys.stderr.write(f"slim-plugins: not active in this process ({type(exc).__name__}: {exc})\n")
 

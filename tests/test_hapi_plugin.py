@@ -76,3 +76,39 @@ def test_hook_order_of_a_hapi_run(slim_session, hook_recorder, tmp_path):
         "slim_before_load_weights", "slim_before_export"]
     run = hook_recorder.calls[0][1]
     assert run.adapter == "builtin" and run.model is net
+
+
+def test_flops_target_from_a_yaml_plugin_config(tmp_path, python):
+    import json
+
+    cfg = tmp_path / "slim.yml"
+    cfg.write_text("plugins:\n  prune:\n    pruned_flops: 0.4\n    sen_ratios: [0.2, 0.4, 0.6, 0.8]\n"
+                   f"    report: {tmp_path / 'report.json'}\n")
+    proc = python([SCRIPT, str(tmp_path), "--epochs", "1", "--plugin-config", str(cfg)], cwd=str(tmp_path))
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert 1 - report["after"]["flops"] / report["before"]["flops"] >= 0.4
+    assert report["metric_name"] == "acc" and "after_training" in report
+    assert (tmp_path / "output" / "sensitivities.png").exists()
+    assert (tmp_path / "output" / "sensitivities.flops.png").exists()
+    assert "ETA" in proc.stderr
+
+
+def test_show_lists_groups_and_exits_before_training(tmp_path, python):
+    proc = python([SCRIPT, str(tmp_path), "--plugin", "prune", "--prune.action", "show"], cwd=str(tmp_path))
+    assert "conv weight" in proc.stdout and "0.weight" in proc.stdout and "prunable" in proc.stdout
+    assert "model output" in proc.stdout or "skipped" in proc.stdout
+    assert not (tmp_path / "final.pdparams").exists()
+
+
+def test_misspelt_plugin_and_option_are_clear_errors(tmp_path):
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, SCRIPT, str(tmp_path), "--plugin", "prnue"], cwd=str(tmp_path),
+                          capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "unknown plugin 'prnue'" in proc.stderr and "known plugins: prune" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    proc = subprocess.run([sys.executable, SCRIPT, str(tmp_path), "--plugin", "prune", "--prune.eval_metric_los",
+                           "0.1"], cwd=str(tmp_path), capture_output=True, text=True)
+    assert proc.returncode != 0 and "eval_metric_los" in proc.stderr and "eval_metric_loss" in proc.stderr

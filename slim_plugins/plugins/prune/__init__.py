@@ -59,6 +59,15 @@ def slim_before_train(run):
 
 
 @hookimpl
+def slim_after_train(run):
+    if not run.session.is_enabled(NAME):
+        return
+    from slim_plugins.plugins.prune.workflow import finish_report
+
+    finish_report(run)
+
+
+@hookimpl
 def slim_on_checkpoint_save(run, path):
     from slim_plugins.plugins.prune.workflow import save_plan_with_checkpoint
 

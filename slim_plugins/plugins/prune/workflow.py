@@ -36,6 +36,19 @@ def replay_for_checkpoint(run, path):
         log(f"rebuilt pruned shapes from {found} ({len(plan.shapes)} parameters) before loading weights")
 
 
+def finish_report(run):
+    """After training: the fine-tuned metric joins the report."""
+    report_data = run.state.get("prune_report")
+    metric = run.metric if report_data is not None else None
+    if metric is None:
+        return
+    report_data["after_training"] = {"metric": metric(), "flops": report_data["after"]["flops"]}
+    log(f"after training: {metric.name} {report_data['after_training']['metric']:.4f} "
+        f"(before pruning {report_data['before'].get('metric')})")
+    if run.is_main_process and run.state.get("prune_report_path"):
+        write_json_atomic(run.state["prune_report_path"], report_data)
+
+
 def save_plan_with_checkpoint(run, path):
     model = run.model
     plan = attached(model) if model is not None else None
@@ -112,6 +125,11 @@ class PruneWorkflow:
                          flops={"before": self.before["flops"], "after": self.after["flops"]},
                          params={"before": self.before["params"], "after": self.after["params"]})
         attach(self.model, plan)
+        metric = self.run.metric if sfile is not None else None
+        if metric is not None:
+            self.before["metric"] = sfile.baseline
+            self.after["metric"] = metric(max_batches=cfg.sen_batches)
+            self.report["metric_name"] = metric.name
         self._write_report(plan, sfile, time.perf_counter() - started)
 
     def _trace_inputs(self):
@@ -128,7 +146,8 @@ class PruneWorkflow:
 
     def _measure(self):
         return {"flops": measure.flops(self.model, self.check_inputs),
-                "params": measure.parameters(self.model)}
+                "params": measure.parameters(self.model),
+                "latency_ms": measure.latency_ms(self.model, self.check_inputs, repeat=10, warmup=2)}
 
     def _sen_file_path(self):
         return self.config.sen_file or os.path.join(self.save_dir, "sensitivities.json")
@@ -214,12 +233,15 @@ class PruneWorkflow:
             "before": self.before, "after": self.after, "seconds": round(seconds, 2),
             "sensitivity_file": sfile.path if sfile else None,
         })
-        print(report.before_after_table(self.before, self.after, "metric"), file=sys.stderr)
+        print(report.before_after_table(self.before, self.after,
+                                        f"{self.report.get('metric_name', 'metric')} (before fine-tuning)"),
+              file=sys.stderr)
         log(f"pruned {len(plan.ratios)} groups: FLOPs {self.before['flops']} -> {self.after['flops']} "
             f"({(self.after['flops'] - self.before['flops']) / self.before['flops']:+.1%})")
         self.run.state["prune_report"] = self.report
         if not self.run.is_main_process:
             return
-        path = self.config.report or os.path.join(self.save_dir, "prune_report.json")
-        write_json_atomic(path, self.report)
+        self.report_path = self.config.report or os.path.join(self.save_dir, "prune_report.json")
+        write_json_atomic(self.report_path, self.report)
         plan.save(os.path.join(self.save_dir, "prune_plan.json"))
+        self.run.state["prune_report_path"] = self.report_path
