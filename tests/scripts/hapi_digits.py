@@ -14,24 +14,14 @@ from paddle.static import InputSpec
 from sklearn.datasets import load_digits
 
 
-class Digits(paddle.io.Dataset):
-    def __init__(self, images, labels):
-        self.images, self.labels = images, labels
-
-    def __getitem__(self, i):
-        return self.images[i], self.labels[i]
-
-    def __len__(self):
-        return len(self.labels)
-
-
 def datasets():
     digits = load_digits()
     x = (digits.images.astype("float32") / 16.0)[:, None]
     y = digits.target.astype("int64")[:, None]
     order = np.random.RandomState(0).permutation(len(y))
     test, train = order[:360], order[360:]
-    return Digits(x[train], y[train]), Digits(x[test], y[test])
+    return tuple(paddle.io.TensorDataset([paddle.to_tensor(x[part]), paddle.to_tensor(y[part])])
+                 for part in (train, test))
 
 
 def network():
