@@ -43,7 +43,10 @@ class HapiAdapter(Adapter):
             run.state["fit_args"] = dict(bound.arguments)
             if not run.state.get("before_train_fired"):
                 run.state["before_train_fired"] = True
+                shapes = _shapes(model_self.network)
                 adapter.fire(run, "slim_before_train")
+                if shapes != _shapes(model_self.network):
+                    _rewrap_data_parallel(model_self)
             result = fit(model_self, *args, **kwargs)
             adapter.fire(run, "slim_after_train")
             return result
@@ -67,6 +70,7 @@ class HapiAdapter(Adapter):
         for patched in (patched_fit, patched_save, patched_load):
             patched._slim_patched = True
         Model.fit, Model.save, Model.load = patched_fit, patched_save, patched_load
+        _defer_data_parallel()
 
     def run_for(self, session, hapi_model):
         run = getattr(hapi_model, _RUN_ATTR, None)
@@ -101,8 +105,21 @@ class HapiAdapter(Adapter):
         num_workers = args.get("num_workers", 0)
 
         def evaluate(max_batches=None):
-            result = hapi.evaluate(eval_data, batch_size=batch_size, verbose=0,
-                                   num_workers=num_workers, num_iters=max_batches)
+            # A local evaluation on this rank's process: hapi would all_gather the outputs of
+            # every rank, but ranks analyse different groups (and a worker is a forked child).
+            import paddle
+
+            loader = eval_data
+            if not isinstance(loader, paddle.io.DataLoader):
+                loader = paddle.io.DataLoader(eval_data, batch_size=batch_size, shuffle=False,
+                                              num_workers=num_workers)
+            engine = hapi._adapter
+            nranks = getattr(engine, "_nranks", 1)
+            engine._nranks = 1
+            try:
+                result = hapi.evaluate(loader, verbose=0, num_iters=max_batches)
+            finally:
+                engine._nranks = nranks
             value = result[name]
             return float(value[0] if isinstance(value, (list, tuple)) else value)
 
@@ -113,6 +130,58 @@ class HapiAdapter(Adapter):
 
     def save_dir(self, run):
         return run.state.get("fit_args", {}).get("save_dir") or None
+
+
+def _shapes(network):
+    return [tuple(p.shape) for p in network.parameters()]
+
+
+class _LazyDataParallel:
+    """Stands in for the DataParallel wrapper hapi builds in ``Model()``: the real one (which
+    registers gradient hooks sized for the current parameters) is built at first use, after
+    ``slim_before_train`` has pruned. Every rank builds it at its first train step, in step."""
+
+    def __init__(self, factory, args, kwargs):
+        self._factory, self._args, self._kwargs, self._real = factory, args, kwargs, None
+
+    def _get(self):
+        if self._real is None:
+            self._real = self._factory(*self._args, **self._kwargs)
+        return self._real
+
+    def __call__(self, *args, **kwargs):
+        return self._get()(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._get(), name)
+
+
+def _defer_data_parallel():
+    import paddle
+    from paddle.hapi.model import DynamicGraphAdapter
+
+    init = DynamicGraphAdapter.__init__
+    if getattr(init, "_slim_patched", False):
+        return
+
+    @functools.wraps(init)
+    def patched_init(engine, model):
+        real = paddle.DataParallel
+        paddle.DataParallel = lambda *a, **k: _LazyDataParallel(real, a, k)
+        try:
+            init(engine, model)
+        finally:
+            paddle.DataParallel = real
+
+    patched_init._slim_patched = True
+    DynamicGraphAdapter.__init__ = patched_init
+
+
+def _rewrap_data_parallel(hapi_model):
+    engine = hapi_model._adapter
+    ddp = getattr(engine, "ddp_model", None)
+    if isinstance(ddp, _LazyDataParallel) and ddp._real is not None:
+        raise RuntimeError("the DataParallel wrapper was built before pruning")
 
 
 adapter = HapiAdapter()
