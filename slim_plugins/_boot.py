@@ -99,7 +99,8 @@ class _Watcher:
     """A meta-path finder that calls back after a watched module has executed."""
 
     def __init__(self):
-        self.callbacks = {}
+        self.callbacks = {}  # run after the module executed
+        self.before = {}  # run just before it executes (compatibility shims the module needs)
 
     def watch(self, module_name, callback):
         if module_name in sys.modules:
@@ -107,8 +108,15 @@ class _Watcher:
         else:
             self.callbacks.setdefault(module_name, []).append(callback)
 
+    def watch_before(self, module_name, callback):
+        """``callback()`` right before ``module_name`` first executes (at once if imported)."""
+        if module_name in sys.modules:
+            callback()
+        else:
+            self.before.setdefault(module_name, []).append(callback)
+
     def find_spec(self, fullname, path=None, target=None):
-        if fullname not in self.callbacks:
+        if fullname not in self.callbacks and fullname not in self.before:
             return None
         for finder in sys.meta_path:
             if finder is self or not hasattr(finder, "find_spec"):
@@ -121,7 +129,8 @@ class _Watcher:
         loader = spec.loader
         if loader is None or not hasattr(loader, "exec_module"):
             return spec
-        callbacks = self.callbacks.pop(fullname)
+        callbacks = self.callbacks.pop(fullname, [])
+        before = self.before.pop(fullname, [])
         original = loader.exec_module
 
         class _Loader:
@@ -132,6 +141,8 @@ class _Watcher:
                 return loader.create_module(spec)
 
             def exec_module(self, module):
+                for callback in before:
+                    callback()
                 original(module)
                 for callback in callbacks:
                     callback(module)

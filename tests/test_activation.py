@@ -157,3 +157,22 @@ def test_misspelt_hook_fails_loudly(slim_session):
     slim_session.pm.register(Typo())
     with pytest.raises(pluggy.PluginValidationError, match="slim_befor_train"):
         slim_session.pm.check_pending()
+
+
+def test_watcher_runs_callbacks_before_and_after_a_module_executes(tmp_path, monkeypatch):
+    (tmp_path / "watched_suite_mod.py").write_text("import builtins\nSEEN = getattr(builtins, '_slim_seen', [])[:]\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import builtins
+
+    events = []
+    builtins._slim_seen = events
+    try:
+        _boot.watcher.watch_before("watched_suite_mod", lambda: events.append("before"))
+        _boot.watcher.watch("watched_suite_mod", lambda m: events.append(("after", m.SEEN)))
+        if _boot.watcher not in sys.meta_path:
+            monkeypatch.setattr(sys, "meta_path", [_boot.watcher] + sys.meta_path)
+        import watched_suite_mod  # noqa: F401
+    finally:
+        del builtins._slim_seen
+        sys.modules.pop("watched_suite_mod", None)
+    assert events == ["before", ("after", ["before"])]
