@@ -1,0 +1,61 @@
+"""`slim-plugins list` and `slim-plugins sens ...` on real files."""
+import json
+import pickle
+
+from slim_plugins.cli import main
+from slim_plugins.plugins.prune.sensitivity import SensitivityFile
+
+
+def make_file(path, groups, baseline=0.9):
+    sfile = SensitivityFile.new(str(path), model_fingerprint="m", weights="w", metric="acc",
+                                criterion="l1_norm", max_batches=None)
+    sfile.set_baseline(baseline, 0.1)
+    for name, points in groups.items():
+        for ratio, metric in points.items():
+            sfile.record(name, ratio, metric, 0.1)
+    sfile.save()
+    return sfile
+
+
+def test_list_shows_plugins_adapters_and_the_matching_adapter(tmp_path, capsys):
+    script = tmp_path / "train.py"
+    script.write_text("import paddle\nfrom paddle.static import InputSpec\n")
+    assert main(["list", "--script", str(script)]) == 0
+    out = capsys.readouterr().out
+    assert "prune" in out and "builtin" in out and "built-in" in out
+    assert f"{script}: adapter builtin" in out
+
+
+def test_sens_show_plot_ratios_merge_import(tmp_path, capsys):
+    a = make_file(tmp_path / "a.json", {"conv1.weight": {0.1: 0.9, 0.2: 0.88}})
+    make_file(tmp_path / "b.json", {"conv1.weight": {0.3: 0.8}, "conv2.weight": {0.1: 0.7}})
+    assert main(["sens", "merge", str(tmp_path / "m.json"), str(tmp_path / "a.json"), str(tmp_path / "b.json")]) == 0
+    merged = SensitivityFile.load(str(tmp_path / "m.json"))
+    assert set(merged.losses()["conv1.weight"]) == {0.1, 0.2, 0.3}
+    capsys.readouterr()
+    assert main(["sens", "show", str(tmp_path / "m.json")]) == 0
+    out = capsys.readouterr().out
+    assert "conv2.weight" in out and "+0.2222" in out  # (0.9 - 0.7) / 0.9
+    assert main(["sens", "ratios", str(tmp_path / "m.json"), "--eval-metric-loss", "0.05"]) == 0
+    ratios = json.loads(capsys.readouterr().out)
+    assert 0.2 < ratios["conv1.weight"] < 0.3
+    assert main(["sens", "plot", str(tmp_path / "m.json"), "--out", str(tmp_path / "p.png")]) == 0
+    assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
+    with open(tmp_path / "old.sensi.data", "wb") as f:
+        pickle.dump({"conv2d_0.w_0": {0.1: 0.01, 0.2: 0.03}}, f)
+    assert main(["sens", "import", str(tmp_path / "old.sensi.data"), str(tmp_path / "imp.json")]) == 0
+    assert SensitivityFile.load(str(tmp_path / "imp.json")).losses() == {"conv2d_0.w_0": {0.1: 0.01, 0.2: 0.03}}
+    assert a.path
+
+
+def test_errors_are_one_line_with_a_hint(tmp_path, capsys):
+    make_file(tmp_path / "a.json", {"c": {0.1: 0.9}})
+    other = SensitivityFile.new(str(tmp_path / "o.json"), model_fingerprint="other", weights="w", metric="acc",
+                                criterion="l1_norm", max_batches=None)
+    other.save()
+    assert main(["sens", "merge", str(tmp_path / "m.json"), str(tmp_path / "a.json"), str(tmp_path / "o.json")]) == 2
+    err = capsys.readouterr().err
+    assert "model_fingerprint differs" in err and "hint:" in err
+    (tmp_path / "bad.json").write_text("{}")
+    assert main(["sens", "show", str(tmp_path / "bad.json")]) == 2
+    assert "not a slim-plugins sensitivity file" in capsys.readouterr().err
