@@ -292,3 +292,26 @@ def test_flops_target_and_plan_replay(tmp_path):
     assert not replay(fresh, plan)  # already pruned: nothing to do
     with pytest.raises(PruneError, match="another model"):
         replay(Reshaping(), plan)
+
+
+class Untraceable(nn.Layer):
+    """A layer whose forward only works in dygraph (it reads a tensor value in Python)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2D(3, 8, 3)
+
+    def forward(self, x):
+        if float(x.numpy().mean()) > 1e9:  # .numpy() has no value while tracing
+            return x
+        return self.conv(x)
+
+
+def test_trace_error_names_the_layer_and_paddle_version():
+    from slim_plugins.errors import TraceError
+
+    model = nn.Sequential(nn.Conv2D(3, 3, 1), Untraceable())
+    with pytest.raises(TraceError) as err:
+        PrunableModel(model, SHAPE)
+    assert "layer 1 (Untraceable)" in str(err.value)
+    assert paddle.__version__ in str(err.value)

@@ -45,6 +45,24 @@ class Applied:
         self.groups.clear()
 
 
+def failing_layer(model, trace):
+    """Run ``trace`` again with hooks on every sublayer; the innermost layer entered and not left
+    when it raises is where tracing broke. Returns ``(name, class)`` or None."""
+    stack, handles = [], []
+    for name, layer in model.named_sublayers():
+        handles.append(layer.register_forward_pre_hook(lambda l, i, n=name: stack.append((n, type(l).__name__))))
+        handles.append(layer.register_forward_post_hook(lambda l, i, o: stack.pop() if stack else None))
+    try:
+        with compat.tracing():
+            trace()
+    except Exception:
+        return stack[-1] if stack else None
+    finally:
+        for h in handles:
+            h.remove()
+    return None
+
+
 def matches(name, patterns, global_name=None):
     return any(fnmatch.fnmatchcase(name, p) or (global_name and fnmatch.fnmatchcase(global_name, p))
                for p in patterns)
@@ -70,10 +88,14 @@ class PrunableModel:
             with compat.tracing():
                 self.pruner = pruner_cls(model, inputs)
         except Exception as exc:  # PaddleSlim's tracer fails deep inside; say what and where
+            layer = failing_layer(model, lambda: pruner_cls(model, inputs))
+            where = f" in layer {layer[0]} ({layer[1]})" if layer else ""
             raise TraceError(
-                f"PaddleSlim could not trace {type(model).__name__} on Paddle {compat.paddle.__version__}: "
-                f"{type(exc).__name__}: {exc}", plugin="prune",
-                hint="check the input shape; layers PaddleSlim cannot trace can be skipped with prune.skip",
+                f"PaddleSlim could not trace {type(model).__name__}{where} on Paddle {compat.paddle.__version__}: "
+                f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''}",
+                plugin="prune",
+                hint="check the input shape; on Paddle 3 some ops cannot be traced into PaddleSlim's old-IR "
+                     "program: try Paddle 2.6, or give fixed ratios that avoid that part of the model",
             ) from exc
         finally:
             model.train() if was_training else model.eval()
