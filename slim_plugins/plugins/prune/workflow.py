@@ -216,7 +216,7 @@ class PruneWorkflow:
         report.plot_sensitivities(sens, stem + ".png", sfile.data["metric"]["name"],
                                   budget=self.config.eval_metric_loss)
         points = []
-        for budget in [0.0025 * i for i in range(1, 41)]:
+        for budget in [0.005 * i for i in range(1, 21)]:
             ratios = ratios_by_loss(sens, budget)
             applied = prunable.apply(ratios)
             try:
