@@ -193,7 +193,7 @@ def test_sensitivity_resume_recomputes_nothing_and_cap_skips(tmp_path):
         assert all(l <= 0.2 for l in losses[:-1])  # stopped after the first loss over the cap
     analyze(pm, metric, sens_file(path, net), groups=groups, cap=0.2, show_progress=False)
     assert counting.calls == first_calls  # baseline included
-    assert not [f for f in os.listdir(tmp_path) if f.startswith(".tmp")]
+    assert not [f for f in os.listdir(tmp_path) if f.endswith(".tmp")]
 
 
 def test_sensitivity_file_of_another_model_or_metric_is_refused(tmp_path):

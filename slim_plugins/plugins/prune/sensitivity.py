@@ -49,10 +49,26 @@ def relative_loss(baseline, metric):
     return (baseline - metric) / abs(baseline)
 
 
+def _temp_prefix(path):
+    return "." + os.path.basename(path) + "."
+
+
+def remove_stale_temporaries(path):
+    """Temp files a killed writer of ``path`` left behind (each file has one writer)."""
+    directory = os.path.dirname(os.path.abspath(path))
+    prefix = _temp_prefix(path)
+    for name in os.listdir(directory) if os.path.isdir(directory) else ():
+        if name.startswith(prefix) and name.endswith(".tmp"):
+            try:
+                os.unlink(os.path.join(directory, name))
+            except OSError:
+                pass
+
+
 def write_json_atomic(path, data):
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=directory)
+    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=".tmp", dir=directory)
     try:
         with os.fdopen(fd, "w") as f:
             json.dump(data, f, indent=1, sort_keys=False)
@@ -103,6 +119,7 @@ class SensitivityFile:
     @classmethod
     def open(cls, path, *, model_fingerprint, weights, metric, criterion, max_batches):
         """Load ``path`` if it exists and belongs to this model/metric/criterion, else start one."""
+        remove_stale_temporaries(path)
         if not os.path.exists(path):
             return cls.new(path, model_fingerprint=model_fingerprint, weights=weights, metric=metric,
                            criterion=criterion, max_batches=max_batches)
