@@ -20,6 +20,13 @@ ENV_NO_AUTOLOAD = "SLIM_PLUGINS_DISABLE_AUTOLOAD"  # "1": entry points are not l
 # theirs through `Adapter.modules` once the session exists.
 WATCHED = {
     "paddle.hapi.model": "slim_plugins.adapters.builtin",
+    "paddlex": "slim_plugins.adapters.paddlex",
+}
+
+# Shims a suite needs before its first line runs: "module:function", called just before the
+# watched module executes (PaddleX 2.1 imports `paddle.fluid`, gone since Paddle 2.6).
+WATCHED_BEFORE = {
+    "paddlex": "slim_plugins.adapters.paddlex:install_import_shims",
 }
 
 _booted = False
@@ -174,6 +181,19 @@ def _on_suite_import(adapter_module):
     return callback
 
 
+def _before_suite_import(target):
+    def callback():
+        module_name, _, function = target.partition(":")
+        try:
+            import importlib
+
+            getattr(importlib.import_module(module_name), function)()
+        except Exception as exc:  # the suite's own import error will follow and say more
+            sys.stderr.write(f"slim-plugins: compatibility shim {target} failed ({type(exc).__name__}: {exc})\n")
+
+    return callback
+
+
 def boot(argv=None, environ=None):
     """Entry of the start-up hook; safe to call more than once."""
     global _booted
@@ -189,6 +209,8 @@ def boot(argv=None, environ=None):
         if plugins or options or config:
             argv[1:] = rest
             export_to_environment(plugins, options, config, environ)
+    for module_name, target in WATCHED_BEFORE.items():
+        watcher.watch_before(module_name, _before_suite_import(target))
     for module_name, adapter_module in WATCHED.items():
         watcher.watch(module_name, _on_suite_import(adapter_module))
     if watcher not in sys.meta_path:
