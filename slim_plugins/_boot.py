@@ -108,9 +108,14 @@ class _Watcher:
     def __init__(self):
         self.callbacks = {}  # run after the module executed
         self.before = {}  # run just before it executes (compatibility shims the module needs)
+        self.executing = set()  # in sys.modules already, but not finished
+
+    def imported(self, module_name):
+        """Has ``module_name`` finished executing? (A module is in sys.modules while it runs.)"""
+        return module_name in sys.modules and module_name not in self.executing
 
     def watch(self, module_name, callback):
-        if module_name in sys.modules:
+        if self.imported(module_name):
             callback(sys.modules[module_name])
         else:
             self.callbacks.setdefault(module_name, []).append(callback)
@@ -136,8 +141,7 @@ class _Watcher:
         loader = spec.loader
         if loader is None or not hasattr(loader, "exec_module"):
             return spec
-        callbacks = self.callbacks.pop(fullname, [])
-        before = self.before.pop(fullname, [])
+        watcher = self
         original = loader.exec_module
 
         class _Loader:
@@ -148,10 +152,15 @@ class _Watcher:
                 return loader.create_module(spec)
 
             def exec_module(self, module):
-                for callback in before:
-                    callback()
-                original(module)
-                for callback in callbacks:
+                # taken here, not in find_spec: importlib.util.find_spec() finds without executing
+                watcher.executing.add(fullname)
+                try:
+                    for callback in watcher.before.pop(fullname, []):
+                        callback()
+                    original(module)
+                finally:
+                    watcher.executing.discard(fullname)
+                for callback in watcher.callbacks.pop(fullname, []):
                     callback(module)
 
         spec.loader = _Loader()

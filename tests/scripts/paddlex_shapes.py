@@ -32,8 +32,8 @@ def main():
 
         slim_plugins.enable("prune", **json.loads(args.enable_prune))
 
+    import paddlex as pdx  # first, as PaddleX scripts do: paddle is imported while paddlex executes
     import paddle
-    import paddlex as pdx
     from paddlex import transforms as T
 
     paddle.seed(0)
