@@ -36,7 +36,13 @@ def main():
     import paddle
     from paddlex import transforms as T
 
+    import random
+
+    import numpy as np
+
     paddle.seed(0)
+    np.random.seed(0)  # PaddleX shuffles with numpy and random
+    random.seed(0)
     data = args.data
     eval_dataset = pdx.datasets.ImageNet(
         data_dir=data, file_list=os.path.join(data, "val_list.txt"), label_list=os.path.join(data, "labels.txt"),
