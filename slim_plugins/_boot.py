@@ -20,6 +20,13 @@ ENV_NO_AUTOLOAD = "SLIM_PLUGINS_DISABLE_AUTOLOAD"  # "1": entry points are not l
 # theirs through `Adapter.modules` once the session exists.
 WATCHED = {
     "paddle.hapi.model": "slim_plugins.adapters.builtin",
+    "paddlex": "slim_plugins.adapters.paddlex",
+}
+
+# Shims a suite needs before its first line runs: "module:function", called just before the
+# watched module executes (PaddleX 2.1 imports `paddle.fluid`, gone since Paddle 2.6).
+WATCHED_BEFORE = {
+    "paddlex": "slim_plugins.adapters.paddlex:install_import_shims",
 }
 
 _booted = False
@@ -101,9 +108,14 @@ class _Watcher:
     def __init__(self):
         self.callbacks = {}  # run after the module executed
         self.before = {}  # run just before it executes (compatibility shims the module needs)
+        self.executing = set()  # in sys.modules already, but not finished
+
+    def imported(self, module_name):
+        """Has ``module_name`` finished executing? (A module is in sys.modules while it runs.)"""
+        return module_name in sys.modules and module_name not in self.executing
 
     def watch(self, module_name, callback):
-        if module_name in sys.modules:
+        if self.imported(module_name):
             callback(sys.modules[module_name])
         else:
             self.callbacks.setdefault(module_name, []).append(callback)
@@ -129,8 +141,7 @@ class _Watcher:
         loader = spec.loader
         if loader is None or not hasattr(loader, "exec_module"):
             return spec
-        callbacks = self.callbacks.pop(fullname, [])
-        before = self.before.pop(fullname, [])
+        watcher = self
         original = loader.exec_module
 
         class _Loader:
@@ -141,10 +152,15 @@ class _Watcher:
                 return loader.create_module(spec)
 
             def exec_module(self, module):
-                for callback in before:
-                    callback()
-                original(module)
-                for callback in callbacks:
+                # taken here, not in find_spec: importlib.util.find_spec() finds without executing
+                watcher.executing.add(fullname)
+                try:
+                    for callback in watcher.before.pop(fullname, []):
+                        callback()
+                    original(module)
+                finally:
+                    watcher.executing.discard(fullname)
+                for callback in watcher.callbacks.pop(fullname, []):
                     callback(module)
 
         spec.loader = _Loader()
@@ -174,6 +190,19 @@ def _on_suite_import(adapter_module):
     return callback
 
 
+def _before_suite_import(target):
+    def callback():
+        module_name, _, function = target.partition(":")
+        try:
+            import importlib
+
+            getattr(importlib.import_module(module_name), function)()
+        except Exception as exc:  # the suite's own import error will follow and say more
+            sys.stderr.write(f"slim-plugins: compatibility shim {target} failed ({type(exc).__name__}: {exc})\n")
+
+    return callback
+
+
 def boot(argv=None, environ=None):
     """Entry of the start-up hook; safe to call more than once."""
     global _booted
@@ -189,6 +218,8 @@ def boot(argv=None, environ=None):
         if plugins or options or config:
             argv[1:] = rest
             export_to_environment(plugins, options, config, environ)
+    for module_name, target in WATCHED_BEFORE.items():
+        watcher.watch_before(module_name, _before_suite_import(target))
     for module_name, adapter_module in WATCHED.items():
         watcher.watch(module_name, _on_suite_import(adapter_module))
     if watcher not in sys.meta_path:

@@ -35,3 +35,7 @@ class PruneError(SlimPluginsError):
 
 class TraceError(SlimPluginsError):
     """PaddleSlim could not trace the model into a static graph."""
+
+
+class ShapeMismatchError(SlimPluginsError):
+    """Loaded weights do not fit the network's shapes (e.g. a pruned checkpoint without its plan)."""

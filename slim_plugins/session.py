@@ -1,7 +1,6 @@
 """The per-process session: plugin manager, enabled plugins and their options, adapters."""
 import json
 import os
-import sys
 import threading
 
 from slim_plugins import _boot
@@ -207,7 +206,7 @@ def get_session():
             _session = Session()
             for adapter in list(_session.adapters.values()):
                 for module_name in adapter.modules:
-                    if module_name in sys.modules:
+                    if _boot.watcher.imported(module_name):
                         _session.install_adapter(adapter)
         return _session
 

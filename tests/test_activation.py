@@ -176,3 +176,22 @@ def test_watcher_runs_callbacks_before_and_after_a_module_executes(tmp_path, mon
         del builtins._slim_seen
         sys.modules.pop("watched_suite_mod", None)
     assert events == ["before", ("after", ["before"])]
+
+
+def test_watcher_callbacks_survive_a_find_spec_without_import(tmp_path, monkeypatch):
+    import importlib.util
+
+    (tmp_path / "watched_found_mod.py").write_text("VALUE = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    events = []
+    try:
+        _boot.watcher.watch_before("watched_found_mod", lambda: events.append("before"))
+        _boot.watcher.watch("watched_found_mod", lambda m: events.append("after"))
+        if _boot.watcher not in sys.meta_path:
+            monkeypatch.setattr(sys, "meta_path", [_boot.watcher] + sys.meta_path)
+        assert importlib.util.find_spec("watched_found_mod") is not None  # found, not executed
+        assert events == []
+        import watched_found_mod  # noqa: F401
+    finally:
+        sys.modules.pop("watched_found_mod", None)
+    assert events == ["before", "after"]

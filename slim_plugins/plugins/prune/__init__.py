@@ -24,6 +24,9 @@ OPTIONS = (
     ("align", optional(int), None, "round kept channels to a multiple of this"),
     ("sen_file", optional(str), None, "sensitivity file (default: <save_dir>/sensitivities.json)"),
     ("sen_ratios", to_list(float), list(DEFAULT_RATIOS), "ratios the sensitivity analysis tries"),
+    ("sen_analyze", to_bool, True,
+     "false: take the sensitivities sen_file records as they are and analyse nothing "
+     "(PaddleX 1.3's train(sensitivities_file=...))"),
     ("sen_loss_cap", optional(float), None,
      "stop a group's analysis after the first ratio whose loss exceeds this "
      "(default: eval_metric_loss when that is how ratios are chosen)"),

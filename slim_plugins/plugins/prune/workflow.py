@@ -139,6 +139,8 @@ class PruneWorkflow:
             if inputs is None:
                 raise AdapterError("the adapter gave neither an input spec nor example inputs", plugin="prune",
                                    hint="pass inputs=[InputSpec(...)] to paddle.Model")
+            if any(isinstance(t, dict) for t in inputs):  # e.g. a detector's {image, im_shape, ...}
+                return inputs
             return [list(t.shape) for t in inputs] if len(inputs) > 1 else list(inputs[0].shape)
         from slim_plugins import compat
 
@@ -168,10 +170,20 @@ class PruneWorkflow:
                         max_batches=cfg.sen_batches)
         rank, world_size = self.run.world
         common = dict(groups=groups, ratios=cfg.sen_ratios, cap=cap, max_batches=cfg.sen_batches)
-        log(f"sensitivity analysis of {len(groups)} groups x {len(cfg.sen_ratios)} ratios -> {path}"
-            + (f" (rank {rank} of {world_size} analyses its share)" if world_size > 1 else "")
-            + (f" with {cfg.sen_workers} workers" if cfg.sen_workers > 1 else ""))
-        if world_size > 1:
+        if cfg.sen_analyze:
+            log(f"sensitivity analysis of {len(groups)} groups x {len(cfg.sen_ratios)} ratios -> {path}"
+                + (f" (rank {rank} of {world_size} analyses its share)" if world_size > 1 else "")
+                + (f" with {cfg.sen_workers} workers" if cfg.sen_workers > 1 else ""))
+        if not cfg.sen_analyze:
+            if not os.path.exists(path):
+                raise OptionError(f"prune.sen_analyze is false but the sensitivity file {path} does not exist",
+                                  plugin="prune", hint="point prune.sen_file at an existing file")
+            sfile = SensitivityFile.open(path, **identity)
+            sfile.adopt_legacy_names(prunable.structured)
+            missing = [g for g in groups if not sfile.losses(g)]
+            log(f"sen_analyze=false: using {path} as it is; {len(missing)} of {len(groups)} groups have no "
+                "sensitivities there and stay unpruned")
+        elif world_size > 1:
             sfile = analyze_sharded(prunable, metric, path, identity, rank=rank, world_size=world_size,
                                     workers=cfg.sen_workers, show_progress=True, **common)
         else:
