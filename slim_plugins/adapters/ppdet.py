@@ -374,8 +374,9 @@ def _full_graph_to_static():
     import paddle
 
     to_static = paddle.jit.to_static
-    try:
-        accepts = "full_graph" in inspect.signature(to_static).parameters
+    try:  # Paddle 2.6 takes it through **kwargs
+        params = inspect.signature(to_static).parameters
+        accepts = "full_graph" in params or any(p.kind == p.VAR_KEYWORD for p in params.values())
     except (TypeError, ValueError):
         accepts = False
     if not accepts:

@@ -119,6 +119,12 @@ class PruneWorkflow:
             ratios = self._choose(prunable, sfile, groups)
         if cfg.align and cfg.ratios is not None:
             ratios = align_ratios(ratios, {g: prunable.groups[g].channels for g in ratios}, cfg.align)
+        after = prunable.channels_after(ratios)
+        noop = sorted(g for g in ratios if after[g] >= prunable.groups[g].channels)
+        if noop:  # e.g. 1-channel groups: any ratio keeps the one channel
+            log(f"{len(noop)} groups keep all their channels at the chosen ratio: left out ({', '.join(noop[:5])}"
+                + (" ...)" if len(noop) > 5 else ")"))
+            ratios = {g: r for g, r in ratios.items() if g not in noop}
         if not ratios:
             log("no group can be pruned within the given budget: training the unpruned model")
             return
