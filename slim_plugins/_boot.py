@@ -21,6 +21,7 @@ ENV_NO_AUTOLOAD = "SLIM_PLUGINS_DISABLE_AUTOLOAD"  # "1": entry points are not l
 WATCHED = {
     "paddle.hapi.model": "slim_plugins.adapters.builtin",
     "paddlex": "slim_plugins.adapters.paddlex",
+    "ppdet.engine.trainer": "slim_plugins.adapters.ppdet",
 }
 
 # Shims a suite needs before its first line runs: "module:function", called just before the

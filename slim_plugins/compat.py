@@ -48,13 +48,19 @@ def quiet_paddleslim():
 @contextlib.contextmanager
 def tracing():
     """Context for PaddleSlim's dygraph-to-static tracing on any supported Paddle."""
-    if not PADDLE_3:
-        with quiet_paddleslim():
+    was_dynamic = paddle.in_dynamic_mode()
+    try:
+        if not PADDLE_3:
+            with quiet_paddleslim():
+                yield
+            return
+        _alias_static_mode_guard()
+        with paddle.pir_utils.OldIrGuard(), quiet_paddleslim():
             yield
-        return
-    _alias_static_mode_guard()
-    with paddle.pir_utils.OldIrGuard(), quiet_paddleslim():
-        yield
+    finally:
+        # PaddleSlim switches to static mode while tracing and leaves it on when tracing fails
+        if was_dynamic and not paddle.in_dynamic_mode():
+            paddle.disable_static()
 
 
 def import_paddleslim_pruners():

@@ -19,6 +19,7 @@ DEFAULT_PLUGINS = {
 DEFAULT_ADAPTERS = {
     "builtin": "slim_plugins.adapters.builtin",
     "paddlex": "slim_plugins.adapters.paddlex",
+    "ppdet": "slim_plugins.adapters.ppdet",
 }
 
 

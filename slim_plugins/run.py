@@ -75,6 +75,24 @@ class TrainingRun:
 
         return compat.dummy_inputs(self.input_spec, batch_size)
 
+    def trace_inputs(self):
+        """What PaddleSlim traces the model with (see :func:`~slim_plugins.hooks.spec.slim_trace_inputs`):
+        the adapter's answer, else shapes of batch 1 from the input spec or the forward inputs."""
+        inputs = self._ask("slim_trace_inputs")
+        if inputs is not None:
+            return inputs
+        from slim_plugins import compat
+
+        spec = self.input_spec
+        if spec is not None:
+            return compat.trace_shapes(spec)
+        inputs = self.forward_inputs(1)
+        if inputs is None:
+            return None
+        if any(isinstance(t, dict) for t in inputs):  # e.g. a detector's {image, im_shape, ...}
+            return inputs
+        return [list(t.shape) for t in inputs] if len(inputs) > 1 else list(inputs[0].shape)
+
     @property
     def save_dir(self):
         return self._ask("slim_save_dir") or "output"

@@ -315,3 +315,30 @@ def test_trace_error_names_the_layer_and_paddle_version():
         PrunableModel(model, SHAPE)
     assert "layer 1 (Untraceable)" in str(err.value)
     assert paddle.__version__ in str(err.value)
+
+
+def test_sensitivity_survives_a_group_that_breaks_the_model(tmp_path):
+    net = Reshaping()  # pruning conv2 breaks the reshape before fc: PaddleSlim still offers the group
+    x = paddle.randn([4] + SHAPE[1:])
+    reference = net(x).numpy()
+
+    def agreement(max_batches=None):
+        return float(1.0 / (1.0 + np.abs(net(x).numpy() - reference).mean()))
+
+    pm = PrunableModel(net, SHAPE)
+    assert "conv2.weight" in pm.groups
+    path = tmp_path / "sens.json"
+    analyze(pm, Metric("agree", agreement), sens_file(path, net), groups=list(pm.groups), ratios=[0.25, 0.5],
+            show_progress=False)
+    data = json.loads(path.read_text())
+    broken = data["groups"]["conv2.weight"]
+    assert broken["failed"]["ratio"] == "0.25" and broken["failed"]["error"]
+    assert broken["ratios"] == {}  # 0.5 was not tried after 0.25 broke the model
+    assert set(data["groups"]["conv.weight"]["ratios"]) == {"0.25", "0.5"}
+    np.testing.assert_allclose(net(x).numpy(), reference)  # restored
+    calls = []
+    analyze(pm, Metric("agree", lambda max_batches=None: calls.append(1) or 1.0), sens_file(path, net),
+            groups=list(pm.groups), ratios=[0.25, 0.5], show_progress=False)
+    assert calls == []  # resumed: the broken group is not retried
+    losses = SensitivityFile.load(str(path)).losses()
+    assert ratios_by_loss({g: l for g, l in losses.items() if l}, 1.0) == {"conv.weight": 0.5}

@@ -47,6 +47,9 @@ class Adapter:
     def forward_inputs(self, run, batch_size):
         return None
 
+    def trace_inputs(self, run):
+        return None
+
     def save_dir(self, run):
         return None
 
@@ -84,6 +87,10 @@ class Adapter:
     @hookimpl
     def slim_forward_inputs(self, run, batch_size):
         return self.forward_inputs(run, batch_size) if self._owns(run) else None
+
+    @hookimpl
+    def slim_trace_inputs(self, run):
+        return self.trace_inputs(run) if self._owns(run) else None
 
     @hookimpl
     def slim_save_dir(self, run):

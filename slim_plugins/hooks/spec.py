@@ -109,6 +109,20 @@ def slim_forward_inputs(run, batch_size):
 
 
 @hookspec(firstresult=True)
+def slim_trace_inputs(run):
+    """What PaddleSlim's tracer receives to turn the model into a static graph, for models that
+    cannot be traced from shapes alone (a ``forward`` taking a dict of tensors).
+
+    :param run: the training run. An adapter whose model needs labels in train mode fires
+        ``slim_before_train`` with the model in eval mode, so that tracing sees the inference path.
+    :returns: a list of shapes (``[[1, 3, 224, 224]]``), or a list of example inputs passed to
+        ``model(*inputs)`` (tensors, or one dict of tensors), or None to trace with shapes of batch
+        1 taken from :func:`slim_input_spec` / :func:`slim_forward_inputs`. Stops at the first
+        non-None result.
+    """
+
+
+@hookspec(firstresult=True)
 def slim_save_dir(run):
     """Where the run writes checkpoints; plugins write their artifacts here.
 

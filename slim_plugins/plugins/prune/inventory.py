@@ -65,7 +65,7 @@ def _call_counts(model, passes):
 
 def _passes(inputs):
     passes = [("eval", inputs), ("train", inputs)]
-    if len(inputs) == 1 and len(inputs[0].shape) == 4:
+    if len(inputs) == 1 and len(getattr(inputs[0], "shape", ())) == 4:
         n, c, h, w = inputs[0].shape
         passes.append(("eval", [paddle.zeros([n, c, 2 * h, 2 * w], dtype=inputs[0].dtype)]))
     return passes

@@ -54,8 +54,13 @@ def fixed_ratios(prunable, spec):
                               hint="a ratio is the fraction of channels removed, e.g. 0.3")
         hits = prunable.resolve(pattern)
         if not hits:
+            exists = pattern in prunable.global_of or pattern in prunable.structured
+            what = ("is a parameter of the model but not the master conv weight of a prunable group"
+                    if exists else "matches no prunable group")
+            if not exists and not any(c in pattern for c in "*?["):
+                what = "names no parameter of this model"
             raise OptionError(
-                f"ratios: {pattern!r} matches no prunable group", plugin="prune",
+                f"ratios: {pattern!r} {what}", plugin="prune",
                 hint="prunable groups: " + ", ".join(list(prunable.groups)[:20])
                 + (" ..." if len(prunable.groups) > 20 else "") + " (see `--prune.action show`)")
         for name in hits:

@@ -179,6 +179,20 @@ class SensitivityFile:
         ratios = self.data["groups"].get(name, {}).get("ratios", {})
         return dict(sorted((float(r), e["loss"]) for r, e in ratios.items()))
 
+    def record_failure(self, name, ratio, error):
+        """Pruning ``name`` at ``ratio`` broke the model: this ratio and every higher one are
+        left out of the analysis (and so never chosen)."""
+        self.group(name)["failed"] = {"ratio": ratio_key(ratio), "error": str(error)}
+
+    def failure(self, name):
+        """``{"ratio", "error"}`` of the ratio that broke ``name``, or None."""
+        return self.data["groups"].get(name, {}).get("failed")
+
+    def broken(self, name, ratio):
+        """Is ``ratio`` at or above the ratio at which pruning ``name`` broke the model?"""
+        failed = self.failure(name)
+        return failed is not None and float(ratio) >= float(failed["ratio"])
+
     def capped(self, name, ratio, cap):
         """Is ``ratio`` past the first ratio of ``name`` whose loss exceeded ``cap``?"""
         if cap is None:
@@ -210,17 +224,40 @@ def plan_work(sfile, groups, ratios, cap):
     work = []
     for name in groups:
         for ratio in sorted(ratios):
-            if not sfile.has(name, ratio) and not sfile.capped(name, ratio, cap):
+            if not sfile.has(name, ratio) and not _skipped(sfile, name, ratio, cap):
                 work.append((name, ratio))
     return work
 
 
+def _skipped(sfile, name, ratio, cap):
+    return sfile.broken(name, ratio) or sfile.capped(name, ratio, cap)
+
+
+class GroupBreaksModel(Exception):
+    """Pruning one group made PaddleSlim or the pruned model's evaluation fail."""
+
+
+def _first_line(exc):
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0][:300] if text else ''}"
+
+
 def evaluate_group(prunable, metric, name, ratio, max_batches):
-    applied = prunable.apply({name: ratio})
+    """The metric with ``name`` pruned at ``ratio``; the model is restored afterwards.
+
+    Raises :class:`GroupBreaksModel` when PaddleSlim cannot prune the group or the pruned model
+    fails to evaluate (e.g. a head conv whose channel count a later reshape relies on).
+    """
+    try:
+        applied = prunable.apply({name: ratio})
+    except Exception as exc:
+        raise GroupBreaksModel(_first_line(exc)) from exc
     try:
         start = time.perf_counter()
         value = metric(max_batches=max_batches)
         return value, time.perf_counter() - start
+    except Exception as exc:
+        raise GroupBreaksModel(_first_line(exc)) from exc
     finally:
         applied.restore()
 
@@ -242,10 +279,16 @@ def analyze(prunable, metric, sfile, *, groups, ratios=DEFAULT_RATIOS, cap=None,
     work = plan_work(sfile, groups, ratios, cap)
     progress = Progress(len(work), "sensitivity", enabled=show_progress)
     for name, ratio in work:
-        if sfile.capped(name, ratio, cap):
+        if _skipped(sfile, name, ratio, cap):
             progress.skip()
             continue
-        value, seconds = evaluate_group(prunable, metric, name, ratio, max_batches)
+        try:
+            value, seconds = evaluate_group(prunable, metric, name, ratio, max_batches)
+        except GroupBreaksModel as exc:
+            sfile.record_failure(name, ratio, exc)
+            sfile.save()
+            progress.step(f"{name} @ {ratio:g}: breaks the model, group skipped ({exc})")
+            continue
         entry = sfile.record(name, ratio, value, seconds)
         sfile.save()
         if on_record:
@@ -278,10 +321,15 @@ def _worker_loop(conn, prunable, metric, cap, max_batches, threads):
         local.data["metric"]["baseline"] = baseline
         local.data["groups"][name] = {"ratios": done}
         for ratio in ratios:
-            if local.capped(name, ratio, cap):
+            if _skipped(local, name, ratio, cap):
                 conn.send(("skip", name, ratio))
                 continue
-            value, seconds = evaluate_group(prunable, metric, name, ratio, max_batches)
+            try:
+                value, seconds = evaluate_group(prunable, metric, name, ratio, max_batches)
+            except GroupBreaksModel as exc:
+                local.record_failure(name, ratio, exc)
+                conn.send(("failed", name, ratio, str(exc)))
+                continue
             local.record(name, ratio, value, seconds)
             conn.send(("result", name, ratio, value, seconds))
         conn.send(("done", name))
@@ -353,6 +401,11 @@ def analyze_parallel(prunable, metric, sfile, *, groups, ratios=DEFAULT_RATIOS, 
                     if on_record:
                         on_record(name, ratio, entry)
                     progress.step(f"{name} @ {ratio:g}: {metric.name} {value:.4f} loss {entry['loss']:+.4f}")
+                elif msg[0] == "failed":
+                    _, name, ratio, error = msg
+                    sfile.record_failure(name, ratio, error)
+                    sfile.save()
+                    progress.step(f"{name} @ {ratio:g}: breaks the model, group skipped ({error})")
                 elif msg[0] == "skip":
                     progress.skip()
                 else:
@@ -391,6 +444,8 @@ def analyze_sharded(prunable, metric, path, identity, *, groups, rank, world_siz
         done = main.data["groups"].get(name)
         if done:
             part.group(name)["ratios"].update(done.get("ratios", {}))
+            if done.get("failed"):
+                part.group(name)["failed"] = done["failed"]
     if part.baseline is None and main.baseline is not None:
         part.set_baseline(main.baseline, main.data["metric"].get("seconds") or 0.0)
     run = analyze_parallel if workers > 1 else analyze

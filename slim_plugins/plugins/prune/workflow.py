@@ -83,7 +83,10 @@ class PruneWorkflow:
             log("the model already carries a pruning plan (resumed checkpoint): not pruning again")
             return
         started = time.perf_counter()
-        trace_inputs = self._trace_inputs()
+        trace_inputs = self.run.trace_inputs()
+        if trace_inputs is None:
+            raise AdapterError("the adapter gave neither an input spec nor example inputs", plugin="prune",
+                               hint="pass inputs=[InputSpec(...)] to paddle.Model")
         self.check_inputs = self.run.forward_inputs(1)
         base_shapes = {n: list(p.shape) for n, p in self.model.named_parameters()}
         base_fp = architecture_fingerprint(self.model)
@@ -116,6 +119,12 @@ class PruneWorkflow:
             ratios = self._choose(prunable, sfile, groups)
         if cfg.align and cfg.ratios is not None:
             ratios = align_ratios(ratios, {g: prunable.groups[g].channels for g in ratios}, cfg.align)
+        after = prunable.channels_after(ratios)
+        noop = sorted(g for g in ratios if after[g] >= prunable.groups[g].channels)
+        if noop:  # e.g. 1-channel groups: any ratio keeps the one channel
+            log(f"{len(noop)} groups keep all their channels at the chosen ratio: left out ({', '.join(noop[:5])}"
+                + (" ...)" if len(noop) > 5 else ")"))
+            ratios = {g: r for g, r in ratios.items() if g not in noop}
         if not ratios:
             log("no group can be pruned within the given budget: training the unpruned model")
             return
@@ -131,20 +140,6 @@ class PruneWorkflow:
             self.after["metric"] = metric(max_batches=cfg.sen_batches)
             self.report["metric_name"] = metric.name
         self._write_report(plan, sfile, time.perf_counter() - started)
-
-    def _trace_inputs(self):
-        spec = self.run.input_spec
-        if spec is None:
-            inputs = self.run.forward_inputs(1)
-            if inputs is None:
-                raise AdapterError("the adapter gave neither an input spec nor example inputs", plugin="prune",
-                                   hint="pass inputs=[InputSpec(...)] to paddle.Model")
-            if any(isinstance(t, dict) for t in inputs):  # e.g. a detector's {image, im_shape, ...}
-                return inputs
-            return [list(t.shape) for t in inputs] if len(inputs) > 1 else list(inputs[0].shape)
-        from slim_plugins import compat
-
-        return compat.trace_shapes(spec)
 
     def _measure(self):
         return {"flops": measure.flops(self.model, self.check_inputs),
@@ -195,11 +190,18 @@ class PruneWorkflow:
                 analyze(prunable, metric, sfile, **common)
         self.report["baseline_metric"] = sfile.baseline
         self.report["metric_name"] = metric.name
+        failed = {g: sfile.failure(g) for g in groups if sfile.failure(g)}
+        for name, failure in failed.items():
+            if self.run.is_main_process:
+                log(f"skip group {name}: pruning it at ratio {failure['ratio']} breaks the model "
+                    f"({failure['error']})")
+        if failed:
+            self.report["broken_groups"] = failed
         return sfile
 
     def _choose(self, prunable, sfile, groups):
         cfg = self.config
-        sens = {g: l for g, l in sfile.losses().items() if g in groups}
+        sens = {g: l for g, l in sfile.losses().items() if g in groups and l}
         channels = {g: prunable.groups[g].channels for g in sens}
         if cfg.pruned_flops is not None:
             base = self.before["flops"]

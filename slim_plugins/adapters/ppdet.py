@@ -1,0 +1,524 @@
+"""The PaddleDetection adapter (paddledet 2.6): ``tools/train.py``, ``eval.py``, ``export_model.py``
+and resume (``train.py -r``) run unchanged.
+
+Patches, once ``ppdet.engine.trainer`` is imported (see docs/ppdet.md):
+
+* ``Trainer.__init__``: reads a ``plugins:`` section of the loaded config (``-o plugins.prune.KEY=V``
+  reaches it), and a legacy ``slim: Pruner`` config; records the run.
+* ``Trainer.train``: fires ``slim_before_train`` (model in eval mode, so tracing takes the
+  inference path) before ppdet wraps DataParallel, then rebuilds ``trainer.ema`` when shapes
+  changed; ``slim_after_train`` with the EMA weights applied (what ppdet saves).
+* ``Trainer.load_weights`` / ``resume_weights``: ``slim_before_load_weights`` first; afterwards a
+  checkpoint tensor whose shape differs from the model's (ppdet skips it silently) is an error.
+* ``ppdet.engine.callbacks.save_model``: ``slim_on_checkpoint_save`` after every snapshot.
+* ``Trainer.export``: ``slim_before_export``; works around paddledet 2.6.0's export bug.
+* ``ppdet.slim.build_slim_model``: a ``--slim_config`` with ``slim: Pruner`` becomes the prune
+  plugin's fixed ratios instead of PaddleSlim's own pruning.
+
+Nothing here imports ppdet at module level: the module imports without it.
+"""
+import contextlib
+import copy
+import functools
+import inspect
+import io
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+
+from slim_plugins.adapters import Adapter
+from slim_plugins.errors import AdapterError, OptionError, ShapeMismatchError
+from slim_plugins.hooks import hookimpl
+from slim_plugins.run import Metric
+
+_RUN_ATTR = "_slim_run"
+_MODES = {"train": "train", "eval": "eval", "test": "export"}
+DEFAULT_SIZE = 640  # input side when the config names none (ppdet's usual default)
+
+
+class PPDetAdapter(Adapter):
+    name = "ppdet"
+    modules = ("ppdet.engine.trainer",)
+    description = "PaddleDetection 2.6: ppdet.engine.Trainer train / eval / export / resume"
+
+    def __init__(self):
+        self.current_run = None  # the run of the latest Trainer: save_model gets no trainer
+
+    # ------------------------------------------------------------------ patching
+    def install(self, session):
+        from ppdet.engine import callbacks
+        from ppdet.engine.trainer import Trainer
+
+        from slim_plugins import _boot
+
+        if getattr(Trainer.train, "_slim_patched", False):
+            return
+        adapter = self
+        init, train, export = Trainer.__init__, Trainer.train, Trainer.export
+        load_weights, resume_weights, save_model = Trainer.load_weights, Trainer.resume_weights, callbacks.save_model
+
+        @functools.wraps(init)
+        def patched_init(trainer, cfg, *args, **kwargs):
+            configure_from_config(cfg)
+            init(trainer, cfg, *args, **kwargs)
+            adapter.current_run = adapter.run_for(trainer)
+
+        @functools.wraps(train)
+        def patched_train(trainer, *args, **kwargs):
+            run = adapter.run_for(trainer)
+            if not run.state.get("before_train_fired"):
+                run.state["before_train_fired"] = True
+                model = trainer.model
+                shapes = _shapes(model)
+                was_training = model.training
+                model.eval()  # the train-mode forward of a detector needs ground truth
+                try:
+                    adapter.fire(run, "slim_before_train")
+                finally:
+                    if was_training:
+                        model.train()
+                if shapes != _shapes(model):
+                    _rebuild_ema(trainer)
+            result = train(trainer, *args, **kwargs)
+            with _ema_weights(trainer):
+                adapter.fire(run, "slim_after_train")
+            return result
+
+        def before_load(trainer, weights):
+            run = adapter.run_for(trainer)
+            shapes = _shapes(trainer.model)
+            adapter.fire(run, "slim_before_load_weights", path=weights)
+            changed = shapes != _shapes(trainer.model)
+            if changed:
+                _rebuild_ema(trainer)
+            return changed
+
+        @functools.wraps(load_weights)
+        def patched_load_weights(trainer, weights, *args, **kwargs):
+            if getattr(trainer, "is_loaded_weights", False):  # ppdet ignores the call
+                return load_weights(trainer, weights, *args, **kwargs)
+            changed = before_load(trainer, weights)
+            result = load_weights(trainer, weights, *args, **kwargs)
+            # a pretrain load into a fresh train model may skip mismatched heads on purpose
+            strict = trainer.mode != "train" or changed
+            check_loaded(trainer.model, weights, strict=strict)
+            return result
+
+        @functools.wraps(resume_weights)
+        def patched_resume_weights(trainer, weights, *args, **kwargs):
+            before_load(trainer, weights)
+            result = resume_weights(trainer, weights, *args, **kwargs)
+            check_loaded(trainer.model, weights, strict=True)
+            return result
+
+        @functools.wraps(save_model)
+        def patched_save_model(model, optimizer, save_dir, save_name, *args, **kwargs):
+            result = save_model(model, optimizer, save_dir, save_name, *args, **kwargs)
+            run = adapter.current_run
+            if run is not None:
+                adapter.fire(run, "slim_on_checkpoint_save", path=os.path.join(save_dir, save_name))
+            return result
+
+        @functools.wraps(export)
+        def patched_export(trainer, output_dir="output_inference", *args, **kwargs):
+            run = adapter.run_for(trainer)
+            name = os.path.splitext(os.path.basename(trainer.cfg.filename))[0]
+            adapter.fire(run, "slim_before_export", path=os.path.join(output_dir, name))
+            with _full_graph_to_static():
+                return export(trainer, output_dir, *args, **kwargs)
+
+        for patched in (patched_init, patched_train, patched_load_weights, patched_resume_weights,
+                        patched_save_model, patched_export):
+            patched._slim_patched = True
+        Trainer.__init__, Trainer.train, Trainer.export = patched_init, patched_train, patched_export
+        Trainer.load_weights, Trainer.resume_weights = patched_load_weights, patched_resume_weights
+        callbacks.save_model = patched_save_model  # callbacks.py imported it by name
+        _boot.watcher.watch("ppdet.slim", _patch_build_slim_model)
+
+    def run_for(self, trainer):
+        from slim_plugins.session import get_session
+
+        run = getattr(trainer, _RUN_ATTR, None)
+        if run is None:
+            run = self.new_run(get_session(), handle=trainer, mode=_MODES.get(getattr(trainer, "mode", ""), "train"))
+            object.__setattr__(trainer, _RUN_ATTR, run)
+        return run
+
+    # ------------------------------------------------------------------ what it exposes
+    def model(self, run):
+        return run.handle.model
+
+    def optimizer(self, run):
+        return getattr(run.handle, "optimizer", None)
+
+    def train_loader(self, run):
+        return run.handle.loader if run.handle.mode == "train" else None
+
+    def eval_loader(self, run):
+        return _EvalData.of(run, None).loader
+
+    def metric(self, run):
+        cfg = run.handle.cfg
+        if cfg.get("metric") not in ("COCO", "VOC"):
+            return None
+        name = "COCO bbox mAP" if cfg.metric == "COCO" else "VOC bbox mAP (%)"
+
+        def evaluate(max_batches=None):
+            return _EvalData.of(run, max_batches).evaluate(run.handle.model)
+
+        return Metric(name, evaluate)
+
+    def forward_inputs(self, run, batch_size):
+        import paddle
+
+        h, w = input_size(run.handle.cfg)
+        return [{
+            "image": paddle.ones([batch_size, 3, h, w], dtype="float32"),
+            "im_shape": paddle.to_tensor([[float(h), float(w)]] * batch_size, dtype="float32"),
+            "scale_factor": paddle.ones([batch_size, 2], dtype="float32"),
+        }]
+
+    def trace_inputs(self, run):
+        # PaddleSlim feeds every value of the dict as a static input and calls model(dict)
+        return self.forward_inputs(run, 1)
+
+    def save_dir(self, run):
+        cfg = run.handle.cfg
+        return os.path.join(cfg.get("save_dir", "output"), cfg.get("filename", "model"))
+
+    def world(self, run):
+        trainer = run.handle
+        if hasattr(trainer, "_nranks"):
+            return int(trainer._local_rank), int(trainer._nranks)
+        return None
+
+
+# ---------------------------------------------------------------------- configuration
+def configure_from_config(cfg):
+    """A ``plugins:`` section and a legacy ``slim: Pruner`` in the loaded ppdet config."""
+    from slim_plugins.session import get_session
+
+    session = get_session()
+    label = f"{cfg.get('filename', 'the ppdet config')}.yml plugins:"
+    section = cfg.get("plugins")
+    if section:
+        session.configure_from_mapping(_plain(section), label=label)
+    if cfg.get("slim") == "Pruner":
+        # ppdet's own Trainer would look for cfg.slim_type and PaddleSlim's pruner
+        options = legacy_pruner_options(cfg.get("Pruner"), f"the Pruner section of {cfg.get('filename')}")
+        session.enable("prune", options, source="yaml")
+        cfg.pop("slim")
+
+
+def legacy_pruner_options(pruner, label="the Pruner section"):
+    """ppdet's ``Pruner: {criterion, pruned_params, pruned_ratios}`` -> prune plugin options."""
+    pruner = dict(pruner or {})
+    params = list(pruner.get("pruned_params") or [])
+    ratios = list(pruner.get("pruned_ratios") or [])
+    if not params:
+        raise OptionError(f"{label} lists no pruned_params", plugin="prune",
+                          hint="name the conv weights to prune, e.g. pruned_params: ['backbone.conv1._conv.weight']")
+    if len(params) != len(ratios):
+        raise OptionError(
+            f"{label} has {len(params)} pruned_params but {len(ratios)} pruned_ratios", plugin="prune",
+            hint="give one ratio per parameter, in the same order")
+    doubles = sorted({p for p in params if params.count(p) > 1})
+    if doubles:
+        raise OptionError(f"{label} names {', '.join(doubles)} more than once", plugin="prune")
+    options = {"ratios": {str(p): float(r) for p, r in zip(params, ratios)}}
+    if pruner.get("criterion"):
+        options["criterion"] = str(pruner["criterion"])
+    return options
+
+
+def _plain(value):
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _patch_build_slim_model(module):
+    build = module.build_slim_model
+    if getattr(build, "_slim_patched", False):
+        return
+
+    @functools.wraps(build)
+    def patched_build_slim_model(cfg, slim_cfg, *args, **kwargs):
+        with open(slim_cfg) as f:
+            kind = _peek_slim_kind(f.read())
+        if kind != "Pruner":
+            return build(cfg, slim_cfg, *args, **kwargs)
+        # merge the slim config as ppdet does (epochs, learning rate, pretrain_weights), and let
+        # the prune plugin do the pruning: Trainer.__init__ converts the Pruner section
+        from ppdet.core.workspace import load_config
+
+        return load_config(slim_cfg)
+
+    patched_build_slim_model._slim_patched = True
+    module.build_slim_model = patched_build_slim_model
+
+
+def _peek_slim_kind(text):
+    import yaml
+
+    class _Loader(yaml.SafeLoader):
+        pass
+
+    _Loader.add_multi_constructor("!", lambda loader, suffix, node: None)
+    data = yaml.load(text, Loader=_Loader) or {}
+    return data.get("slim") if isinstance(data, dict) else None
+
+
+# ---------------------------------------------------------------------- model helpers
+def _shapes(model):
+    return [tuple(p.shape) for p in model.parameters()]
+
+
+def _rebuild_ema(trainer):
+    """ModelEMA holds zeros_like copies of the old shapes: build a new one (reset() keeps them)."""
+    if not getattr(trainer, "use_ema", False) or getattr(trainer, "ema", None) is None:
+        return
+    from ppdet.optimizer import ModelEMA
+
+    cfg = trainer.cfg
+    trainer.ema = ModelEMA(
+        trainer.model, decay=cfg.get("ema_decay", 0.9998), ema_decay_type=cfg.get("ema_decay_type", "threshold"),
+        cycle_epoch=cfg.get("cycle_epoch", -1), ema_black_list=cfg.get("ema_black_list", None),
+        ema_filter_no_grad=cfg.get("ema_filter_no_grad", False))
+
+
+@contextlib.contextmanager
+def _ema_weights(trainer):
+    """The EMA weights in ``trainer.model`` meanwhile: what ppdet's checkpoints hold."""
+    ema = getattr(trainer, "ema", None) if getattr(trainer, "use_ema", False) else None
+    if ema is None or ema.step == 0:
+        yield
+        return
+    model = trainer.model
+    saved = copy.deepcopy(model.state_dict())
+    epoch, cycle = ema.epoch, ema.cycle_epoch
+    ema.cycle_epoch = -1  # apply() must not count an epoch or reset the averages
+    try:
+        model.set_dict(ema.apply())
+    finally:
+        ema.epoch, ema.cycle_epoch = epoch, cycle
+    try:
+        yield
+    finally:
+        model.set_dict(saved)
+
+
+def input_size(cfg):
+    """(H, W) the model runs at: TestReader.inputs_def.image_shape, else the eval Resize."""
+    shape = (cfg.get("TestReader") or {}).get("inputs_def", {}).get("image_shape")
+    if shape and len(shape) >= 2 and all(d and d > 0 for d in shape[-2:]):
+        return int(shape[-2]), int(shape[-1])
+    for transform in (cfg.get("EvalReader") or {}).get("sample_transforms", []) or []:
+        if isinstance(transform, dict) and "Resize" in transform:
+            size = transform["Resize"].get("target_size")
+            if isinstance(size, int):
+                return size, size
+            if size:
+                return int(size[0]), int(size[-1])
+    return DEFAULT_SIZE, DEFAULT_SIZE
+
+
+def _strip_postfix(path):
+    path = str(path)
+    for ext in (".pdparams", ".pdopt", ".pdmodel"):
+        if path.endswith(ext):
+            return path[: -len(ext)]
+    return path
+
+
+def check_loaded(model, weights, strict=True):
+    """ppdet's loaders skip every checkpoint tensor whose shape differs from the model's (one
+    INFO line each): evaluation then runs on random weights. Refuse that."""
+    if weights is None or "://" in str(weights):
+        return
+    path = _strip_postfix(weights) + ".pdparams"
+    if not os.path.isfile(path):
+        return
+    import paddle
+
+    saved = paddle.load(path, return_numpy=True)
+    mismatched = []
+    for name, tensor in model.state_dict().items():
+        value = saved.get(name)
+        if value is not None and hasattr(value, "shape") and list(value.shape) != list(tensor.shape):
+            mismatched.append(f"{name}: checkpoint {list(value.shape)}, model {list(tensor.shape)}")
+    if not mismatched:
+        return
+    listing = "; ".join(mismatched[:5]) + (f"; ... ({len(mismatched)} in all)" if len(mismatched) > 5 else "")
+    if not strict:
+        sys.stderr.write(f"[slim-plugins ppdet] {len(mismatched)} tensors of {path} were not loaded "
+                         f"(shape differs): {listing}\n")
+        return
+    raise ShapeMismatchError(
+        f"{path} does not fit the model: {listing}. PaddleDetection skips such tensors silently and "
+        "would go on with random weights", plugin="ppdet",
+        hint="a pruned checkpoint needs its <checkpoint>.prune.json next to it (written at every save); "
+             "otherwise use the config the checkpoint was trained with")
+
+
+@contextlib.contextmanager
+def _full_graph_to_static():
+    """paddledet 2.6.0's Trainer.export calls ``paddle.jit.to_static(model)`` and then reads
+    ``.forward.main_program``, which Paddle >= 2.6 allows only with ``full_graph=True`` (fixed
+    upstream after the 2.6.0 wheel). Default ``full_graph=True`` while exporting."""
+    import paddle
+
+    to_static = paddle.jit.to_static
+    try:  # Paddle 2.6 takes it through **kwargs
+        params = inspect.signature(to_static).parameters
+        accepts = "full_graph" in params or any(p.kind == p.VAR_KEYWORD for p in params.values())
+    except (TypeError, ValueError):
+        accepts = False
+    if not accepts:
+        yield
+        return
+
+    @functools.wraps(to_static)
+    def full_graph(*args, **kwargs):
+        kwargs.setdefault("full_graph", True)
+        return to_static(*args, **kwargs)
+
+    paddle.jit.to_static = full_graph
+    try:
+        yield
+    finally:
+        paddle.jit.to_static = to_static
+
+
+# ---------------------------------------------------------------------- evaluation
+class _EvalData:
+    """ppdet's eval reader and metric for the first ``max_batches`` batches, built once per run.
+
+    A local, non-collective evaluation of ``trainer.model`` in this process (ranks of a
+    distributed run analyse different groups). COCOeval scores against every image of the
+    annotation file, so a limited evaluation gets a trimmed copy of the file: the exact metric
+    of those images.
+    """
+
+    def __init__(self, run, max_batches):
+        from ppdet.core.workspace import create
+
+        trainer = run.handle
+        cfg = trainer.cfg
+        self.max_batches = max_batches
+        self.tmp = tempfile.mkdtemp(prefix="slim_ppdet_eval_")
+        run.state.setdefault("tmp_dirs", []).append(self.tmp)
+        dataset = copy.copy(create("EvalDataset")())  # never change the dataset ppdet shares
+        batch_size = cfg.EvalReader["batch_size"]
+        if max_batches and cfg.metric == "COCO":
+            dataset.check_or_download_dataset()
+            dataset.anno_path = self._trimmed_annotations(dataset.get_anno(), max_batches * batch_size)
+        import paddle
+
+        sampler = paddle.io.BatchSampler(dataset, batch_size=batch_size)
+        if cfg.metric == "VOC":
+            cfg["EvalReader"]["collate_batch"] = False
+        self.loader = create("EvalReader")(dataset, cfg.worker_num, batch_sampler=sampler)
+        # ppdet builds metrics from the config: swap ours in for the call, then restore
+        saved_metrics, saved_ds = trainer._metrics, cfg.get("EvalDataset")
+        had_output, saved_output = "output_eval" in cfg, cfg.get("output_eval")
+        cfg["EvalDataset"], cfg["output_eval"] = dataset, self.tmp  # bbox.json not into the CWD
+        try:
+            with _quiet_ppdet():
+                trainer._init_metrics(validate=True)
+            self.metrics = trainer._metrics
+        finally:
+            trainer._metrics = saved_metrics
+            cfg["EvalDataset"] = saved_ds
+            if had_output:
+                cfg["output_eval"] = saved_output
+            else:
+                cfg.pop("output_eval", None)
+        if not self.metrics:
+            raise AdapterError(f"ppdet built no metric for metric: {cfg.metric}", plugin="ppdet")
+
+    @classmethod
+    def of(cls, run, max_batches):
+        cache = run.state.setdefault("eval_data", {})
+        if max_batches not in cache:
+            cache[max_batches] = cls(run, max_batches)
+        return cache[max_batches]
+
+    def _trimmed_annotations(self, path, images):
+        with open(path) as f:
+            anno = json.load(f)
+        keep = sorted(anno["images"], key=lambda im: im["id"])[:images]
+        ids = {im["id"] for im in keep}
+        anno["images"] = keep
+        anno["annotations"] = [a for a in anno.get("annotations", []) if a["image_id"] in ids]
+        trimmed = os.path.join(self.tmp, "annotations.json")
+        with open(trimmed, "w") as f:
+            json.dump(anno, f)
+        return trimmed  # absolute: os.path.join(dataset_dir, absolute) is the absolute path
+
+    def evaluate(self, model):
+        import paddle
+
+        was_training = model.training
+        model.eval()
+        try:
+            with paddle.no_grad(), _quiet_ppdet():
+                for i, data in enumerate(self.loader):
+                    if self.max_batches and i >= self.max_batches:
+                        break
+                    outs = model(data)
+                    for metric in self.metrics:
+                        metric.update(data, outs)
+                for metric in self.metrics:
+                    metric.accumulate()
+                results = self.metrics[0].get_results()
+        finally:
+            for metric in self.metrics:
+                metric.reset()
+            if was_training:
+                model.train()
+        stats = results.get("bbox") if isinstance(results, dict) else None
+        if stats is None or len(stats) == 0:
+            return 0.0  # COCOMetric gives {} when the model found no box at all
+        return float(stats[0])
+
+
+@contextlib.contextmanager
+def _quiet_ppdet():
+    """COCOeval prints its table and ppdet logs at INFO on every evaluation: hundreds of them in
+    a sensitivity analysis."""
+    loggers = [logging.getLogger(n) for n in list(logging.root.manager.loggerDict) if n.startswith("ppdet")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.WARNING)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+def cleanup(run):
+    run.state.pop("eval_data", None)
+    for path in run.state.pop("tmp_dirs", []):
+        shutil.rmtree(path, ignore_errors=True)
+
+
+adapter = PPDetAdapter()
+
+
+@hookimpl
+def slim_register_adapters(register):
+    register(adapter)
+
+
+@hookimpl(trylast=True)
+def slim_after_train(run):
+    if run.adapter == adapter.name:  # after the plugins' own evaluations
+        cleanup(run)

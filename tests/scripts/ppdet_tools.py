@@ -1,0 +1,67 @@
+"""PaddleDetection's tools/train.py, eval.py and export_model.py in one script (the paddledet
+wheel ships no tools/): the same calls in the same order, knowing nothing of slim-plugins.
+
+usage: ppdet_tools.py train  -c CFG [-o k=v ...] [-r CKPT] [--eval] [--slim_config SLIM]
+       ppdet_tools.py eval   -c CFG [-o weights=...] [--slim_config SLIM]
+       ppdet_tools.py export -c CFG [-o weights=...] [--output_dir DIR]
+The last stdout line is JSON: the model's parameter shapes (after training / loading).
+"""
+import json
+import sys
+import warnings
+
+warnings.filterwarnings("ignore")  # as tools/train.py does
+
+import paddle  # noqa: E402
+
+from ppdet.core.workspace import load_config, merge_config  # noqa: E402
+from ppdet.engine import Trainer, init_parallel_env  # noqa: E402
+from ppdet.slim import build_slim_model  # noqa: E402
+from ppdet.utils.cli import ArgsParser, merge_args  # noqa: E402
+import ppdet.utils.check as check  # noqa: E402
+
+
+def parse_args(command, argv):
+    parser = ArgsParser()
+    parser.add_argument("--slim_config", default=None, type=str)
+    if command == "train":
+        parser.add_argument("-r", "--resume", default=None)
+        parser.add_argument("--eval", action="store_true", default=False)
+    if command == "export":
+        parser.add_argument("--output_dir", type=str, default="output_inference")
+    return parser.parse_args(argv)
+
+
+def main(argv):
+    command, rest = argv[0], argv[1:]
+    flags = parse_args(command, rest)
+    cfg = load_config(flags.config)
+    merge_args(cfg, flags)
+    merge_config(flags.opt)
+    if flags.slim_config:
+        cfg = build_slim_model(cfg, flags.slim_config, mode={"export": "test"}.get(command, command))
+    merge_config(flags.opt)
+    check.check_config(cfg)
+    if command != "export":
+        init_parallel_env()
+    else:
+        paddle.set_device("cpu")
+    trainer = Trainer(cfg, mode={"export": "test"}.get(command, command))
+    if command == "train":
+        if flags.resume is not None:
+            trainer.resume_weights(flags.resume)
+        elif cfg.get("pretrain_weights"):
+            trainer.load_weights(cfg.pretrain_weights)
+        trainer.train(flags.eval)
+    elif command == "eval":
+        trainer.load_weights(cfg.weights)
+        trainer.evaluate()
+    else:
+        trainer.load_weights(cfg.weights)
+        trainer.export(flags.output_dir)
+    shapes = {k: list(v.shape) for k, v in trainer.model.state_dict().items()}
+    print(json.dumps({"shapes": shapes}))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,259 @@
+"""PaddleDetection (paddledet 2.6): the unchanged train / eval / export / resume commands with the
+prune plugin, on a generated COCO-format set of coloured rectangles (issue 4).
+
+PicoDet-s (LCNet, LCPAN, PicoHeadV2 with EMA) is the main model; YOLOv3 + MobileNetV1 x0.25 the
+second architecture. Every ppdet command runs in its own process, as a user runs them.
+"""
+import importlib.util
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import HERE, SCRIPTS, last_json
+from slim_plugins import compat
+from slim_plugins.errors import OptionError
+
+TOOLS = os.path.join(SCRIPTS, "ppdet_tools.py")
+CONFIGS = os.path.join(HERE, "data", "ppdet")
+PICO, YOLO = "picodet_s_shapes", "yolov3_mbv1_shapes"
+AP = re.compile(r"Average Precision\s+\(AP\) @\[ IoU=0\.50:0\.95 \| area=\s*all \| maxDets=100 \] = ([-\d.]+)")
+
+needs_ppdet = pytest.mark.skipif(
+    importlib.util.find_spec("ppdet") is None,
+    reason="paddledet is not installed (pip install --no-deps paddledet==2.6.0 and its imports: see docs/ppdet.md)")
+needs_paddle_26 = pytest.mark.skipif(
+    compat.PADDLE_3,
+    reason=f"Paddle {compat.paddle.__version__}: paddledet 2.6.0 cannot train PicoDet on Paddle 3 (its ATSS/TaskAligned "
+           "assigners add int64 and int32 tensors: 'Type promotion only support calculations between floating-point "
+           "numbers'), and PaddleSlim cannot trace LCNet's SE block under Paddle 3 ('multiply(): argument must be "
+           "Value, but got Variable')")
+
+
+def tools(args, cwd, env=None, check=True, timeout=420):
+    """``python ppdet_tools.py ARGS`` in a fresh process (a hung data loader dies with a traceback)."""
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith(("SLIM_PLUGINS", "PADDLE_"))}
+    full_env.update(env or {})
+    proc = subprocess.run([sys.executable, "-X", "faulthandler", TOOLS] + list(args), cwd=str(cwd), env=full_env,
+                          capture_output=True, text=True, timeout=timeout)
+    if check:
+        assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+    return proc
+
+
+def config(name):
+    return os.path.join(CONFIGS, name + ".yml")
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ppdet")
+    subprocess.run([sys.executable, os.path.join(SCRIPTS, "ppdet_shapes.py"), str(root / "data" / "shapes")],
+                   check=True, timeout=120)
+    return root
+
+
+@pytest.fixture(scope="module")
+def baseline(work):
+    """PicoDet trained for 60 iterations without any plugin: the pretrained weights to prune."""
+    tools(["train", "-c", config(PICO), "-o", "epoch=12", "save_dir=base"], work)
+    return work / "base" / PICO / "model_final"
+
+
+@pytest.fixture(scope="module")
+def pruned(work, baseline):
+    """`--plugin prune` added to the train command: sensitivity analysis, 30% of the FLOPs removed,
+    two epochs of ppdet's own fine-tuning."""
+    proc = tools(["train", "-c", config(PICO), "-o", "epoch=2", "save_dir=pruned", f"pretrain_weights={baseline}",
+                  "--plugin", "prune", "--prune.pruned_flops", "0.3", "--prune.sen_ratios", "0.5",
+                  "--prune.sen_batches", "2"], work)
+    out = work / "pruned" / PICO
+    return out, proc, json.loads((out / "prune_report.json").read_text())
+
+
+def checkpoint_shapes(path):
+    import paddle
+
+    return {k: list(v.shape) for k, v in paddle.load(str(path), return_numpy=True).items()}
+
+
+# -------------------------------------------------------------------------------- PicoDet
+@needs_ppdet
+@needs_paddle_26
+def test_train_prunes_by_the_planned_flops_and_saves_a_smaller_checkpoint(work, baseline, pruned):
+    out, proc, report = pruned
+    cut = 1 - report["after"]["flops"] / report["before"]["flops"]
+    assert 0.3 <= cut < 0.5, cut
+    plan = json.loads((out / "model_final.prune.json").read_text())
+    assert plan["flops"] == {"before": report["before"]["flops"], "after": report["after"]["flops"]}
+    saved = checkpoint_shapes(out / "model_final.pdparams")
+    for name, shape in plan["shapes"].items():
+        assert saved[name] == shape  # the model ppdet trained and saved is the pruned one
+    assert not any("backup" in k for k in saved)
+    unpruned = os.path.getsize(str(baseline) + ".pdparams")
+    assert os.path.getsize(out / "model_final.pdparams") < 0.85 * unpruned
+    # the trained model was evaluated with ppdet's own COCO metric, before and after
+    assert report["metric_name"] == "COCO bbox mAP"
+    assert 0 < report["after_training"]["metric"] <= 1
+    # what cannot be pruned is said, with the reason; groups that break the model are skipped
+    assert re.search(r"skip neck\.\S+ feeds concat", proc.stderr)
+    assert re.search(r"skip \S+\.dw_conv\.conv\.weight: depthwise conv", proc.stderr)
+    broken = report.get("broken_groups", {})
+    assert all(g.startswith("head.head_reg_list.") for g in broken)
+    for group in broken:
+        assert f"skip group {group}: pruning it at ratio 0.5 breaks the model" in proc.stderr
+        assert group not in plan["ratios"]
+
+
+@needs_ppdet
+@needs_paddle_26
+def test_fresh_eval_gives_the_metric_of_the_end_of_training(work, pruned):
+    out, _, report = pruned
+    proc = tools(["eval", "-c", config(PICO), "-o", f"weights={out / 'model_final'}"], work)
+    assert "rebuilt pruned shapes" in proc.stderr
+    fresh = float(AP.findall(proc.stdout)[-1])
+    assert fresh == pytest.approx(report["after_training"]["metric"], abs=6e-4)  # ppdet prints 3 decimals
+
+
+@needs_ppdet
+@needs_paddle_26
+def test_export_has_the_pruned_shapes_and_runs(work, pruned):
+    import paddle.inference as pi
+
+    out, _, _ = pruned
+    tools(["export", "-c", config(PICO), "-o", f"weights={out / 'model_final'}", "--output_dir", "inference"], work)
+    exported = work / "inference" / PICO
+    config_ = pi.Config(str(exported / "model.pdmodel"), str(exported / "model.pdiparams"))
+    config_.disable_gpu()
+    predictor = pi.create_predictor(config_)
+    feeds = {"image": np.random.RandomState(0).rand(1, 3, 128, 128).astype("float32"),
+             "im_shape": np.array([[128.0, 128.0]], "float32"), "scale_factor": np.ones([1, 2], "float32")}
+    for name in predictor.get_input_names():
+        predictor.get_input_handle(name).copy_from_cpu(feeds[name])
+    predictor.run()
+    boxes = predictor.get_output_handle(predictor.get_output_names()[0]).copy_to_cpu()
+    assert boxes.ndim == 2 and boxes.shape[1] == 6
+    assert os.path.getsize(exported / "model.pdiparams") < os.path.getsize(out / "model_final.pdparams") * 1.05
+
+
+@needs_ppdet
+@needs_paddle_26
+def test_resume_rebuilds_shapes_and_does_not_prune_again(work, pruned):
+    out, _, _ = pruned
+    before = checkpoint_shapes(out / "model_final.pdparams")
+    proc = tools(["train", "-c", config(PICO), "-r", str(out / "model_final"), "-o", "epoch=3", "save_dir=pruned",
+                  "--plugin", "prune", "--prune.pruned_flops", "0.3"], work)
+    assert "rebuilt pruned shapes" in proc.stderr
+    assert "not pruning again" in proc.stderr
+    assert "Epoch: [2]" in proc.stdout + proc.stderr
+    assert checkpoint_shapes(out / "model_final.pdparams") == before
+
+
+@needs_ppdet
+@needs_paddle_26
+def test_a_pruned_checkpoint_without_its_plan_is_refused(work, pruned):
+    out, _, _ = pruned
+    lost = work / "lost"
+    lost.mkdir(exist_ok=True)
+    shutil.copy(out / "model_final.pdparams", lost / "model.pdparams")
+    proc = tools(["eval", "-c", config(PICO), "-o", f"weights={lost / 'model'}"], work, check=False)
+    assert proc.returncode != 0
+    assert "does not fit the model" in proc.stderr and "prune.json" in proc.stderr
+
+
+@needs_ppdet
+@needs_paddle_26
+def test_legacy_slim_pruner_config_becomes_fixed_ratios(work, baseline):
+    slim = work / "picodet_prune_fpgm.yml"
+    slim.write_text(f"pretrain_weights: {baseline}\nepoch: 1\nslim: Pruner\nPruner:\n  criterion: fpgm\n"
+                    "  pruned_params: ['backbone.blocks5.2.pw_conv.conv.weight', 'neck.top_down_blocks.1.0.pw_conv.*']\n"
+                    "  pruned_ratios: [0.5, 0.25]\n")
+    tools(["train", "-c", config(PICO), "--slim_config", str(slim), "-o", "save_dir=legacy"], work)
+    plan = json.loads((work / "legacy" / "picodet_prune_fpgm" / "model_final.prune.json").read_text())
+    assert plan["criterion"] == "fpgm"
+    assert plan["channels"] == {"backbone.blocks5.2.pw_conv.conv.weight": [192, 96],
+                                "neck.top_down_blocks.1.0.pw_conv.conv.weight": [192, 144]}
+    slim.write_text(slim.read_text().replace("backbone.blocks5.2.pw_conv.conv.weight", "backbone.nothing.weight"))
+    proc = tools(["train", "-c", config(PICO), "--slim_config", str(slim), "-o", "save_dir=legacy_bad"], work,
+                 check=False)
+    assert proc.returncode != 0
+    assert "'backbone.nothing.weight' names no parameter of this model" in proc.stderr
+
+
+@needs_ppdet
+@needs_paddle_26
+def test_launch_two_ranks_shard_the_analysis_and_train_the_same_plan(work, baseline):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLIM_PLUGINS", "PADDLE_"))}
+    cmd = [sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", "2", "--log_dir", "dist_logs",
+           TOOLS, "train", "-c", config(PICO), "-o", "epoch=1", "save_dir=dist", f"pretrain_weights={baseline}",
+           "--plugin", "prune", "--prune.eval_metric_loss", "0.1", "--prune.sen_ratios", "0.5",
+           "--prune.sen_batches", "1"]
+    proc = subprocess.run(cmd, cwd=str(work), env=env, capture_output=True, text=True, timeout=420)
+    logs = [(work / "dist_logs" / f"workerlog.{r}").read_text() for r in range(2)]
+    assert proc.returncode == 0, proc.stderr[-2000:] + logs[0][-4000:] + logs[1][-2000:]
+    shapes = [json.loads([line for line in log.splitlines() if line.startswith('{"shapes"')][-1])["shapes"]
+              for log in logs]
+    assert shapes[0] == shapes[1]
+    out = work / "dist" / PICO
+    parts = [json.loads((out / f"sensitivities.rank{r}-of-2.json").read_text())["groups"] for r in range(2)]
+    assert parts[0] and parts[1] and set(parts[0]).isdisjoint(parts[1])
+    assert set(json.loads((out / "sensitivities.json").read_text())["groups"]) == set(parts[0]) | set(parts[1])
+    plan = json.loads((out / "model_final.prune.json").read_text())
+    saved = checkpoint_shapes(out / "model_final.pdparams")
+    assert all(saved[name] == shape == shapes[0][name] for name, shape in plan["shapes"].items())
+
+
+# -------------------------------------------------------------------------------- YOLOv3
+@needs_ppdet
+def test_yolov3_yaml_section_with_ppdet_overrides_and_no_plugin_option(work):
+    cfg = work / "yolov3_prune.yml"
+    cfg.write_text(open(config(YOLO)).read().replace("epoch: 20", "epoch: 1") + (
+        "\nplugins:\n  prune:\n    criterion: l2_norm\n    ratios:\n"
+        "      backbone.conv5_*._pointwise_conv._conv.weight: 0.25\n"
+        "      neck.yolo_block.0.tip.conv.weight: 0.5\n"))
+    proc = tools(["train", "-c", str(cfg), "-o", "save_dir=yolo", "plugins.prune.criterion=fpgm"], work)
+    out = work / "yolo" / "yolov3_prune"
+    plan = json.loads((out / "model_final.prune.json").read_text())
+    assert plan["criterion"] == "fpgm"  # -o reached the section
+    assert plan["channels"]["backbone.conv5_1._pointwise_conv._conv.weight"] == [128, 96]
+    assert plan["channels"]["neck.yolo_block.0.tip.conv.weight"] == [1024, 512]
+    assert len(plan["ratios"]) == 7  # conv5_1 .. conv5_6 and the tip
+    saved = checkpoint_shapes(out / "model_final.pdparams")
+    assert saved["neck.yolo_block.0.tip.conv.weight"] == [512, 512, 3, 3]
+    assert saved["yolo_head.yolo_output.0.weight"][1] == 512
+    assert plan["flops"]["after"] < plan["flops"]["before"]
+    for head in range(3):
+        assert re.search(rf"skip yolo_head\.yolo_output\.{head}\.weight: .*(model output|yolo_box)", proc.stderr)
+    assert re.search(r"skip backbone\.conv4_2\._pointwise_conv\._conv\.weight: feeds concat", proc.stderr)
+    evaluated = tools(["eval", "-c", str(cfg), "-o", f"weights={out / 'model_final'}"], work)
+    assert "rebuilt pruned shapes" in evaluated.stderr  # 5 iterations find no box yet: no AP table
+
+
+# -------------------------------------------------------------------------------- no ppdet needed
+def test_legacy_pruner_section_errors():
+    from slim_plugins.adapters.ppdet import legacy_pruner_options
+
+    options = legacy_pruner_options({"criterion": "fpgm", "pruned_params": ["conv2d_27.w_0", "neck.*"],
+                                     "pruned_ratios": [0.1, 0.2]})
+    assert options == {"ratios": {"conv2d_27.w_0": 0.1, "neck.*": 0.2}, "criterion": "fpgm"}
+    with pytest.raises(OptionError, match="2 pruned_params but 1 pruned_ratios"):
+        legacy_pruner_options({"pruned_params": ["a", "b"], "pruned_ratios": [0.1]})
+    with pytest.raises(OptionError, match="lists no pruned_params"):
+        legacy_pruner_options({"pruned_ratios": [0.1]})
+    with pytest.raises(OptionError, match="names a more than once"):
+        legacy_pruner_options({"pruned_params": ["a", "a"], "pruned_ratios": [0.1, 0.2]})
+
+
+def test_adapter_imports_without_ppdet(python, tmp_path):
+    code = ("import sys; sys.modules['ppdet'] = None\n"
+            "import slim_plugins.adapters.ppdet as m\n"
+            "from slim_plugins.manager import DEFAULT_ADAPTERS\n"
+            "from slim_plugins._boot import WATCHED\n"
+            "assert DEFAULT_ADAPTERS['ppdet'] == m.__name__ and WATCHED['ppdet.engine.trainer'] == m.__name__\n"
+            "print('{\"ok\": true}')")
+    assert last_json(python(["-c", code], cwd=str(tmp_path)).stdout) == {"ok": True}
