@@ -246,20 +246,20 @@ def work(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def det_base(work):
-    """A DB detector trained without the plugin (96 steps: hmean well above 0 on this set)."""
-    run_tool("train.py", "det.yml", ["Global.epoch_num=24", "Global.save_model_dir=./det_base"], cwd=str(work))
+    """A DB detector trained without the plugin (144 steps: hmean about 1 on this set)."""
+    run_tool("train.py", "det.yml", ["Global.epoch_num=36", "Global.save_model_dir=./det_base"], cwd=str(work))
     return work / "det_base" / "latest"
 
 
 @pytest.fixture(scope="module")
 def det_pruned(work, det_base):
-    """Sensitivity analysis (hmean, first 4 eval batches), ratios by loss budget, 3 epochs fine-tuning."""
+    """Sensitivity analysis (hmean, first 6 eval batches), ratios by loss budget, 4 epochs fine-tuning."""
     proc = run_tool("train.py", "det.yml",
-                    ["Global.epoch_num=3", "Global.save_model_dir=./det_pruned", f"Global.pretrained_model={det_base}",
+                    ["Global.epoch_num=4", "Global.save_model_dir=./det_pruned", f"Global.pretrained_model={det_base}",
                      "Optimizer.lr.learning_rate=0.002"],
                     cwd=str(work),
-                    extra=["--plugin", "prune", "--prune.eval_metric_loss", "0.1", "--prune.sen_ratios", "0.2,0.5",
-                           "--prune.sen_batches", "4"])
+                    extra=["--plugin", "prune", "--prune.eval_metric_loss", "0.05", "--prune.sen_ratios", "0.1,0.3",
+                           "--prune.sen_batches", "6", "--prune.skip", "head.*"])
     return work / "det_pruned", proc
 
 
@@ -269,12 +269,12 @@ def test_db_sensitivities_use_hmean_and_the_plan_lowers_flops(det_pruned):
     out, proc = det_pruned
     with open(out / "sensitivities.json") as f:
         sens = json.load(f)
-    assert sens["metric"]["name"] == "hmean" and sens["metric"]["max_batches"] == 4
+    assert sens["metric"]["name"] == "hmean" and sens["metric"]["max_batches"] == 6
     assert sens["metric"]["baseline"] > 0
     analysed = {g: v["ratios"] for g, v in sens["groups"].items() if v.get("ratios")}
     assert len(analysed) > 10
     for ratios in analysed.values():
-        assert set(ratios) <= {"0.2", "0.5"}
+        assert set(ratios) <= {"0.1", "0.3"}
         assert all(0 <= r["metric"] <= 1 and "loss" in r for r in ratios.values())
 
     report = report_of(out)
@@ -346,6 +346,30 @@ def test_unpruned_db_eval_and_export_work_with_the_adapter_installed(work, det_b
              [f"Global.checkpoints={det_base}", f"Global.save_inference_dir={work / 'det_base_infer'}"] + EXPORT_OPTS,
              cwd=str(work))
     assert any(n.startswith("inference.") for n in os.listdir(work / "det_base_infer"))
+
+
+def test_replay_eval_export_of_a_plan_made_without_paddleslim(work, det_base):
+    """Runs on every Paddle (PaddleSlim cannot trace DB on Paddle 3): plan replay needs no tracing."""
+    import paddle
+
+    made = run_python([os.path.join(SCRIPTS, "ppocr_handmade_plan.py"), ROOT, "det.yml", str(det_base),
+                       str(work / "hand" / "cut"), "12"], cwd=str(work))
+    shapes = json.loads(made.stdout.strip().splitlines()[-1])
+    assert [12, 64, 3, 3] in shapes.values()
+    proc = run_tool("eval.py", "det.yml", [f"Global.checkpoints={work / 'hand' / 'cut'}"], cwd=str(work))
+    assert "rebuilt pruned shapes" in proc.stderr and "not matched" not in proc.stdout + proc.stderr
+    assert 0 <= logged_metric(proc, "hmean") <= 1
+    infer = work / "hand_infer"
+    run_tool("export_model.py", "det.yml",
+             [f"Global.checkpoints={work / 'hand' / 'cut'}", f"Global.save_inference_dir={infer}"] + EXPORT_OPTS,
+             cwd=str(work))
+    layer = paddle.jit.load(str(infer / "inference"))
+    layer.eval()
+    maps = layer(paddle.to_tensor(np.zeros([1, 3, SIZE, SIZE], dtype="float32")))
+    maps = maps[0] if isinstance(maps, (list, tuple)) else maps
+    assert list(maps.shape) == [1, 1, SIZE, SIZE]
+    exported = [tuple(p.shape) for p in layer.parameters()]
+    assert (12, 64, 3, 3) in exported and (64, 64, 3, 3) not in exported
 
 
 @pytest.mark.skipif(not compat.PADDLE_3, reason="Paddle 3 only: what a user sees where PaddleSlim cannot trace")
