@@ -140,7 +140,8 @@ class PrunableModel:
         elif self.mode == "eval":
             self.model.eval()
         try:
-            yield
+            with compat.traceable_buffers(self.model):
+                yield
         finally:
             self.model.train() if was_training else self.model.eval()
 
