@@ -128,6 +128,11 @@ def _old_ir_functions():
             if getattr(module, name, None) is original:
                 setattr(module, name, replacement)
                 swapped.append((module, name, original))
+    variable = paddle.base.framework.Variable  # old-IR methods: `q.matmul(k)` in SVTR's attention
+    for name, (_original, replacement) in versions.items():
+        if name in vars(variable):
+            swapped.append((variable, name, vars(variable)[name]))
+            setattr(variable, name, replacement)
     try:
         yield
     finally:
