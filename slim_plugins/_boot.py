@@ -22,6 +22,7 @@ WATCHED = {
     "paddle.hapi.model": "slim_plugins.adapters.builtin",
     "paddlex": "slim_plugins.adapters.paddlex",
     "ppdet.engine.trainer": "slim_plugins.adapters.ppdet",
+    "ppocr.utils.save_load": "slim_plugins.adapters.ppocr",
 }
 
 # Shims a suite needs before its first line runs: "module:function", called just before the

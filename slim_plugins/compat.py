@@ -4,7 +4,9 @@
   (done by the start-up hook and here).
 * Paddle 3.x traces dygraph models into PIR programs, which PaddleSlim 2.6 cannot read:
   :func:`tracing` switches the old IR on only while PaddleSlim traces, and adds the one alias
-  PaddleSlim needs. The user's own training and export never run under it.
+  PaddleSlim needs, and swaps the Paddle 3 functions that only take PIR values (sigmoid,
+  multiply, matmul ...) for ones that also build old-IR ops. The user's own training and
+  export never run under it.
 """
 import contextlib
 import logging
@@ -45,6 +47,117 @@ def quiet_paddleslim():
             lg.setLevel(level)
 
 
+# Paddle 3 functions that call a PIR-only kernel directly, with the old-IR op that does the same
+# (unary: X -> Out; binary: X, Y -> Out). PaddleOCR's models call them (DB head: sigmoid;
+# MobileNetV3 SE: multiply; SVTR: matmul).
+_OLD_IR_UNARY = {"sigmoid": "sigmoid", "tanh": "tanh", "exp": "exp", "sqrt": "sqrt", "abs": "abs"}
+_OLD_IR_BINARY = {"multiply": "elementwise_mul", "subtract": "elementwise_sub", "divide": "elementwise_div",
+                  "maximum": "elementwise_max", "minimum": "elementwise_min"}
+_OLD_IR_HOMES = ("paddle", "paddle.nn.functional", "paddle.nn.functional.activation", "paddle.tensor",
+                 "paddle.tensor.math", "paddle.tensor.ops", "paddle.tensor.linalg")
+
+
+def _old_ir_variable(value):
+    from paddle.base import framework
+
+    return isinstance(value, framework.Variable) and not framework.in_dygraph_mode()
+
+
+def _append_old_ir_op(op_type, inputs, dtype, attrs=None):
+    from paddle.base.layer_helper import LayerHelper
+
+    helper = LayerHelper(op_type)
+    out = helper.create_variable_for_type_inference(dtype)
+    helper.append_op(type=op_type, inputs=inputs, outputs={"Out": [out]}, attrs=attrs or {})
+    return out
+
+
+def _old_ir_versions():
+    """``{name: (original, replacement)}``: each replacement builds the old-IR op when given an
+    old-IR ``Variable`` and calls the original otherwise."""
+    import functools
+
+    versions = {}
+    for name, op_type in _OLD_IR_UNARY.items():
+        original = getattr(paddle, name, None)
+        if original is None:
+            continue
+
+        def unary(x, *args, _original=original, _op=op_type, **kwargs):
+            if _old_ir_variable(x):
+                return _append_old_ir_op(_op, {"X": [x]}, x.dtype)
+            return _original(x, *args, **kwargs)
+
+        versions[name] = (original, functools.wraps(original)(unary))
+    for name, op_type in _OLD_IR_BINARY.items():
+        original = getattr(paddle, name, None)
+        if original is None:
+            continue
+
+        def binary(x, y, *args, _original=original, _op=op_type, **kwargs):
+            if _old_ir_variable(x) or _old_ir_variable(y):
+                return _append_old_ir_op(_op, {"X": [x], "Y": [y]}, x.dtype, {"axis": -1})
+            return _original(x, y, *args, **kwargs)
+
+        versions[name] = (original, functools.wraps(original)(binary))
+    matmul = paddle.matmul
+
+    def old_ir_matmul(x, y, transpose_x=False, transpose_y=False, name=None):
+        if _old_ir_variable(x) or _old_ir_variable(y):
+            return _append_old_ir_op("matmul_v2", {"X": [x], "Y": [y]}, x.dtype,
+                                     {"trans_x": bool(transpose_x), "trans_y": bool(transpose_y)})
+        return matmul(x, y, transpose_x, transpose_y, name)
+
+    versions["matmul"] = (matmul, functools.wraps(matmul)(old_ir_matmul))
+    return versions
+
+
+@contextlib.contextmanager
+def _old_ir_functions():
+    """Swap the PIR-only functions for old-IR-capable ones where they are looked up, and back."""
+    import importlib
+
+    swapped = []
+    versions = _old_ir_versions()
+    for home in _OLD_IR_HOMES:
+        try:
+            module = importlib.import_module(home)
+        except ImportError:
+            continue
+        for name, (original, replacement) in versions.items():
+            if getattr(module, name, None) is original:
+                setattr(module, name, replacement)
+                swapped.append((module, name, original))
+    variable = paddle.base.framework.Variable  # old-IR methods: `q.matmul(k)` in SVTR's attention
+    for name, (_original, replacement) in versions.items():
+        if name in vars(variable):
+            swapped.append((variable, name, vars(variable)[name]))
+            setattr(variable, name, replacement)
+    try:
+        yield
+    finally:
+        for module, name, original in reversed(swapped):
+            setattr(module, name, original)
+
+
+@contextlib.contextmanager
+def traceable_buffers(model):
+    """Paddle 3 cannot turn an uninitialised buffer (an LSTM's ``_dropout_state``) into a static
+    variable: give such buffers a placeholder while PaddleSlim traces, and put them back."""
+    filled = []
+    if PADDLE_3:
+        for layer in model.sublayers(include_self=True):
+            for name, buffer in list(layer._buffers.items()):
+                if buffer is not None and hasattr(buffer, "_is_initialized") and not buffer._is_initialized():
+                    layer._buffers[name] = paddle.zeros([1], dtype=buffer.dtype)
+                    filled.append((layer, name, buffer))
+    try:
+        yield
+    finally:
+        for layer, name, buffer in filled:
+            layer._buffers[name] = buffer
+
+
 @contextlib.contextmanager
 def tracing():
     """Context for PaddleSlim's dygraph-to-static tracing on any supported Paddle."""
@@ -55,7 +168,7 @@ def tracing():
                 yield
             return
         _alias_static_mode_guard()
-        with paddle.pir_utils.OldIrGuard(), quiet_paddleslim():
+        with paddle.pir_utils.OldIrGuard(), _old_ir_functions(), quiet_paddleslim():
             yield
     finally:
         # PaddleSlim switches to static mode while tracing and leaves it on when tracing fails

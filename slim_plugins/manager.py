@@ -20,6 +20,7 @@ DEFAULT_ADAPTERS = {
     "builtin": "slim_plugins.adapters.builtin",
     "paddlex": "slim_plugins.adapters.paddlex",
     "ppdet": "slim_plugins.adapters.ppdet",
+    "ppocr": "slim_plugins.adapters.ppocr",
 }
 
 

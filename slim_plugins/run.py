@@ -94,6 +94,11 @@ class TrainingRun:
         return [list(t.shape) for t in inputs] if len(inputs) > 1 else list(inputs[0].shape)
 
     @property
+    def trace_mode(self):
+        """``"train"``, ``"eval"`` or None (trace in the model's current mode)."""
+        return self._ask("slim_trace_mode")
+
+    @property
     def save_dir(self):
         return self._ask("slim_save_dir") or "output"
 

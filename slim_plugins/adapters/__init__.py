@@ -53,6 +53,9 @@ class Adapter:
     def save_dir(self, run):
         return None
 
+    def trace_mode(self, run):
+        return None
+
     def world(self, run):
         return None
 
@@ -91,6 +94,10 @@ class Adapter:
     @hookimpl
     def slim_trace_inputs(self, run):
         return self.trace_inputs(run) if self._owns(run) else None
+
+    @hookimpl
+    def slim_trace_mode(self, run):
+        return self.trace_mode(run) if self._owns(run) else None
 
     @hookimpl
     def slim_save_dir(self, run):

@@ -123,6 +123,17 @@ def slim_trace_inputs(run):
 
 
 @hookspec(firstresult=True)
+def slim_trace_mode(run):
+    """The mode the model must be in while PaddleSlim traces it to find prunable groups.
+
+    :param run: the training run.
+    :returns: ``"train"`` (e.g. a DB detector, whose threshold branch runs only in training),
+        ``"eval"`` (e.g. a model whose training forward needs labels), or None to trace the
+        model in whatever mode it is in. Stops at the first non-None result.
+    """
+
+
+@hookspec(firstresult=True)
 def slim_save_dir(run):
     """Where the run writes checkpoints; plugins write their artifacts here.
 

@@ -76,7 +76,7 @@ def _graph_reasons(prunable, weights):
     from paddleslim.core import GraphWrapper, dygraph2program
 
     try:
-        with compat.tracing():
+        with prunable.trace_mode(), compat.tracing():
             graph = GraphWrapper(dygraph2program(prunable.model, prunable.inputs))
     except Exception as exc:
         return {w: f"PaddleSlim could not trace the model ({type(exc).__name__})" for w in weights}

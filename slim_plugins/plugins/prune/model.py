@@ -4,6 +4,7 @@ PaddleSlim traces the model, groups coupled parameters (a conv, its BN, the next
 channels, residual partners) and picks the channels to drop. Applying and undoing a pruning is
 done here, vectorised and without the ``*_backup`` buffers PaddleSlim leaves in the model.
 """
+import contextlib
 import fnmatch
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -75,20 +76,22 @@ class PrunableModel:
     computed from the weights at construction time.
     """
 
-    def __init__(self, model, inputs, criterion="l1_norm", skip=()):
+    def __init__(self, model, inputs, criterion="l1_norm", skip=(), mode=None):
         if criterion not in CRITERIA:
             raise OptionError(f"criterion {criterion!r} is not supported", plugin="prune",
                               hint=f"use one of {', '.join(CRITERIA)}")
         self.model = model
         self.inputs = inputs
         self.criterion = criterion
+        self.mode = mode  # "train", "eval" or None: the mode PaddleSlim traces in (see slim_trace_mode)
         pruner_cls = compat.import_paddleslim_pruners()[criterion]
         was_training = model.training
         try:
-            with compat.tracing():
+            with self.trace_mode(), compat.tracing():
                 self.pruner = pruner_cls(model, inputs)
         except Exception as exc:  # PaddleSlim's tracer fails deep inside; say what and where
-            layer = failing_layer(model, lambda: pruner_cls(model, inputs))
+            with self.trace_mode():
+                layer = failing_layer(model, lambda: pruner_cls(model, inputs))
             where = f" in layer {layer[0]} ({layer[1]})" if layer else ""
             raise TraceError(
                 f"PaddleSlim could not trace {type(model).__name__}{where} on Paddle {compat.paddle.__version__}: "
@@ -127,6 +130,20 @@ class PrunableModel:
             self.groups[name] = Group(name, coll.master_name, channels, members, followers)
         self.skip_patterns = list(skip)
         self.unsafe = {}  # group -> reason (set by the inventory: loops, conditionals)
+
+    @contextlib.contextmanager
+    def trace_mode(self):
+        """The model in the mode it is traced in, its own mode restored afterwards."""
+        was_training = self.model.training
+        if self.mode == "train":
+            self.model.train()
+        elif self.mode == "eval":
+            self.model.eval()
+        try:
+            with compat.traceable_buffers(self.model):
+                yield
+        finally:
+            self.model.train() if was_training else self.model.eval()
 
     # ------------------------------------------------------------------ names
     def resolve(self, pattern_or_name):

@@ -92,7 +92,8 @@ class PruneWorkflow:
         base_fp = architecture_fingerprint(self.model)
         self.before = self._measure()
         log(f"tracing {type(self.model).__name__} with PaddleSlim ({cfg.criterion})")
-        prunable = PrunableModel(self.model, trace_inputs, criterion=cfg.criterion, skip=cfg.skip)
+        prunable = PrunableModel(self.model, trace_inputs, criterion=cfg.criterion, skip=cfg.skip,
+                                 mode=self.run.trace_mode)
         rows = inventory(prunable, self.check_inputs)
         groups = prunable.selected_groups()
         log(summary(rows))

@@ -1,0 +1,376 @@
+"""The PaddleOCR adapter: PaddleOCR 2.x's own ``tools/train.py``, ``tools/eval.py`` and
+``tools/export_model.py``, unchanged.
+
+PaddleOCR's tools bind ``load_model`` / ``save_model`` by name when they import them, so the
+functions are replaced in ``ppocr.utils.save_load`` right after that module executes (the import
+watcher calls :meth:`PaddleOCRAdapter.install`), before any tool binds them:
+
+* ``load_model(config, model, optimizer=None, model_type=...)``: reads the config's ``plugins:``
+  section, fires ``slim_before_load_weights`` (the prune plugin rebuilds pruned shapes), refuses
+  a checkpoint whose tensor shapes still differ from the model's (PaddleOCR would only warn and
+  keep random weights), loads, and in training (an optimizer is given) fires
+  ``slim_before_train``: weights are loaded, the optimizer has not stepped, and
+  ``paddle.DataParallel`` has not wrapped the model yet.
+* ``save_model(...)``: fires ``slim_on_checkpoint_save`` for every checkpoint prefix it writes.
+* ``tools.program.train`` and ``ppocr.utils.export_model.export_single_model`` are looked up at
+  call time by PaddleOCR; they are wrapped at the first ``load_model``, which every tool calls
+  before them: ``slim_after_train`` and ``slim_before_export``.
+
+This module imports nothing from PaddleOCR (or Paddle) at import time.
+"""
+import contextlib
+import functools
+import itertools
+import os
+import sys
+import weakref
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from slim_plugins.adapters import Adapter
+from slim_plugins.errors import ShapeMismatchError, SlimPluginsError
+from slim_plugins.hooks import hookimpl
+from slim_plugins.run import Metric
+
+SAVE_LOAD = "ppocr.utils.save_load"
+EXPORT = "ppocr.utils.export_model"
+PROGRAM = "tools.program"
+
+# Algorithms whose forward takes the labels (``model(images, data=batch[1:])``), as
+# tools/program.py's train() lists them. Their training forward cannot run on an image alone,
+# so PaddleSlim traces them in eval mode.
+EXTRA_INPUT_ALGORITHMS = frozenset({
+    "SRN", "NRTR", "SAR", "SEED", "SVTR", "SVTR_LCNet", "SPIN", "VisionLAN", "RobustScanner", "RFL",
+    "DRRG", "SATRN", "SVTR_HGNet", "ParseQ", "CPPD"})
+# Eval transforms that fix the input size, and the default trace size per model type
+_RESIZE_TRANSFORMS = ("RecResizeImg", "SVTRRecResizeImg", "RecConAug", "DetResizeForTest")
+_DEFAULT_SHAPES = {"det": [3, 640, 640], "rec": [3, 32, 100], "cls": [3, 48, 192]}
+
+
+@dataclass
+class OcrJob:
+    """What one PaddleOCR tool works on, as seen from ``load_model``.
+
+    :ivar config: the merged PaddleOCR config (YAML plus ``-o`` overrides).
+    :ivar model: the network (never a ``DataParallel`` wrapper).
+    :ivar optimizer: the optimizer in training, None in eval and export.
+    """
+
+    config: dict
+    model: Any
+    optimizer: Optional[Any] = None
+
+
+class _FirstBatches:
+    """The first ``n`` batches of a loader, for ``tools.program.eval`` (which uses ``len()``)."""
+
+    def __init__(self, loader, n):
+        self.loader = loader
+        self.n = min(int(n), len(loader))
+        self.dataset = getattr(loader, "dataset", None)
+
+    def __len__(self):
+        return self.n
+
+    def __iter__(self):
+        return itertools.islice(iter(self.loader), self.n)
+
+
+def _unwrap(model):
+    return getattr(model, "_layers", model)
+
+
+def _weights_file(path):
+    path = str(path)
+    return path if path.endswith(".pdparams") else path + ".pdparams"
+
+
+class PaddleOCRAdapter(Adapter):
+    name = "ppocr"
+    modules = (SAVE_LOAD,)
+    description = "PaddleOCR 2.x tools/train.py, tools/eval.py, tools/export_model.py"
+
+    def __init__(self):
+        self._runs = weakref.WeakKeyDictionary()  # model -> run (a deep copy does not carry it)
+        self._configured = set()  # ids of configs whose plugins: section was applied
+
+    def matches(self, imported_modules):
+        return "ppocr" in imported_modules
+
+    # ------------------------------------------------------------------ patching
+    def install(self, session):
+        save_load = sys.modules.get(SAVE_LOAD)
+        if save_load is None:
+            import importlib
+
+            save_load = importlib.import_module(SAVE_LOAD)
+        if getattr(save_load.load_model, "_slim_patched", False):
+            return
+        save_load.load_model = self._wrap_load_model(save_load.load_model)
+        save_load.save_model = self._wrap_save_model(save_load.save_model)
+        # modules that bound the originals before this ran (import order of a custom script)
+        for module_name in (EXPORT, PROGRAM):
+            module = sys.modules.get(module_name)
+            for attr in ("load_model", "save_model"):
+                if module is not None and getattr(module, attr, None) is not None \
+                        and not getattr(getattr(module, attr), "_slim_patched", False):
+                    setattr(module, attr, getattr(save_load, attr))
+        self._patch_late_bound()
+
+    def _patch_late_bound(self):
+        """Wrap what PaddleOCR looks up at call time: ``tools.program.train`` and
+        ``ppocr.utils.export_model.export_single_model`` (once their modules have executed)."""
+        program = sys.modules.get(PROGRAM)
+        if program is not None and callable(getattr(program, "train", None)) \
+                and hasattr(program, "preprocess") and not getattr(program.train, "_slim_patched", False):
+            program.train = self._wrap_train(program.train)
+        export = sys.modules.get(EXPORT)
+        if export is not None and callable(getattr(export, "export_single_model", None)) \
+                and not getattr(export.export_single_model, "_slim_patched", False):
+            export.export_single_model = self._wrap_export(export.export_single_model)
+
+    def _wrap_load_model(self, load_model):
+        adapter = self
+
+        @functools.wraps(load_model)
+        def patched_load_model(config, model, optimizer=None, model_type="det", *args, **kwargs):
+            from slim_plugins.session import get_session
+
+            with _user_errors():
+                adapter._patch_late_bound()
+                session = get_session()
+                adapter.configure(session, config)
+                mode = "train" if optimizer is not None else "eval"
+                run = adapter.run_for(session, config, model, optimizer, mode)
+                path = adapter.weights_path(config)
+                if path:
+                    adapter.fire(run, "slim_before_load_weights", path=path)
+                    adapter.check_shapes(model, config, path)
+            result = load_model(config, model, optimizer, model_type, *args, **kwargs)
+            if optimizer is not None and not run.state.get("before_train_fired"):
+                run.state["before_train_fired"] = True
+                with _user_errors():
+                    adapter.fire(run, "slim_before_train")
+            return result
+
+        patched_load_model._slim_patched = True
+        return patched_load_model
+
+    def _wrap_save_model(self, save_model):
+        adapter = self
+
+        @functools.wraps(save_model)
+        def patched_save_model(model, optimizer, model_path, logger, config, is_best=False, prefix="ppocr",
+                               **kwargs):
+            from slim_plugins.session import get_session
+
+            result = save_model(model, optimizer, model_path, logger, config, is_best=is_best, prefix=prefix,
+                                **kwargs)
+            run = adapter.run_for(get_session(), config, model, optimizer, "train")
+            adapter.fire(run, "slim_on_checkpoint_save", path=os.path.join(model_path, prefix))
+            if prefix == "best_accuracy":  # save_model writes best_model/model.* as well
+                adapter.fire(run, "slim_on_checkpoint_save", path=os.path.join(model_path, "best_model", "model"))
+            return result
+
+        patched_save_model._slim_patched = True
+        return patched_save_model
+
+    def _wrap_train(self, train):
+        adapter = self
+
+        @functools.wraps(train)
+        def patched_train(config, train_dataloader, valid_dataloader, device, model, loss_class, optimizer,
+                          *args, **kwargs):
+            from slim_plugins.session import get_session
+
+            result = train(config, train_dataloader, valid_dataloader, device, model, loss_class, optimizer,
+                           *args, **kwargs)
+            run = adapter.run_for(get_session(), config, model, optimizer, "train")
+            with _user_errors():
+                adapter.fire(run, "slim_after_train")
+            return result
+
+        patched_train._slim_patched = True
+        return patched_train
+
+    def _wrap_export(self, export_single_model):
+        adapter = self
+
+        @functools.wraps(export_single_model)
+        def patched_export_single_model(model, arch_config, save_path, logger, yaml_path, config, *args, **kwargs):
+            from slim_plugins.session import get_session
+
+            run = adapter.run_for(get_session(), config, model, None, "export")
+            adapter.fire(run, "slim_before_export", path=save_path)
+            return export_single_model(model, arch_config, save_path, logger, yaml_path, config, *args, **kwargs)
+
+        patched_export_single_model._slim_patched = True
+        return patched_export_single_model
+
+    # ------------------------------------------------------------------ runs and config
+    def run_for(self, session, config, model, optimizer=None, mode="train"):
+        model = _unwrap(model)
+        run = self._runs.get(model)
+        if run is None or run.session is not session:
+            run = self.new_run(session, handle=OcrJob(config, model, optimizer), mode=mode)
+            self._runs[model] = run
+        elif optimizer is not None and run.handle.optimizer is None:
+            run.handle.optimizer = optimizer
+        return run
+
+    def configure(self, session, config):
+        """Apply the ``plugins:`` section of the merged config (``-o plugins.prune.KEY=V`` included)."""
+        key = (id(session), id(config))
+        if key in self._configured:
+            return
+        self._configured.add(key)
+        section = config.get("plugins") if isinstance(config, dict) else None
+        if section:
+            session.configure_from_mapping(section, label="the plugins: section of the PaddleOCR config")
+
+    @staticmethod
+    def weights_path(config):
+        """What ``load_model`` loads: ``Global.checkpoints``, else ``Global.pretrained_model``."""
+        glob = config.get("Global") or {}
+        return glob.get("checkpoints") or glob.get("pretrained_model") or None
+
+    def check_shapes(self, model, config, path):
+        """Refuse what PaddleOCR would load with warnings only: a tensor whose shape differs.
+
+        ``Global.checkpoints`` (resume, eval, export) must match exactly. A ``pretrained_model``
+        may legitimately differ (another character set changes the head), so there only convs
+        that look pruned (fewer channels, same kernel) are refused.
+        """
+        import paddle
+
+        checkpoint = bool((config.get("Global") or {}).get("checkpoints"))
+        weights = _weights_file(path)
+        if "://" in weights or not os.path.isfile(weights):
+            return  # PaddleOCR downloads it, or reports the missing file itself
+        saved = paddle.load(weights)
+        expected = {k: list(v.shape) for k, v in _unwrap(model).state_dict().items()}
+        bad = []
+        for key, shape in expected.items():
+            value = saved.get(key)
+            if value is None or list(value.shape) == shape:
+                continue
+            got = list(value.shape)
+            pruned_conv = (len(got) == 4 and len(shape) == 4 and got[2:] == shape[2:]
+                           and all(g <= s for g, s in zip(got, shape)))
+            if checkpoint or pruned_conv:
+                bad.append((key, got, shape))
+        if not bad:
+            return
+        key, got, shape = bad[0]
+        from slim_plugins.plugins.prune.plan import find_plan
+
+        plan = find_plan(path)
+        hint = ("slim-plugins rebuilt the pruned shapes from the plan " + plan + ", but they still differ: "
+                "use the config the checkpoint was trained with" if plan else
+                "if the checkpoint was pruned by slim-plugins, put the <prefix>.prune.json saved with it next to "
+                f"{weights} (the prune plugin then rebuilds the pruned shapes before loading; do not block it "
+                "with --plugin no:prune); otherwise use the config the checkpoint was trained with")
+        raise ShapeMismatchError(
+            f"{weights}: tensor {key} has shape {got} but the model built from the config expects {shape}"
+            + (f" ({len(bad)} tensors differ)" if len(bad) > 1 else "")
+            + "; PaddleOCR would only warn and keep random weights for them",
+            plugin=self.name, hint=hint)
+
+    # ------------------------------------------------------------------ what it exposes
+    def model(self, run):
+        return run.handle.model
+
+    def optimizer(self, run):
+        return run.handle.optimizer
+
+    def save_dir(self, run):
+        return (run.handle.config.get("Global") or {}).get("save_model_dir")
+
+    def trace_mode(self, run):
+        algorithm = run.handle.config["Architecture"].get("algorithm")
+        return "eval" if algorithm in EXTRA_INPUT_ALGORITHMS else "train"
+
+    def input_spec(self, run):
+        from paddle.static import InputSpec
+
+        return [InputSpec([None] + self.image_shape(run.handle.config), "float32", "x")]
+
+    @staticmethod
+    def image_shape(config):
+        """``[C, H, W]`` of the images the Eval transforms produce (for tracing and FLOPs)."""
+        arch = config["Architecture"]
+        for transform in (config.get("Eval") or {}).get("dataset", {}).get("transforms") or []:
+            name, args = next(iter(transform.items()))
+            args = args or {}
+            if name in _RESIZE_TRANSFORMS and args.get("image_shape"):
+                shape = [int(d) for d in args["image_shape"]]
+                return shape if len(shape) == 3 else [3] + shape
+        return list(_DEFAULT_SHAPES.get(arch.get("model_type"), [3, 640, 640]))
+
+    def eval_loader(self, run):
+        return self._eval_objects(run)[0]
+
+    def _eval_objects(self, run):
+        """The Eval loader, post-process and metric, built from the config as tools/eval.py does."""
+        objects = run.state.get("eval_objects")
+        if objects is None:
+            import paddle
+            from ppocr.data import build_dataloader
+            from ppocr.metrics import build_metric
+            from ppocr.postprocess import build_post_process
+            from ppocr.utils.logging import get_logger
+
+            config = run.handle.config
+            if not config.get("Eval"):
+                return None, None, None
+            device = paddle.set_device(paddle.get_device())
+            loader = build_dataloader(config, "Eval", device, get_logger())
+            post_process = build_post_process(config["PostProcess"], config["Global"])
+            objects = (loader, post_process, build_metric(config["Metric"]))
+            run.state["eval_objects"] = objects
+        return objects
+
+    def metric(self, run):
+        config = run.handle.config
+        if not config.get("Eval") or not config.get("Metric"):
+            return None
+        arch = config["Architecture"]
+        name = config["Metric"].get("main_indicator", "metric")
+
+        def evaluate(max_batches=None):
+            program = sys.modules.get(PROGRAM)
+            if program is None:
+                import importlib
+
+                program = importlib.import_module(PROGRAM)
+            loader, post_process, eval_class = self._eval_objects(run)
+            data = _FirstBatches(loader, max_batches) if max_batches else loader
+            model = run.handle.model
+            was_training = model.training
+            try:
+                result = program.eval(model, data, post_process, eval_class, arch.get("model_type"),
+                                      arch.get("algorithm") in EXTRA_INPUT_ALGORITHMS)
+            finally:  # program.eval always leaves the model in train mode
+                model.train() if was_training else model.eval()
+            return float(result[eval_class.main_indicator])
+
+        return Metric(name, evaluate)
+
+
+@contextlib.contextmanager
+def _user_errors():
+    """A slim-plugins user error inside a PaddleOCR tool: its message and exit 2, no traceback."""
+    try:
+        yield
+    except SlimPluginsError as exc:
+        sys.stderr.write(f"slim-plugins: error: {exc}\n")
+        sys.stderr.flush()
+        raise SystemExit(2) from None
+
+
+adapter = PaddleOCRAdapter()
+
+
+@hookimpl
+def slim_register_adapters(register):
+    register(adapter)

@@ -1,0 +1,414 @@
+"""PaddleOCR 2.10's own tools/train.py, eval.py and export_model.py with the prune plugin (issue 5).
+
+The tools come from the installed ``unstructured-paddleocr`` distribution (a published copy of
+PaddleOCR 2.10.0 with its training code) and run unchanged in subprocesses, on tiny detection
+and recognition sets drawn here in PaddleOCR's label formats.
+"""
+import importlib.machinery
+import json
+import os
+import random
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import yaml
+
+from conftest import SCRIPTS, run_python
+from slim_plugins import compat
+
+
+def _ppocr_root():
+    """The folder holding PaddleOCR's ``ppocr/`` and ``tools/``, or None."""
+    from importlib import metadata
+
+    try:
+        dist = metadata.distribution("unstructured-paddleocr")
+    except metadata.PackageNotFoundError:
+        return None
+    root = str(dist.locate_file("unstructured_paddleocr"))
+    if not os.path.isfile(os.path.join(root, "tools", "program.py")):
+        return None
+    return root
+
+
+ROOT = _ppocr_root()
+_MISSING = [m for m in ("pyclipper", "shapely", "skimage", "albumentations", "rapidfuzz", "cv2")
+            if importlib.machinery.PathFinder.find_spec(m) is None]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(ROOT is None, reason="PaddleOCR's tools.program/ppocr not importable: "
+                                            "pip install --no-deps unstructured-paddleocr==2.10.0"),
+    pytest.mark.skipif(bool(_MISSING), reason=f"PaddleOCR's runtime needs {', '.join(_MISSING)}"),
+]
+# PaddleOCR 2.10 exports DB/CRNN on Paddle 3 only as PIR programs
+EXPORT_OPTS = ["Global.export_with_pir=True"] if compat.PADDLE_3 else []
+
+SIZE = 160
+DIGITS = "0123456789"
+
+
+# ------------------------------------------------------------------ data and configs
+def _font(size):
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)  # Pillow >= 10.1: a scalable built-in font
+    except TypeError:
+        return ImageFont.load_default()
+
+
+def make_det_set(folder, split, count, rng):
+    """Dark words on light backgrounds; label lines ``path\\t[{"transcription", "points"}]``."""
+    from PIL import Image, ImageDraw
+
+    os.makedirs(os.path.join(folder, split), exist_ok=True)
+    lines = []
+    for i in range(count):
+        image = Image.new("RGB", (SIZE, SIZE), tuple(rng.randint(200, 255) for _ in range(3)))
+        draw = ImageDraw.Draw(image)
+        boxes, taken = [], []
+        for _ in range(rng.randint(1, 3)):
+            for _attempt in range(20):
+                font = _font(rng.randint(SIZE // 10, SIZE // 6))
+                text = "".join(rng.choice("abcdefghkmnpqrstuvwxyz") for _ in range(rng.randint(3, 6)))
+                x0, y0, x1, y1 = draw.textbbox((0, 0), text, font=font)
+                w, h = x1 - x0, y1 - y0
+                if w >= SIZE - 8:
+                    continue
+                x, y = rng.randint(4, SIZE - w - 4), rng.randint(4, SIZE - h - 4)
+                box = (x - 2, y - 2, x + w + 2, y + h + 2)
+                if any(not (box[2] < t[0] or box[0] > t[2] or box[3] < t[1] or box[1] > t[3]) for t in taken):
+                    continue
+                taken.append(box)
+                draw.text((x - x0, y - y0), text, fill=tuple(rng.randint(0, 60) for _ in range(3)), font=font)
+                points = [[box[0], box[1]], [box[2], box[1]], [box[2], box[3]], [box[0], box[3]]]
+                boxes.append({"transcription": text, "points": points})
+                break
+        rel = f"{split}/img_{i:03d}.png"
+        image.save(os.path.join(folder, rel))
+        lines.append(rel + "\t" + json.dumps(boxes))
+    with open(os.path.join(folder, f"{split}_label.txt"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+
+
+def make_rec_set(folder, split, count, rng):
+    """Digit strings on 100x32 crops; label lines ``path\\ttext``; ``dict.txt`` one char a line."""
+    from PIL import Image, ImageDraw
+
+    os.makedirs(os.path.join(folder, split), exist_ok=True)
+    lines = []
+    for i in range(count):
+        text = "".join(rng.choice(DIGITS) for _ in range(rng.randint(1, 4)))
+        font = _font(rng.randint(20, 24))
+        image = Image.new("RGB", (100, 32), tuple(rng.randint(190, 255) for _ in range(3)))
+        draw = ImageDraw.Draw(image)
+        x0, y0, x1, y1 = draw.textbbox((0, 0), text, font=font)
+        draw.text((4 - x0 + rng.randint(0, 3), (32 - (y1 - y0)) // 2 - y0), text,
+                  fill=tuple(rng.randint(0, 70) for _ in range(3)), font=font)
+        rel = f"{split}/word_{i:03d}.png"
+        image.save(os.path.join(folder, rel))
+        lines.append(rel + "\t" + text)
+    with open(os.path.join(folder, f"{split}_label.txt"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    with open(os.path.join(folder, "dict.txt"), "w") as f:
+        f.write("\n".join(DIGITS) + "\n")
+
+
+def _loader(batch_size, shuffle, drop_last=False):
+    return {"shuffle": shuffle, "drop_last": drop_last, "batch_size_per_card": batch_size, "num_workers": 0,
+            "use_shared_memory": False}
+
+
+def _global(save_dir, **extra):
+    return {"use_gpu": False, "epoch_num": 1, "log_smooth_window": 10, "print_batch_step": 4,
+            "save_model_dir": save_dir, "save_epoch_step": 1000, "eval_batch_step": [0, 100000],
+            "cal_metric_during_train": False, "pretrained_model": None, "checkpoints": None,
+            "save_inference_dir": None, "use_visualdl": False, "seed": 1024, **extra}
+
+
+def det_config(data):
+    normalize = {"NormalizeImage": {"scale": "1./255.", "mean": [0.485, 0.456, 0.406],
+                                    "std": [0.229, 0.224, 0.225], "order": "hwc"}}
+    return {
+        "Global": _global("./det_out"),
+        "Architecture": {"model_type": "det", "algorithm": "DB", "Transform": None,
+                         "Backbone": {"name": "MobileNetV3", "scale": 0.5, "model_name": "small"},
+                         "Neck": {"name": "DBFPN", "out_channels": 64}, "Head": {"name": "DBHead", "k": 50}},
+        "Loss": {"name": "DBLoss", "balance_loss": True, "main_loss_type": "DiceLoss", "alpha": 5, "beta": 10,
+                 "ohem_ratio": 3},
+        "Optimizer": {"name": "Adam", "beta1": 0.9, "beta2": 0.999, "lr": {"learning_rate": 0.004},
+                      "regularizer": {"name": "L2", "factor": 0}},
+        "PostProcess": {"name": "DBPostProcess", "thresh": 0.3, "box_thresh": 0.5, "max_candidates": 100,
+                        "unclip_ratio": 1.5},
+        "Metric": {"name": "DetMetric", "main_indicator": "hmean"},
+        "Train": {"dataset": {"name": "SimpleDataSet", "data_dir": data, "ratio_list": [1.0],
+                              "label_file_list": [os.path.join(data, "train_label.txt")],
+                              "transforms": [
+                                  {"DecodeImage": {"img_mode": "BGR", "channel_first": False}},
+                                  {"DetLabelEncode": None},
+                                  {"EastRandomCropData": {"size": [SIZE, SIZE], "max_tries": 10, "keep_ratio": True}},
+                                  {"MakeBorderMap": {"shrink_ratio": 0.4, "thresh_min": 0.3, "thresh_max": 0.7}},
+                                  {"MakeShrinkMap": {"shrink_ratio": 0.4, "min_text_size": 8}},
+                                  normalize, {"ToCHWImage": None},
+                                  {"KeepKeys": {"keep_keys": ["image", "threshold_map", "threshold_mask",
+                                                              "shrink_map", "shrink_mask"]}}]},
+                  "loader": _loader(4, True)},
+        "Eval": {"dataset": {"name": "SimpleDataSet", "data_dir": data,
+                             "label_file_list": [os.path.join(data, "test_label.txt")],
+                             "transforms": [
+                                 {"DecodeImage": {"img_mode": "BGR", "channel_first": False}},
+                                 {"DetLabelEncode": None},
+                                 {"DetResizeForTest": {"image_shape": [SIZE, SIZE]}},
+                                 normalize, {"ToCHWImage": None},
+                                 {"KeepKeys": {"keep_keys": ["image", "shape", "polys", "ignore_tags"]}}]},
+                 "loader": _loader(1, False)},
+    }
+
+
+def rec_config(data, plugins=None):
+    transforms = [{"DecodeImage": {"img_mode": "BGR", "channel_first": False}}, {"CTCLabelEncode": None},
+                  {"RecResizeImg": {"image_shape": [3, 32, 100]}},
+                  {"KeepKeys": {"keep_keys": ["image", "label", "length"]}}]
+    config = {
+        "Global": _global("./rec_out", character_dict_path=os.path.join(data, "dict.txt"), max_text_length=10,
+                          use_space_char=False, cal_metric_during_train=True),
+        "Architecture": {"model_type": "rec", "algorithm": "CRNN", "Transform": None,
+                         "Backbone": {"name": "MobileNetV3", "scale": 0.5, "model_name": "small"},
+                         "Neck": {"name": "SequenceEncoder", "encoder_type": "rnn", "hidden_size": 48},
+                         "Head": {"name": "CTCHead", "fc_decay": 0.0}},
+        "Loss": {"name": "CTCLoss"},
+        "Optimizer": {"name": "Adam", "beta1": 0.9, "beta2": 0.999, "lr": {"learning_rate": 0.005},
+                      "regularizer": {"name": "L2", "factor": 0}},
+        "PostProcess": {"name": "CTCLabelDecode"},
+        "Metric": {"name": "RecMetric", "main_indicator": "acc"},
+        "Train": {"dataset": {"name": "SimpleDataSet", "data_dir": data,
+                              "label_file_list": [os.path.join(data, "train_label.txt")], "transforms": transforms},
+                  "loader": _loader(16, True, drop_last=True)},
+        "Eval": {"dataset": {"name": "SimpleDataSet", "data_dir": data,
+                             "label_file_list": [os.path.join(data, "test_label.txt")], "transforms": transforms},
+                 "loader": _loader(16, False)},
+    }
+    if plugins is not None:
+        config["plugins"] = plugins
+    return config
+
+
+# ------------------------------------------------------------------ running the tools
+def tool(name):
+    return os.path.join(ROOT, "tools", name)
+
+
+def run_tool(name, config, opts, cwd, extra=(), expect_rc=0):
+    """``python tools/NAME -c CONFIG -o OPTS... EXTRA...`` in a fresh process, niced."""
+    args = [tool(name), "-c", config] + (["-o"] + list(opts) if opts else []) + list(extra)
+    if expect_rc == 0:
+        return run_python(args, cwd=cwd)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLIM_PLUGINS")}
+    proc = subprocess.run([sys.executable] + args, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == expect_rc, f"exit {proc.returncode}\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
+    return proc
+
+
+def logged_metric(proc, name):
+    """The last ``name:value`` that tools/eval.py logged."""
+    found = re.findall(rf"\b{name}:\s*([0-9.eE+-]+)", proc.stdout + proc.stderr)
+    assert found, f"no {name} in the eval log:\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}"
+    return float(found[-1])
+
+
+def report_of(folder):
+    with open(os.path.join(folder, "prune_report.json")) as f:
+        return json.load(f)
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("ppocr")
+    rng = random.Random(0)
+    make_det_set(str(folder / "det"), "train", 16, rng)
+    make_det_set(str(folder / "det"), "test", 8, rng)
+    make_rec_set(str(folder / "rec"), "train", 64, rng)
+    make_rec_set(str(folder / "rec"), "test", 32, rng)
+    with open(folder / "det.yml", "w") as f:
+        yaml.safe_dump(det_config(str(folder / "det")), f, sort_keys=False)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def det_base(work):
+    """A DB detector trained without the plugin (144 steps: hmean about 1 on this set)."""
+    run_tool("train.py", "det.yml", ["Global.epoch_num=36", "Global.save_model_dir=./det_base"], cwd=str(work))
+    return work / "det_base" / "latest"
+
+
+@pytest.fixture(scope="module")
+def det_pruned(work, det_base):
+    """Sensitivity analysis (hmean, first 6 eval batches), ratios by loss budget, 4 epochs fine-tuning."""
+    proc = run_tool("train.py", "det.yml",
+                    ["Global.epoch_num=4", "Global.save_model_dir=./det_pruned", f"Global.pretrained_model={det_base}",
+                     "Optimizer.lr.learning_rate=0.002"],
+                    cwd=str(work),
+                    extra=["--plugin", "prune", "--prune.eval_metric_loss", "0.05", "--prune.sen_ratios", "0.1,0.3",
+                           "--prune.sen_batches", "6", "--prune.skip", "head.*"])
+    return work / "det_pruned", proc
+
+
+# ------------------------------------------------------------------ detection (DB)
+def test_db_sensitivities_use_hmean_and_the_plan_lowers_flops(det_pruned):
+    out, proc = det_pruned
+    with open(out / "sensitivities.json") as f:
+        sens = json.load(f)
+    assert sens["metric"]["name"] == "hmean" and sens["metric"]["max_batches"] == 6
+    assert sens["metric"]["baseline"] > 0
+    analysed = {g: v["ratios"] for g, v in sens["groups"].items() if v.get("ratios")}
+    assert len(analysed) > 10
+    for ratios in analysed.values():
+        assert set(ratios) <= {"0.1", "0.3"}
+        assert all(0 <= r["metric"] <= 1 and "loss" in r for r in ratios.values())
+
+    report = report_of(out)
+    assert report["metric_name"] == "hmean"
+    assert report["after"]["flops"] < report["before"]["flops"]
+    assert report["after"]["params"] < report["before"]["params"]
+    # found by the inventory, not by name: DB's transposed convs, the FPN outputs, the branch
+    # that only runs in training
+    assert sum("transposed conv" in row["reason"] for row in report["convs"]) == 4  # 2 lose input channels only
+    reasons = {row["weight"]: row["reason"] for row in report["convs"] if row["status"] == "skipped"}
+    assert any("concat" in r for r in reasons.values())
+    assert any("conditional" in r for r in reasons.values())
+    assert "pruned" in proc.stderr and "after training: hmean" in proc.stderr
+
+    import paddle
+
+    saved = paddle.load(str(out / "latest.pdparams"))
+    assert not any(k.endswith("_backup") for k in saved)
+    plan = json.load(open(out / "latest.prune.json"))
+    for name, shape in plan["shapes"].items():
+        assert list(saved[name].shape) == shape
+
+
+def test_db_eval_in_a_fresh_process_equals_the_end_of_training(work, det_pruned):
+    out, _ = det_pruned
+    proc = run_tool("eval.py", "det.yml", [f"Global.checkpoints={out / 'latest'}"], cwd=str(work))
+    assert "rebuilt pruned shapes" in proc.stderr
+    assert "not matched" not in proc.stdout + proc.stderr
+    assert logged_metric(proc, "hmean") == pytest.approx(report_of(out)["after_training"]["metric"], abs=1e-6)
+
+
+def test_db_export_runs_with_the_pruned_shapes(work, det_pruned):
+    import paddle
+
+    out, _ = det_pruned
+    infer = work / "det_pruned_infer"
+    run_tool("export_model.py", "det.yml",
+             [f"Global.checkpoints={out / 'latest'}", f"Global.save_inference_dir={infer}"] + EXPORT_OPTS, cwd=str(work))
+    layer = paddle.jit.load(str(infer / "inference"))
+    layer.eval()
+    maps = layer(paddle.to_tensor(np.random.RandomState(0).rand(1, 3, SIZE, SIZE).astype("float32")))
+    maps = maps[0] if isinstance(maps, (list, tuple)) else maps
+    assert list(maps.shape) == [1, 1, SIZE, SIZE]
+    exported = sorted(tuple(p.shape) for p in layer.parameters())
+    plan = json.load(open(out / "latest.prune.json"))
+    for shape in plan["shapes"].values():
+        assert tuple(shape) in exported
+
+
+def test_a_checkpoint_whose_shapes_differ_is_refused(work, det_base, tmp_path):
+    """PaddleOCR itself only warns and evaluates random weights; the adapter stops with the tensor."""
+    import paddle
+
+    weights = paddle.load(str(det_base) + ".pdparams")
+    name = next(k for k, v in weights.items() if len(v.shape) == 4 and v.shape[0] > 1)
+    weights[name] = weights[name][: weights[name].shape[0] // 2]
+    paddle.save(weights, str(tmp_path / "cut.pdparams"))
+    proc = run_tool("eval.py", "det.yml", [f"Global.checkpoints={tmp_path / 'cut'}"], cwd=str(work), expect_rc=2)
+    assert "slim-plugins: error" in proc.stderr and name in proc.stderr and ".prune.json" in proc.stderr
+
+
+def test_unpruned_db_eval_and_export_work_with_the_adapter_installed(work, det_base):
+    proc = run_tool("eval.py", "det.yml", [f"Global.checkpoints={det_base}"], cwd=str(work))
+    assert logged_metric(proc, "hmean") >= 0
+    assert "slim-plugins" not in proc.stderr
+    run_tool("export_model.py", "det.yml",
+             [f"Global.checkpoints={det_base}", f"Global.save_inference_dir={work / 'det_base_infer'}"] + EXPORT_OPTS,
+             cwd=str(work))
+    assert any(n.startswith("inference.") for n in os.listdir(work / "det_base_infer"))
+
+
+def test_replay_eval_export_of_a_plan_made_without_paddleslim(work, det_base):
+    """Plan replay needs no tracing: a plan made by hand (with the plan format only) is rebuilt
+    before the weights load, and the export carries the pruned shapes."""
+    import paddle
+
+    made = run_python([os.path.join(SCRIPTS, "ppocr_handmade_plan.py"), ROOT, "det.yml", str(det_base),
+                       str(work / "hand" / "cut"), "12"], cwd=str(work))
+    shapes = json.loads(made.stdout.strip().splitlines()[-1])
+    assert [12, 64, 3, 3] in shapes.values()
+    proc = run_tool("eval.py", "det.yml", [f"Global.checkpoints={work / 'hand' / 'cut'}"], cwd=str(work))
+    assert "rebuilt pruned shapes" in proc.stderr and "not matched" not in proc.stdout + proc.stderr
+    assert 0 <= logged_metric(proc, "hmean") <= 1
+    infer = work / "hand_infer"
+    run_tool("export_model.py", "det.yml",
+             [f"Global.checkpoints={work / 'hand' / 'cut'}", f"Global.save_inference_dir={infer}"] + EXPORT_OPTS,
+             cwd=str(work))
+    layer = paddle.jit.load(str(infer / "inference"))
+    layer.eval()
+    maps = layer(paddle.to_tensor(np.zeros([1, 3, SIZE, SIZE], dtype="float32")))
+    maps = maps[0] if isinstance(maps, (list, tuple)) else maps
+    assert list(maps.shape) == [1, 1, SIZE, SIZE]
+    exported = [tuple(p.shape) for p in layer.parameters()]
+    assert (12, 64, 3, 3) in exported and (64, 64, 3, 3) not in exported
+
+
+# ------------------------------------------------------------------ recognition (CRNN/CTC), YAML section
+@pytest.fixture(scope="module")
+def rec_pruned(work):
+    """Switched on by the config's plugins: section alone; -o overrides one of its keys."""
+    plugins = {"prune": {"ratios": {"backbone.blocks.1.*": 0.5, "backbone.blocks.3.*": 0.3}, "criterion": "l1_norm"}}
+    with open(work / "rec.yml", "w") as f:
+        yaml.safe_dump(rec_config(str(work / "rec"), plugins), f, sort_keys=False)
+    hooks = work / "rec_train_hooks.json"
+    run_python([os.path.join(SCRIPTS, "ppocr_tool.py"), str(hooks), tool("train.py"), "-c", "rec.yml", "-o",
+                "Global.epoch_num=3", "Global.save_model_dir=./rec_pruned", "plugins.prune.criterion=l2_norm"],
+               cwd=str(work))
+    return work / "rec_pruned", json.load(open(hooks))
+
+
+def test_rec_yaml_section_with_override_prunes_before_training(rec_pruned):
+    out, hooks = rec_pruned
+    report = report_of(out)
+    assert report["criterion"] == "l2_norm"  # the -o override beat the YAML's l1_norm
+    assert report["ratios"] and all(g.startswith(("backbone.blocks.1.", "backbone.blocks.3.")) for g in report["ratios"])
+    assert report["after"]["flops"] < report["before"]["flops"]
+    assert hooks[0] == "slim_before_train" and hooks[-1] == "slim_after_train"
+    assert hooks.count("slim_on_checkpoint_save") == 3  # `latest` after each epoch
+    assert os.path.exists(out / "latest.prune.json")
+
+
+def test_rec_eval_and_export_of_the_pruned_checkpoint(work, rec_pruned):
+    import paddle
+
+    out, _ = rec_pruned
+    report = report_of(out)
+    proc = run_tool("eval.py", "rec.yml", [f"Global.checkpoints={out / 'latest'}"], cwd=str(work))
+    assert "rebuilt pruned shapes" in proc.stderr
+    assert logged_metric(proc, "acc") == pytest.approx(report["after_training"]["metric"], abs=1e-6)
+
+    hooks = work / "rec_export_hooks.json"
+    infer = work / "rec_infer"
+    run_python([os.path.join(SCRIPTS, "ppocr_tool.py"), str(hooks), tool("export_model.py"), "-c", "rec.yml", "-o",
+                f"Global.checkpoints={out / 'latest'}", f"Global.save_inference_dir={infer}"] + EXPORT_OPTS,
+               cwd=str(work))
+    assert json.load(open(hooks)) == ["slim_before_load_weights", "slim_before_export"]
+    layer = paddle.jit.load(str(infer / "inference"))
+    layer.eval()
+    probs = layer(paddle.to_tensor(np.random.RandomState(0).rand(2, 3, 32, 100).astype("float32")))
+    probs = probs[0] if isinstance(probs, (list, tuple)) else probs
+    assert list(probs.shape) == [2, 25, len(DIGITS) + 1]
+    exported = sorted(tuple(p.shape) for p in layer.parameters())
+    plan = json.load(open(out / "latest.prune.json"))
+    for shape in plan["shapes"].values():
+        assert tuple(shape) in exported
