@@ -5,7 +5,6 @@ prune plugin is switched on from Python and a second ``fit`` fine-tunes: the bui
 fires ``slim_before_train``, exactly as for any hapi script run with ``--plugin prune``, and the
 plugin analyses sensitivities, picks ratios under the accuracy-loss budget and prunes.
 """
-import json
 import os
 import sys
 import tempfile

@@ -6,7 +6,6 @@ import subprocess
 import sys
 
 import paddle
-import pytest
 
 from conftest import SCRIPTS
 

@@ -1,7 +1,6 @@
 """Every conv is listed with its group or the reason it is skipped."""
 import paddle
 import paddle.nn as nn
-import pytest
 
 from slim_plugins.plugins.prune.inventory import inventory, summary, table_text
 from slim_plugins.plugins.prune.model import PrunableModel

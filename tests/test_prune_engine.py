@@ -1,5 +1,4 @@
 """The prune plugin's engine against PaddleSlim itself, on small real models."""
-import copy
 import json
 import os
 import pickle

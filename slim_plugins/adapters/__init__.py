@@ -111,6 +111,15 @@ class Adapter:
     def new_run(self, session, handle=None, mode="train"):
         return session.new_run(self.name, handle=handle, mode=mode)
 
+    def run_for(self, session, handle, mode="train"):
+        """The run of a suite object (``paddle.Model``, ppdet ``Trainer`` ...), created on first
+        use and kept on the object, so every hook of that object sees the same run state."""
+        run = getattr(handle, "_slim_run", None)
+        if run is None:
+            run = self.new_run(session, handle=handle, mode=mode)
+            object.__setattr__(handle, "_slim_run", run)
+        return run
+
     @staticmethod
     def fire(run, event, **kwargs):
         """Fire a lifecycle hook for ``run``: ``fire(run, "slim_before_train")``."""

@@ -12,7 +12,6 @@ from slim_plugins.adapters import Adapter
 from slim_plugins.hooks import hookimpl
 from slim_plugins.run import Metric
 
-_RUN_ATTR = "_slim_run"
 
 
 class HapiAdapter(Adapter):
@@ -71,13 +70,6 @@ class HapiAdapter(Adapter):
             patched._slim_patched = True
         Model.fit, Model.save, Model.load = patched_fit, patched_save, patched_load
         _defer_data_parallel()
-
-    def run_for(self, session, hapi_model):
-        run = getattr(hapi_model, _RUN_ATTR, None)
-        if run is None:
-            run = self.new_run(session, handle=hapi_model)
-            object.__setattr__(hapi_model, _RUN_ATTR, run)
-        return run
 
     # ------------------------------------------------------------------ what it exposes
     def model(self, run):

@@ -34,7 +34,6 @@ from slim_plugins.errors import AdapterError, ShapeMismatchError
 from slim_plugins.hooks import hookimpl
 from slim_plugins.run import Metric
 
-_RUN_ATTR = "_slim_run"
 _LEGACY_TRAIN_ARGS = ("sensitivities_file", "eval_metric_loss")
 
 
@@ -101,13 +100,6 @@ class PaddleXAdapter(Adapter):
         deploy = sys.modules.get("paddlex.deploy")
         if deploy is not None and hasattr(deploy, "load_model"):
             deploy.load_model = load_model
-
-    def run_for(self, session, pdx_model):
-        run = getattr(pdx_model, _RUN_ATTR, None)
-        if run is None:
-            run = self.new_run(session, handle=pdx_model)
-            object.__setattr__(pdx_model, _RUN_ATTR, run)
-        return run
 
     # ------------------------------------------------------------------ patches
     def _make_train(self, train):

@@ -34,7 +34,6 @@ from slim_plugins.errors import AdapterError, OptionError, ShapeMismatchError
 from slim_plugins.hooks import hookimpl
 from slim_plugins.run import Metric
 
-_RUN_ATTR = "_slim_run"
 _MODES = {"train": "train", "eval": "eval", "test": "export"}
 DEFAULT_SIZE = 640  # input side when the config names none (ppdet's usual default)
 
@@ -64,11 +63,11 @@ class PPDetAdapter(Adapter):
         def patched_init(trainer, cfg, *args, **kwargs):
             configure_from_config(cfg)
             init(trainer, cfg, *args, **kwargs)
-            adapter.current_run = adapter.run_for(trainer)
+            adapter.current_run = adapter.trainer_run(trainer)
 
         @functools.wraps(train)
         def patched_train(trainer, *args, **kwargs):
-            run = adapter.run_for(trainer)
+            run = adapter.trainer_run(trainer)
             if not run.state.get("before_train_fired"):
                 run.state["before_train_fired"] = True
                 model = trainer.model
@@ -88,7 +87,7 @@ class PPDetAdapter(Adapter):
             return result
 
         def before_load(trainer, weights):
-            run = adapter.run_for(trainer)
+            run = adapter.trainer_run(trainer)
             shapes = _shapes(trainer.model)
             adapter.fire(run, "slim_before_load_weights", path=weights)
             changed = shapes != _shapes(trainer.model)
@@ -124,7 +123,7 @@ class PPDetAdapter(Adapter):
 
         @functools.wraps(export)
         def patched_export(trainer, output_dir="output_inference", *args, **kwargs):
-            run = adapter.run_for(trainer)
+            run = adapter.trainer_run(trainer)
             name = os.path.splitext(os.path.basename(trainer.cfg.filename))[0]
             adapter.fire(run, "slim_before_export", path=os.path.join(output_dir, name))
             with _full_graph_to_static():
@@ -138,14 +137,10 @@ class PPDetAdapter(Adapter):
         callbacks.save_model = patched_save_model  # callbacks.py imported it by name
         _boot.watcher.watch("ppdet.slim", _patch_build_slim_model)
 
-    def run_for(self, trainer):
+    def trainer_run(self, trainer):
         from slim_plugins.session import get_session
 
-        run = getattr(trainer, _RUN_ATTR, None)
-        if run is None:
-            run = self.new_run(get_session(), handle=trainer, mode=_MODES.get(getattr(trainer, "mode", ""), "train"))
-            object.__setattr__(trainer, _RUN_ATTR, run)
-        return run
+        return self.run_for(get_session(), trainer, mode=_MODES.get(getattr(trainer, "mode", ""), "train"))
 
     # ------------------------------------------------------------------ what it exposes
     def model(self, run):

@@ -8,7 +8,6 @@ every traced pass - train and eval mode, two input sizes - is conditional) and P
 from dataclasses import dataclass
 from typing import Optional
 
-import numpy as np
 import paddle
 import paddle.nn as nn
 

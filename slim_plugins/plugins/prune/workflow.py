@@ -1,5 +1,4 @@
 """The prune workflow as one object, run from ``slim_before_train``."""
-import json
 import os
 import sys
 import time
