@@ -25,6 +25,16 @@ def run_python(args, cwd, env=None, timeout=600):
     return proc
 
 
+def write_paddlex_lists(root, classes, lists):
+    """PaddleX's dataset files: labels.txt and ``{split}_list.txt`` from ``{split: [lines]}``."""
+    with open(os.path.join(root, "labels.txt"), "w") as f:
+        f.write("\n".join(classes) + "\n")
+    for split, lines in lists.items():
+        with open(os.path.join(root, f"{split}_list.txt"), "w") as f:
+            f.write("\n".join(lines) + "\n")
+    return root
+
+
 def last_json(text):
     return json.loads(text.strip().splitlines()[-1])
 

@@ -19,7 +19,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import SCRIPTS, last_json, run_python
+from conftest import SCRIPTS, last_json, run_python, write_paddlex_lists
 
 HAVE_PADDLEX = importlib.util.find_spec("paddlex") is not None
 needs_paddlex = pytest.mark.skipif(not HAVE_PADDLEX, reason="paddlex is not installed (pip install --no-deps paddlex==2.1.0 and its real needs: see docs/paddlex.md)")
@@ -56,12 +56,7 @@ def make_shapes_set(root, n_train=12, n_val=6, size=32, seed=0):
                 rel = f"{name}/{split}_{i}.jpg"
                 image.save(os.path.join(root, rel), quality=95)
                 lists[split].append(f"{rel} {label}")
-    with open(os.path.join(root, "labels.txt"), "w") as f:
-        f.write("\n".join(CLASSES) + "\n")
-    for split, lines in lists.items():
-        with open(os.path.join(root, f"{split}_list.txt"), "w") as f:
-            f.write("\n".join(lines) + "\n")
-    return root
+    return write_paddlex_lists(root, CLASSES, lists)
 
 
 def shapes_of(proc):

@@ -14,7 +14,7 @@ import os
 import numpy as np
 import pytest
 
-from conftest import SCRIPTS, last_json, run_python
+from conftest import SCRIPTS, last_json, run_python, write_paddlex_lists
 
 HAVE_PADDLEX = importlib.util.find_spec("paddlex") is not None
 needs_paddlex = pytest.mark.skipif(not HAVE_PADDLEX, reason="paddlex is not installed (pip install --no-deps paddlex==2.1.0 and its real needs: see docs/paddlex.md)")
@@ -51,12 +51,7 @@ def make_boxes_set(root, n_train=4, n_val=2, size=SIZE, seed=0):
                 f.write(f"<annotation><filename>{stem}.jpg</filename><size><width>{size}</width>"
                         f"<height>{size}</height><depth>3</depth></size>{''.join(objects)}</annotation>")
             lists[split].append(f"JPEGImages/{stem}.jpg Annotations/{stem}.xml")
-    with open(os.path.join(root, "labels.txt"), "w") as f:
-        f.write("\n".join(CLASSES) + "\n")
-    for split, lines in lists.items():
-        with open(os.path.join(root, f"{split}_list.txt"), "w") as f:
-            f.write("\n".join(lines) + "\n")
-    return root
+    return write_paddlex_lists(root, CLASSES, lists)
 
 
 @pytest.fixture(scope="module")
