@@ -48,6 +48,7 @@ EXPORT_OPTS = ["Global.export_with_pir=True"] if compat.PADDLE_3 else []
 
 SIZE = 160
 DIGITS = "0123456789"
+SVTR_SHAPE = (3, 48, 160)  # C, H, W
 
 
 # ------------------------------------------------------------------ data and configs
@@ -190,6 +191,40 @@ def rec_config(data, plugins=None):
         "Eval": {"dataset": {"name": "SimpleDataSet", "data_dir": data,
                              "label_file_list": [os.path.join(data, "test_label.txt")], "transforms": transforms},
                  "loader": _loader(16, False)},
+    }
+    if plugins is not None:
+        config["plugins"] = plugins
+    return config
+
+
+def svtr_config(data, plugins=None):
+    """A tiny SVTR-LCNet (PP-OCRv3 rec): MobileNetV1Enhance x0.5, MultiHead [CTC with an SVTR neck,
+    SAR], MultiLoss. 48 pixels high: export's InputSpec for SVTR_LCNet fixes the height."""
+    transforms = [{"DecodeImage": {"img_mode": "BGR", "channel_first": False}}, {"MultiLabelEncode": None},
+                  {"RecResizeImg": {"image_shape": list(SVTR_SHAPE)}},
+                  {"KeepKeys": {"keep_keys": ["image", "label_ctc", "label_sar", "length", "valid_ratio"]}}]
+    config = {
+        "Global": _global("./svtr_out", character_dict_path=os.path.join(data, "dict.txt"), max_text_length=10,
+                          use_space_char=False),
+        "Architecture": {"model_type": "rec", "algorithm": "SVTR_LCNet", "Transform": None,
+                         "Backbone": {"name": "MobileNetV1Enhance", "scale": 0.5, "last_conv_stride": [1, 2],
+                                      "last_pool_type": "avg"},
+                         "Head": {"name": "MultiHead", "head_list": [
+                             {"CTCHead": {"Neck": {"name": "svtr", "dims": 32, "depth": 1, "hidden_dims": 64,
+                                                   "use_guide": True},
+                                          "Head": {"fc_decay": 0.00001}}},
+                             {"SARHead": {"enc_dim": 64, "max_text_length": 10, "d_k": 64}}]}},
+        "Loss": {"name": "MultiLoss", "loss_config_list": [{"CTCLoss": None}, {"SARLoss": None}]},
+        "Optimizer": {"name": "Adam", "beta1": 0.9, "beta2": 0.999, "lr": {"learning_rate": 0.002},
+                      "regularizer": {"name": "L2", "factor": 0}},
+        "PostProcess": {"name": "CTCLabelDecode"},
+        "Metric": {"name": "RecMetric", "main_indicator": "acc"},
+        "Train": {"dataset": {"name": "SimpleDataSet", "data_dir": data,
+                              "label_file_list": [os.path.join(data, "train_label.txt")], "transforms": transforms},
+                  "loader": _loader(8, True, drop_last=True)},
+        "Eval": {"dataset": {"name": "SimpleDataSet", "data_dir": data,
+                             "label_file_list": [os.path.join(data, "test_label.txt")], "transforms": transforms},
+                 "loader": _loader(8, False)},
     }
     if plugins is not None:
         config["plugins"] = plugins
@@ -412,3 +447,109 @@ def test_rec_eval_and_export_of_the_pruned_checkpoint(work, rec_pruned):
     plan = json.load(open(out / "latest.prune.json"))
     for shape in plan["shapes"].values():
         assert tuple(shape) in exported
+
+
+# ------------------------------------------------------------------ SVTR-LCNet (PP-OCRv3 rec), --plugin prune
+SVTR_RATIOS = "backbone.block_list.1.*=0.5,backbone.block_list.1?._pointwise_conv.*=0.25"
+SVTR_GROUPS = {  # the groups those globs select: ratio, channels before and after
+    "backbone.block_list.1._pointwise_conv._conv.weight": (0.5, 64, 32),
+    "backbone.block_list.10._pointwise_conv._conv.weight": (0.25, 256, 192),
+    "backbone.block_list.11._pointwise_conv._conv.weight": (0.25, 512, 384)}
+
+
+@pytest.fixture(scope="module")
+def svtr_pruned(work):
+    """A mechanics run (2 training steps: acc stays 0, so the metric is norm_edit_dis): MultiHead's
+    training forward needs the labels, so the adapter traces it in eval mode, where the SAR head
+    does not run."""
+    make_rec_set(str(work / "svtr"), "train", 16, random.Random(1))
+    make_rec_set(str(work / "svtr"), "test", 8, random.Random(2))
+    config = svtr_config(str(work / "svtr"))
+    config["Metric"]["main_indicator"] = "norm_edit_dis"
+    with open(work / "svtr.yml", "w") as f:
+        yaml.safe_dump(config, f, sort_keys=False)
+    proc = run_tool("train.py", "svtr.yml", ["Global.save_model_dir=./svtr_pruned"], cwd=str(work),
+                    extra=["--plugin", "prune", "--prune.ratios", SVTR_RATIOS])
+    return work / "svtr_pruned", proc
+
+
+def test_svtr_lcnet_prunes_backbone_groups_before_training(svtr_pruned):
+    import paddle
+
+    out, proc = svtr_pruned
+    report = report_of(out)
+    assert report["ratios"] == {g: ratio for g, (ratio, _, _) in SVTR_GROUPS.items()}
+    assert report["channels"] == {g: [before, after] for g, (_, before, after) in SVTR_GROUPS.items()}
+    assert report["after"]["flops"] < report["before"]["flops"]
+    assert report["after"]["params"] < report["before"]["params"]
+    # both heads trained on the pruned backbone
+    assert re.search(r"global_step: 2\b.*CTCLoss: [0-9.]+, SARLoss: [0-9.]+", proc.stdout), proc.stdout[-2000:]
+
+    saved = paddle.load(str(out / "latest.pdparams"))
+    assert not any(k.endswith("_backup") for k in saved)
+    plan = json.load(open(out / "latest.prune.json"))
+    assert set(plan["ratios"]) == set(SVTR_GROUPS)
+    assert all(name.startswith("backbone.") for name in plan["shapes"])
+    for name, shape in plan["shapes"].items():
+        assert list(saved[name].shape) == shape, name
+    for group, (_, _, after) in SVTR_GROUPS.items():
+        assert saved[group].shape[0] == after
+    # the optimizer was built on (and stepped with) the pruned parameters: pruned before training
+    moments = [v for k, v in paddle.load(str(out / "latest.pdopt")).items() if "moment1" in k]
+    assert sorted(m.shape for m in moments if len(m.shape) == 4) == \
+        sorted(v.shape for v in saved.values() if len(v.shape) == 4)
+    for group in SVTR_GROUPS:
+        assert any(m.shape == saved[group].shape and float(m.abs().sum()) > 0 for m in moments), group
+
+
+def test_svtr_lcnet_log_says_which_convs_were_skipped_and_why(svtr_pruned):
+    out, proc = svtr_pruned
+    skipped = dict(re.findall(r"\[slim-plugins prune\] skip (\S+): (.+)", proc.stderr))
+    neck = "head.ctc_encoder.encoder."
+    # SVTR neck: conv2's output is flattened into tokens for the SVTR block (layer_norm ...), conv3's
+    # is concatenated with the neck's shortcut
+    assert "no prunable coupling" in skipped[neck + "conv2.conv.weight"]
+    assert "concat" in skipped[neck + "conv3.conv.weight"]
+    # the last backbone conv feeds both heads (the SAR head and the neck's shortcut): never pruned
+    assert "backbone.block_list.12._pointwise_conv._conv.weight" in skipped
+    # the SAR head only runs in training, and an eval-mode trace does not see it
+    assert "never run" in skipped["head.sar_head.decoder.conv3x3_1.weight"]
+    rows = {row["weight"]: row for row in report_of(out)["convs"]}
+    assert {w for w, row in rows.items() if row["status"] == "skipped"} == set(skipped)
+    # the neck's prunable convs are groups of their own, left alone by the backbone globs
+    assert rows[neck + "conv1.conv.weight"]["status"] == "prunable"
+    assert not any(name.startswith("head.") for name in report_of(out)["ratios"])
+
+
+def test_svtr_lcnet_eval_in_a_fresh_process_rebuilds_the_pruned_shapes(work, svtr_pruned):
+    out, _ = svtr_pruned
+    proc = run_tool("eval.py", "svtr.yml", [f"Global.checkpoints={out / 'latest'}"], cwd=str(work))
+    assert "rebuilt pruned shapes" in proc.stderr
+    assert "not matched" not in proc.stdout + proc.stderr
+    assert logged_metric(proc, "norm_edit_dis") == pytest.approx(report_of(out)["after_training"]["metric"],
+                                                                 abs=1e-6)
+
+
+def test_svtr_lcnet_export_carries_the_pruned_weights(work, svtr_pruned):
+    import paddle
+
+    out, _ = svtr_pruned
+    infer = work / "svtr_infer"
+    proc = run_tool("export_model.py", "svtr.yml",
+                    [f"Global.checkpoints={out / 'latest'}", f"Global.save_inference_dir={infer}"] + EXPORT_OPTS,
+                    cwd=str(work))
+    assert "rebuilt pruned shapes" in proc.stderr
+    layer = paddle.jit.load(str(infer / "inference"))
+    layer.eval()
+    probs = layer(paddle.to_tensor(np.random.RandomState(0).rand(2, *SVTR_SHAPE).astype("float32")))
+    probs = probs[0] if isinstance(probs, (list, tuple)) else probs
+    assert list(probs.shape) == [2, SVTR_SHAPE[2] // 8, len(DIGITS) + 1]
+    exported = [p.numpy() for p in layer.parameters()]
+    saved = {k: v.numpy() for k, v in paddle.load(str(out / "latest.pdparams")).items()}
+    # every conv of the inference program (the SAR head is not in it) has the checkpoint's shape ...
+    assert sorted(p.shape for p in exported if p.ndim == 4) == \
+        sorted(v.shape for k, v in saved.items() if v.ndim == 4 and not k.startswith("head.sar_head."))
+    # ... and every tensor the plan changed carries the trained weights
+    plan = json.load(open(out / "latest.prune.json"))
+    for name in plan["shapes"]:
+        assert any(p.shape == saved[name].shape and np.array_equal(p, saved[name]) for p in exported), name

@@ -253,6 +253,25 @@ def test_legacy_pickles_import_and_malicious_pickle_is_refused(tmp_path):
     assert not marker.exists()
 
 
+def test_flops_target_is_not_overshot_by_groups_with_equal_or_negative_losses():
+    # an undertrained model: pruning several groups costs nothing or even raises the metric
+    share = {"a": 0.2, "b": 0.2, "c": 0.2, "d": 0.2, "e": 0.1, "f": 0.1}
+    sens = {"a": {0.5: -0.3}, "b": {0.5: -0.1}, "c": {0.5: 0.0}, "d": {0.5: 0.0},
+            "e": {0.25: 0.0, 0.5: 0.0}, "f": {0.5: 0.4}}
+    calls = []
+
+    def pruned_fraction(ratios):
+        calls.append(dict(ratios))
+        return sum(share[g] * r for g, r in ratios.items())
+
+    ratios, fraction, budget = ratios_for_flops(sens, 0.3, pruned_fraction)
+    assert 0.3 <= fraction <= 0.32, (ratios, fraction)
+    assert "f" not in ratios and {"a", "b"} <= set(ratios)  # the cheapest groups are the ones kept
+    assert budget < 0.4
+    ratios, fraction, _ = ratios_for_flops(sens, 0.1, pruned_fraction)
+    assert ratios == {"a": 0.5} and fraction == pytest.approx(0.1)  # below 0: best group alone
+
+
 def test_flops_target_and_plan_replay(tmp_path):
     net = make_net()
     inputs = [paddle.zeros(SHAPE)]
@@ -312,8 +331,30 @@ def test_trace_error_names_the_layer_and_paddle_version():
     model = nn.Sequential(nn.Conv2D(3, 3, 1), Untraceable())
     with pytest.raises(TraceError) as err:
         PrunableModel(model, SHAPE)
-    assert "layer 1 (Untraceable)" in str(err.value)
+    line = Untraceable.forward.__code__.co_firstlineno + 1
+    assert f"layer 1 (Untraceable, test_prune_engine.py:{line})" in str(err.value)
     assert paddle.__version__ in str(err.value)
+
+
+class FailsAfterItsChild(nn.Layer):
+    """The failing call is the parent's own, after its child layer returned."""
+
+    def __init__(self):
+        super().__init__()
+        self.child = nn.Sequential(nn.Conv2D(3, 8, 3), nn.BatchNorm2D(8))
+
+    def forward(self, x):
+        y = self.child(x)
+        return y * float(y.numpy().max())
+
+
+def test_trace_error_names_the_parent_when_its_own_call_fails():
+    from slim_plugins.errors import TraceError
+
+    with pytest.raises(TraceError) as err:
+        PrunableModel(nn.Sequential(FailsAfterItsChild()), SHAPE)
+    line = FailsAfterItsChild.forward.__code__.co_firstlineno + 2
+    assert f"in layer 0 (FailsAfterItsChild, test_prune_engine.py:{line})" in str(err.value)
 
 
 def test_sensitivity_survives_a_group_that_breaks_the_model(tmp_path):

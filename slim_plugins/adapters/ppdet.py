@@ -127,7 +127,20 @@ class PPDetAdapter(Adapter):
             name = os.path.splitext(os.path.basename(trainer.cfg.filename))[0]
             adapter.fire(run, "slim_before_export", path=os.path.join(output_dir, name))
             with _full_graph_to_static():
-                return export(trainer, output_dir, *args, **kwargs)
+                try:
+                    return export(trainer, output_dir, *args, **kwargs)
+                except TypeError as exc:
+                    if "multiclass_nms3" not in str(exc):
+                        raise
+                    import paddle
+
+                    reason = str(exc).strip().splitlines()[-1].strip()
+                    raise AdapterError(
+                        f"paddledet {_ppdet_version()} cannot export its multiclass_nms under Paddle "
+                        f"{paddle.__version__}'s new IR (PIR), pruned or not: {reason}",
+                        hint="export without NMS (`-o export.nms=False`: boxes and scores, NMS in your "
+                             "deployment), or with a PaddleDetection whose ppdet/modeling/ops.py "
+                             "multiclass_nms has a PIR branch") from exc
 
         for patched in (patched_init, patched_train, patched_load_weights, patched_resume_weights,
                         patched_save_model, patched_export):
@@ -359,6 +372,15 @@ def check_loaded(model, weights, strict=True):
         "would go on with random weights", plugin="ppdet",
         hint="a pruned checkpoint needs its <checkpoint>.prune.json next to it (written at every save); "
              "otherwise use the config the checkpoint was trained with")
+
+
+def _ppdet_version():
+    from importlib import metadata
+
+    try:
+        return metadata.version("paddledet")
+    except metadata.PackageNotFoundError:
+        return "(from a source checkout)"
 
 
 @contextlib.contextmanager

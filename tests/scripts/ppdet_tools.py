@@ -21,6 +21,32 @@ from ppdet.utils.cli import ArgsParser, merge_args  # noqa: E402
 import ppdet.utils.check as check  # noqa: E402
 
 
+def fix_assigners_for_paddle3():
+    """paddledet 2.6.0 (the newest wheel) adds the int64 argmax of its ATSS / TaskAligned assigners
+    to int32 label indices, which Paddle 3 refuses; PaddleDetection's sources cast the labels.
+    A user's checkout has that fix; this driver, built on the wheel, applies it before training."""
+    if int(paddle.__version__.split(".")[0]) < 3 and not paddle.__version__.startswith("0.0"):
+        return
+    import functools
+    import inspect
+
+    from ppdet.modeling.assigners.atss_assigner import ATSSAssigner
+    from ppdet.modeling.assigners.task_aligned_assigner import TaskAlignedAssigner
+
+    for cls in (ATSSAssigner, TaskAlignedAssigner):
+        forward, signature = cls.forward, inspect.signature(cls.forward)
+
+        @functools.wraps(forward)
+        def int64_labels(*args, _forward=forward, _signature=signature, **kwargs):
+            bound = _signature.bind(*args, **kwargs)
+            labels = bound.arguments.get("gt_labels")
+            if labels is not None and labels.dtype != paddle.int64:
+                bound.arguments["gt_labels"] = labels.astype("int64")
+            return _forward(*bound.args, **bound.kwargs)
+
+        cls.forward = int64_labels
+
+
 def parse_args(command, argv):
     parser = ArgsParser()
     parser.add_argument("--slim_config", default=None, type=str)
@@ -34,6 +60,7 @@ def parse_args(command, argv):
 
 def main(argv):
     command, rest = argv[0], argv[1:]
+    fix_assigners_for_paddle3()
     flags = parse_args(command, rest)
     cfg = load_config(flags.config)
     merge_args(cfg, flags)

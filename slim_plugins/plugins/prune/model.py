@@ -5,6 +5,7 @@ channels, residual partners) and picks the channels to drop. Applying and undoin
 done here, vectorised and without the ``*_backup`` buffers PaddleSlim leaves in the model.
 """
 import contextlib
+import os
 import fnmatch
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -46,18 +47,37 @@ class Applied:
         self.groups.clear()
 
 
+def _pop(stack):
+    """Forward post-hook body: returns None, so the layer's output stays what it was."""
+    if stack:
+        stack.pop()
+
+
 def failing_layer(model, trace):
-    """Run ``trace`` again with hooks on every sublayer; the innermost layer entered and not left
-    when it raises is where tracing broke. Returns ``(name, class)`` or None."""
+    """Run ``trace`` again and find where it breaks: the innermost frame of the traceback that runs
+    a sublayer's method names the layer and the source line. Layers whose forward is entered but
+    not left (forward hooks) answer when no such frame exists. Returns ``(name, class, where)``,
+    ``where`` being ``file:line`` or ``""``; None if ``trace`` succeeds."""
+    names = {id(layer): name for name, layer in model.named_sublayers(include_self=True)}
     stack, handles = [], []
     for name, layer in model.named_sublayers():
         handles.append(layer.register_forward_pre_hook(lambda l, i, n=name: stack.append((n, type(l).__name__))))
-        handles.append(layer.register_forward_post_hook(lambda l, i, o: stack.pop() if stack else None))
+        handles.append(layer.register_forward_post_hook(lambda l, i, o: _pop(stack)))
     try:
         with compat.tracing():
             trace()
-    except Exception:
-        return stack[-1] if stack else None
+    except Exception as exc:
+        found, tb = None, exc.__traceback__
+        while tb is not None:
+            owner = tb.tb_frame.f_locals.get("self")
+            if owner is not None and id(owner) in names:
+                code = tb.tb_frame.f_code
+                found = (names[id(owner)] or "(the model)", type(owner).__name__,
+                         f"{os.path.basename(code.co_filename)}:{tb.tb_lineno}")
+            tb = tb.tb_next
+        if found:
+            return found
+        return stack[-1] + ("",) if stack else None
     finally:
         for h in handles:
             h.remove()
@@ -92,7 +112,7 @@ class PrunableModel:
         except Exception as exc:  # PaddleSlim's tracer fails deep inside; say what and where
             with self.trace_mode():
                 layer = failing_layer(model, lambda: pruner_cls(model, inputs))
-            where = f" in layer {layer[0]} ({layer[1]})" if layer else ""
+            where = f" in layer {layer[0]} ({layer[1]}{', ' + layer[2] if layer and layer[2] else ''})" if layer else ""
             raise TraceError(
                 f"PaddleSlim could not trace {type(model).__name__}{where} on Paddle {compat.paddle.__version__}: "
                 f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''}",

@@ -68,8 +68,13 @@ def fixed_ratios(prunable, spec):
     return {g: r for g, r in out.items() if r > 0}
 
 
-def ratios_for_flops(sensitivities, target, flops_of, channels=None, align=None, tolerance=1e-3):
+def ratios_for_flops(sensitivities, target, flops_of, channels=None, align=None, tolerance=1e-3, overshoot=0.02):
     """Bisection over the loss budget until the pruned FLOPs fraction reaches ``target``.
+
+    The budget may go below 0 (groups whose pruning raised the metric come in last but one by
+    one). Groups with equal losses come in together; if that overshoots the target by more than
+    ``overshoot``, the groups with the highest loss step back to their next lower measured ratio
+    (or out) as long as the target still holds.
 
     :param flops_of: ``flops_of(ratios) -> pruned fraction`` (measured on the real model).
     :returns: ``(ratios, pruned_fraction, budget)``.
@@ -77,7 +82,8 @@ def ratios_for_flops(sensitivities, target, flops_of, channels=None, align=None,
     if not 0 < target < 1:
         raise OptionError(f"pruned_flops={target!r} is outside (0, 1)", plugin="prune",
                           hint="pruned_flops is the fraction of FLOPs to remove, e.g. 0.3")
-    low, high = 0.0, 1.0
+    losses = [loss for group in sensitivities.values() for loss in group.values()]
+    low, high = min([0.0] + losses) - tolerance, 1.0
     best = None
     for _ in range(40):
         budget = (low + high) / 2
@@ -98,4 +104,34 @@ def ratios_for_flops(sensitivities, target, flops_of, channels=None, align=None,
             f"pruned_flops={target} cannot be reached: pruning every analysed group as far as the "
             f"sensitivities go removes {flops_of(ratios):.1%} of the FLOPs", plugin="prune",
             hint="lower pruned_flops, analyse more ratios (sen_ratios up to 0.9) or more groups")
-    return best
+    ratios, pruned, budget = best
+    if pruned > target + overshoot:
+        ratios, pruned = _step_back(sensitivities, ratios, pruned, target, flops_of, channels, align)
+    return ratios, pruned, budget
+
+
+def _loss_at(losses, ratio):
+    """The loss measured at the largest analysed ratio not above ``ratio``."""
+    below = [r for r in losses if r <= ratio + 1e-9]
+    return losses[max(below)] if below else 0.0
+
+
+def _step_back(sensitivities, ratios, pruned, target, flops_of, channels, align):
+    """Walk groups from the highest loss down; each steps back one measured ratio if the pruned
+    FLOPs fraction stays at or above ``target``."""
+    changed = True
+    while changed:
+        changed = False
+        for group in sorted(ratios, key=lambda g: (-_loss_at(sensitivities[g], ratios[g]), g)):
+            lower = [r for r in sensitivities[group] if r < ratios[group] - 1e-9]
+            trial = dict(ratios)
+            if lower:
+                trial[group] = float(max(lower))
+            else:
+                del trial[group]
+            if align and channels:
+                trial = align_ratios(trial, channels, align)
+            fraction = flops_of(trial)
+            if fraction >= target:
+                ratios, pruned, changed = trial, fraction, True
+    return ratios, pruned
