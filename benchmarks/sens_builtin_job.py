@@ -1,36 +1,61 @@
-"""One sensitivity analysis of the builtin (hapi) model, timed; prints JSON on its last line.
+"""Sensitivity analysis of the demo's DigitsNet through the builtin (hapi) adapter, timed: a
+``paddle.Model.fit`` script run with ``--plugin prune --prune.action analyze``.
 
-Run by bench_paddle_versions.py under each Paddle; usable alone:
-    python benchmarks/sens_builtin_job.py
+prepare: 3 epochs of training without the plugin on scikit-learn's digits.
+analyze: ratios 0.1 ... 0.9 of every group, accuracy on all 1,797 digits (29 batches of 64).
+
+    python benchmarks/sens_builtin_job.py [prepare WORK | analyze WORK]
+    python benchmarks/sens_builtin_job.py train OUT [--epochs N] [--pretrain PATH] [--plugin ...]
+        the hapi training script both steps run (knows nothing of slim-plugins)
 """
-import json
-import tempfile
-import time
+import argparse
+import os
+import sys
 
-from slim_plugins import compat  # noqa: F401
+import suite_job
 
-import paddle
-
-from bench_sensitivity import RATIOS, SHAPE, Evaluator, fresh_model, trained_weights
-from slim_plugins.plugins.prune.model import PrunableModel
-from slim_plugins.plugins.prune.sensitivity import SensitivityFile, analyze
-from slim_plugins.run import Metric
+RATIOS = tuple(round(0.1 * i, 1) for i in range(1, 10))
 
 
-def main():
-    weights = trained_weights(3)
-    net = fresh_model(weights)
-    start = time.perf_counter()
-    prunable = PrunableModel(net, SHAPE)
-    traced = time.perf_counter() - start
-    sfile = SensitivityFile.new(tempfile.mktemp(suffix=".json"), model_fingerprint=None, weights=None,
-                                metric="acc", criterion="l1_norm", max_batches=None)
-    analyze(prunable, Metric("acc", Evaluator(net)), sfile, groups=list(prunable.groups), ratios=RATIOS,
-            show_progress=False)
-    print(json.dumps({"adapter": "builtin", "model": "DigitsNet", "paddle": paddle.__version__,
-                      "trace_seconds": traced, "analysis_seconds": time.perf_counter() - start,
-                      "evaluations": 1 + sum(len(g["ratios"]) for g in sfile.data["groups"].values())}))
+def train(argv):
+    parser = argparse.ArgumentParser(prog="sens_builtin_job.py train")
+    parser.add_argument("out")
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--pretrain")
+    args = parser.parse_args(argv)
+
+    from slim_plugins import compat  # noqa: F401  (zlib before paddle on Paddle 2.6)
+
+    import paddle
+    import paddle.nn as nn
+
+    from slim_plugins.demo import DigitsNet, digits_datasets, hapi_model
+
+    paddle.seed(0)
+    train_data, _ = digits_datasets()
+    _, every_digit = digits_datasets(test_size=1797)
+    model = hapi_model(DigitsNet())
+    model.prepare(paddle.optimizer.Adam(learning_rate=0.003, parameters=model.parameters()),
+                  nn.CrossEntropyLoss(), paddle.metric.Accuracy())
+    if args.pretrain:
+        model.load(args.pretrain)
+    model.fit(train_data, every_digit, batch_size=64, epochs=args.epochs, eval_freq=args.epochs, save_dir=args.out,
+              verbose=0)
+
+
+def prepare(work):
+    suite_job.run_command([__file__, "train", os.path.join(work, "base"), "--epochs", "3"], cwd=work)
+
+
+def analyze(work, out):
+    lines = suite_job.run_command([__file__, "train", out, "--epochs", "1", "--pretrain",
+                                   os.path.join(work, "base", "final")] + suite_job.analysis_options(RATIOS),
+                                  cwd=work)
+    return suite_job.result("builtin", "DigitsNet", lines, os.path.join(out, "sensitivities.json"))
 
 
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:2] == ["train"]:
+        train(sys.argv[2:])
+    else:
+        suite_job.main(prepare, analyze)

@@ -35,6 +35,15 @@ def write_paddlex_lists(root, classes, lists):
     return root
 
 
+def train_paddlex_script(tmp_path_factory, name, script, dataset, epochs, pretrain=None, *extra):
+    """``python SCRIPT DATASET OUT --epochs N [--pretrain W] EXTRA...`` in a new folder ``name``
+    (a PaddleX training script as users run it); returns ``(out, proc)``."""
+    out = tmp_path_factory.mktemp(name)
+    args = [script, dataset, str(out), "--epochs", str(epochs)]
+    args += ["--pretrain", str(pretrain)] if pretrain else []
+    return out, run_python(args + list(extra), cwd=str(out))
+
+
 def last_json(text):
     return json.loads(text.strip().splitlines()[-1])
 

@@ -19,7 +19,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import SCRIPTS, last_json, run_python, write_paddlex_lists
+from conftest import SCRIPTS, last_json, run_python, train_paddlex_script, write_paddlex_lists
 
 HAVE_PADDLEX = importlib.util.find_spec("paddlex") is not None
 needs_paddlex = pytest.mark.skipif(not HAVE_PADDLEX, reason="paddlex is not installed (pip install --no-deps paddlex==2.1.0 and its real needs: see docs/paddlex.md)")
@@ -71,20 +71,15 @@ def shapes_set(tmp_path_factory):
 @pytest.fixture(scope="module")
 def baseline(shapes_set, tmp_path_factory):
     """MobileNetV2 trained from scratch, no plugin: the model the other tests prune."""
-    out = tmp_path_factory.mktemp("baseline")
-    proc = run_python([SCRIPT, shapes_set, str(out), "--epochs", "10"], cwd=str(out))
-    return out, proc
+    return train_paddlex_script(tmp_path_factory, "baseline", SCRIPT, shapes_set, 10)
 
 
 @pytest.fixture(scope="module")
 def pruned(shapes_set, baseline, tmp_path_factory):
     """The unchanged script with `--plugin prune --prune.eval_metric_loss`, fine-tuning the baseline."""
-    out = tmp_path_factory.mktemp("pruned")
-    weights = str(baseline[0] / "best_model" / "model.pdparams")
-    proc = run_python([SCRIPT, shapes_set, str(out), "--epochs", "3", "--pretrain", weights,
-                       "--plugin", "prune", "--prune.eval_metric_loss", "0.1", "--prune.sen_ratios", "0.3,0.6"],
-                      cwd=str(out))
-    return out, proc
+    return train_paddlex_script(tmp_path_factory, "pruned", SCRIPT, shapes_set, 3,
+                                baseline[0] / "best_model" / "model.pdparams", "--plugin", "prune",
+                                "--prune.eval_metric_loss", "0.1", "--prune.sen_ratios", "0.3,0.6")
 
 
 def test_adapter_module_imports_without_paddlex(tmp_path):

@@ -14,7 +14,7 @@ import os
 import numpy as np
 import pytest
 
-from conftest import SCRIPTS, last_json, run_python, write_paddlex_lists
+from conftest import SCRIPTS, last_json, run_python, train_paddlex_script, write_paddlex_lists
 
 HAVE_PADDLEX = importlib.util.find_spec("paddlex") is not None
 needs_paddlex = pytest.mark.skipif(not HAVE_PADDLEX, reason="paddlex is not installed (pip install --no-deps paddlex==2.1.0 and its real needs: see docs/paddlex.md)")
@@ -62,20 +62,16 @@ def boxes_set(tmp_path_factory):
 @pytest.fixture(scope="module")
 def baseline(boxes_set, tmp_path_factory):
     """YOLOv3 + MobileNetV1 from scratch (pretrain_weights=None), no plugin."""
-    out = tmp_path_factory.mktemp("det_baseline")
-    proc = run_python([SCRIPT, boxes_set, str(out), "--epochs", "3"], cwd=str(out))
-    return out, proc
+    return train_paddlex_script(tmp_path_factory, "det_baseline", SCRIPT, boxes_set, 3)
 
 
 @pytest.fixture(scope="module")
 def pruned(boxes_set, baseline, tmp_path_factory):
     """The unchanged script with `--plugin prune --prune.eval_metric_loss`, fine-tuning the baseline."""
-    out = tmp_path_factory.mktemp("det_pruned")
-    weights = str(baseline[0] / "epoch_3" / "model.pdparams")
-    proc = run_python([SCRIPT, boxes_set, str(out), "--epochs", "2", "--pretrain", weights,
-                       "--plugin", "prune", "--prune.eval_metric_loss", "0.1", "--prune.sen_ratios", "0.5",
-                       "--prune.sen_batches", "1"], cwd=str(out))
-    return out, proc
+    return train_paddlex_script(tmp_path_factory, "det_pruned", SCRIPT, boxes_set, 2,
+                                baseline[0] / "epoch_3" / "model.pdparams", "--plugin", "prune",
+                                "--prune.eval_metric_loss", "0.1", "--prune.sen_ratios", "0.5",
+                                "--prune.sen_batches", "1")
 
 
 @needs_paddlex

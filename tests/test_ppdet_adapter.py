@@ -183,6 +183,20 @@ def test_a_pruned_checkpoint_without_its_plan_is_refused(work, pruned):
 
 
 @needs_ppdet
+def test_analyze_only_writes_the_sensitivities_and_leaves_no_temporary_files(work, baseline):
+    tmp = work / "tmp_analyze"
+    tmp.mkdir()
+    proc = tools(["train", "-c", config(PICO), "-o", "save_dir=analyze_only", f"pretrain_weights={baseline}",
+                  "--plugin", "prune", "--prune.action", "analyze", "--prune.sen_ratios", "0.5",
+                  "--prune.sen_batches", "1"], work, env={"TMPDIR": str(tmp)})
+    sens = json.loads((work / "analyze_only" / PICO / "sensitivities.json").read_text())
+    assert sens["groups"] and sens["metric"]["baseline"] is not None
+    assert "Epoch:" not in proc.stdout + proc.stderr  # nothing trained
+    assert not (work / "analyze_only" / PICO / "model_final.pdparams").exists()
+    assert list(tmp.iterdir()) == []
+
+
+@needs_ppdet
 def test_legacy_slim_pruner_config_becomes_fixed_ratios(work, baseline):
     slim = work / "picodet_prune_fpgm.yml"
     slim.write_text(f"pretrain_weights: {baseline}\nepoch: 1\nslim: Pruner\nPruner:\n  criterion: fpgm\n"

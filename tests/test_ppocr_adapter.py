@@ -169,32 +169,36 @@ def det_config(data):
     }
 
 
+def _rec_config(data, out, architecture, loss, transforms, lr, batch, plugins, **extra_global):
+    """A recognizer on the generated word images: what CRNN and SVTR-LCNet configs share."""
+    config = {
+        "Global": _global(out, character_dict_path=os.path.join(data, "dict.txt"), max_text_length=10,
+                          use_space_char=False, **extra_global),
+        "Architecture": dict({"model_type": "rec", "Transform": None}, **architecture),
+        "Loss": loss,
+        "Optimizer": {"name": "Adam", "beta1": 0.9, "beta2": 0.999, "lr": {"learning_rate": lr},
+                      "regularizer": {"name": "L2", "factor": 0}},
+        "PostProcess": {"name": "CTCLabelDecode"},
+        "Metric": {"name": "RecMetric", "main_indicator": "acc"},
+    }
+    for mode, labels, shuffle in (("Train", "train_label.txt", True), ("Eval", "test_label.txt", False)):
+        config[mode] = {"dataset": {"name": "SimpleDataSet", "data_dir": data,
+                                    "label_file_list": [os.path.join(data, labels)], "transforms": transforms},
+                        "loader": _loader(batch, shuffle, drop_last=shuffle)}
+    if plugins is not None:
+        config["plugins"] = plugins
+    return config
+
+
 def rec_config(data, plugins=None):
     transforms = [{"DecodeImage": {"img_mode": "BGR", "channel_first": False}}, {"CTCLabelEncode": None},
                   {"RecResizeImg": {"image_shape": [3, 32, 100]}},
                   {"KeepKeys": {"keep_keys": ["image", "label", "length"]}}]
-    config = {
-        "Global": _global("./rec_out", character_dict_path=os.path.join(data, "dict.txt"), max_text_length=10,
-                          use_space_char=False, cal_metric_during_train=True),
-        "Architecture": {"model_type": "rec", "algorithm": "CRNN", "Transform": None,
-                         "Backbone": {"name": "MobileNetV3", "scale": 0.5, "model_name": "small"},
-                         "Neck": {"name": "SequenceEncoder", "encoder_type": "rnn", "hidden_size": 48},
-                         "Head": {"name": "CTCHead", "fc_decay": 0.0}},
-        "Loss": {"name": "CTCLoss"},
-        "Optimizer": {"name": "Adam", "beta1": 0.9, "beta2": 0.999, "lr": {"learning_rate": 0.005},
-                      "regularizer": {"name": "L2", "factor": 0}},
-        "PostProcess": {"name": "CTCLabelDecode"},
-        "Metric": {"name": "RecMetric", "main_indicator": "acc"},
-        "Train": {"dataset": {"name": "SimpleDataSet", "data_dir": data,
-                              "label_file_list": [os.path.join(data, "train_label.txt")], "transforms": transforms},
-                  "loader": _loader(16, True, drop_last=True)},
-        "Eval": {"dataset": {"name": "SimpleDataSet", "data_dir": data,
-                             "label_file_list": [os.path.join(data, "test_label.txt")], "transforms": transforms},
-                 "loader": _loader(16, False)},
-    }
-    if plugins is not None:
-        config["plugins"] = plugins
-    return config
+    architecture = {"algorithm": "CRNN", "Backbone": {"name": "MobileNetV3", "scale": 0.5, "model_name": "small"},
+                    "Neck": {"name": "SequenceEncoder", "encoder_type": "rnn", "hidden_size": 48},
+                    "Head": {"name": "CTCHead", "fc_decay": 0.0}}
+    return _rec_config(data, "./rec_out", architecture, {"name": "CTCLoss"}, transforms, 0.005, 16, plugins,
+                       cal_metric_during_train=True)
 
 
 def svtr_config(data, plugins=None):
@@ -203,32 +207,16 @@ def svtr_config(data, plugins=None):
     transforms = [{"DecodeImage": {"img_mode": "BGR", "channel_first": False}}, {"MultiLabelEncode": None},
                   {"RecResizeImg": {"image_shape": list(SVTR_SHAPE)}},
                   {"KeepKeys": {"keep_keys": ["image", "label_ctc", "label_sar", "length", "valid_ratio"]}}]
-    config = {
-        "Global": _global("./svtr_out", character_dict_path=os.path.join(data, "dict.txt"), max_text_length=10,
-                          use_space_char=False),
-        "Architecture": {"model_type": "rec", "algorithm": "SVTR_LCNet", "Transform": None,
-                         "Backbone": {"name": "MobileNetV1Enhance", "scale": 0.5, "last_conv_stride": [1, 2],
-                                      "last_pool_type": "avg"},
-                         "Head": {"name": "MultiHead", "head_list": [
-                             {"CTCHead": {"Neck": {"name": "svtr", "dims": 32, "depth": 1, "hidden_dims": 64,
-                                                   "use_guide": True},
-                                          "Head": {"fc_decay": 0.00001}}},
-                             {"SARHead": {"enc_dim": 64, "max_text_length": 10, "d_k": 64}}]}},
-        "Loss": {"name": "MultiLoss", "loss_config_list": [{"CTCLoss": None}, {"SARLoss": None}]},
-        "Optimizer": {"name": "Adam", "beta1": 0.9, "beta2": 0.999, "lr": {"learning_rate": 0.002},
-                      "regularizer": {"name": "L2", "factor": 0}},
-        "PostProcess": {"name": "CTCLabelDecode"},
-        "Metric": {"name": "RecMetric", "main_indicator": "acc"},
-        "Train": {"dataset": {"name": "SimpleDataSet", "data_dir": data,
-                              "label_file_list": [os.path.join(data, "train_label.txt")], "transforms": transforms},
-                  "loader": _loader(8, True, drop_last=True)},
-        "Eval": {"dataset": {"name": "SimpleDataSet", "data_dir": data,
-                             "label_file_list": [os.path.join(data, "test_label.txt")], "transforms": transforms},
-                 "loader": _loader(8, False)},
-    }
-    if plugins is not None:
-        config["plugins"] = plugins
-    return config
+    architecture = {"algorithm": "SVTR_LCNet",
+                    "Backbone": {"name": "MobileNetV1Enhance", "scale": 0.5, "last_conv_stride": [1, 2],
+                                 "last_pool_type": "avg"},
+                    "Head": {"name": "MultiHead", "head_list": [
+                        {"CTCHead": {"Neck": {"name": "svtr", "dims": 32, "depth": 1, "hidden_dims": 64,
+                                              "use_guide": True},
+                                     "Head": {"fc_decay": 0.00001}}},
+                        {"SARHead": {"enc_dim": 64, "max_text_length": 10, "d_k": 64}}]}}
+    loss = {"name": "MultiLoss", "loss_config_list": [{"CTCLoss": None}, {"SARLoss": None}]}
+    return _rec_config(data, "./svtr_out", architecture, loss, transforms, 0.002, 8, plugins)
 
 
 # ------------------------------------------------------------------ running the tools

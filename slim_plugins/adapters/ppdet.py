@@ -17,6 +17,7 @@ Patches, once ``ppdet.engine.trainer`` is imported (see docs/ppdet.md):
 
 Nothing here imports ppdet at module level: the module imports without it.
 """
+import atexit
 import contextlib
 import copy
 import functools
@@ -430,6 +431,7 @@ class _EvalData:
         self.max_batches = max_batches
         self.tmp = tempfile.mkdtemp(prefix="slim_ppdet_eval_")
         run.state.setdefault("tmp_dirs", []).append(self.tmp)
+        atexit.register(shutil.rmtree, self.tmp, True)  # also when the run ends before training
         dataset = copy.copy(create("EvalDataset")())  # never change the dataset ppdet shares
         batch_size = cfg.EvalReader["batch_size"]
         if max_batches and cfg.metric == "COCO":

@@ -76,6 +76,16 @@ class _FirstBatches:
         return itertools.islice(iter(self.loader), self.n)
 
 
+def _patches(original):
+    """Decorator for a wrapper of ``original``: ``functools.wraps`` plus the mark that stops
+    :meth:`PaddleOCRAdapter.install` from wrapping twice."""
+    def mark(patched):
+        patched = functools.wraps(original)(patched)
+        patched._slim_patched = True
+        return patched
+    return mark
+
+
 def _unwrap(model):
     return getattr(model, "_layers", model)
 
@@ -132,7 +142,7 @@ class PaddleOCRAdapter(Adapter):
     def _wrap_load_model(self, load_model):
         adapter = self
 
-        @functools.wraps(load_model)
+        @_patches(load_model)
         def patched_load_model(config, model, optimizer=None, model_type="det", *args, **kwargs):
             from slim_plugins.session import get_session
 
@@ -153,61 +163,57 @@ class PaddleOCRAdapter(Adapter):
                     adapter.fire(run, "slim_before_train")
             return result
 
-        patched_load_model._slim_patched = True
         return patched_load_model
 
     def _wrap_save_model(self, save_model):
         adapter = self
 
-        @functools.wraps(save_model)
+        @_patches(save_model)
         def patched_save_model(model, optimizer, model_path, logger, config, is_best=False, prefix="ppocr",
                                **kwargs):
-            from slim_plugins.session import get_session
-
             result = save_model(model, optimizer, model_path, logger, config, is_best=is_best, prefix=prefix,
                                 **kwargs)
-            run = adapter.run_for(get_session(), config, model, optimizer, "train")
+            run = adapter.current_run_for(config, model, optimizer, "train")
             adapter.fire(run, "slim_on_checkpoint_save", path=os.path.join(model_path, prefix))
             if prefix == "best_accuracy":  # save_model writes best_model/model.* as well
                 adapter.fire(run, "slim_on_checkpoint_save", path=os.path.join(model_path, "best_model", "model"))
             return result
 
-        patched_save_model._slim_patched = True
         return patched_save_model
 
     def _wrap_train(self, train):
         adapter = self
 
-        @functools.wraps(train)
+        @_patches(train)
         def patched_train(config, train_dataloader, valid_dataloader, device, model, loss_class, optimizer,
                           *args, **kwargs):
-            from slim_plugins.session import get_session
-
             result = train(config, train_dataloader, valid_dataloader, device, model, loss_class, optimizer,
                            *args, **kwargs)
-            run = adapter.run_for(get_session(), config, model, optimizer, "train")
+            run = adapter.current_run_for(config, model, optimizer, "train")
             with _user_errors():
                 adapter.fire(run, "slim_after_train")
             return result
 
-        patched_train._slim_patched = True
         return patched_train
 
     def _wrap_export(self, export_single_model):
         adapter = self
 
-        @functools.wraps(export_single_model)
+        @_patches(export_single_model)
         def patched_export_single_model(model, arch_config, save_path, logger, yaml_path, config, *args, **kwargs):
-            from slim_plugins.session import get_session
-
-            run = adapter.run_for(get_session(), config, model, None, "export")
+            run = adapter.current_run_for(config, model, None, "export")
             adapter.fire(run, "slim_before_export", path=save_path)
             return export_single_model(model, arch_config, save_path, logger, yaml_path, config, *args, **kwargs)
 
-        patched_export_single_model._slim_patched = True
         return patched_export_single_model
 
     # ------------------------------------------------------------------ runs and config
+    def current_run_for(self, config, model, optimizer, mode):
+        """:meth:`run_for` in the current session."""
+        from slim_plugins.session import get_session
+
+        return self.run_for(get_session(), config, model, optimizer, mode)
+
     def run_for(self, session, config, model, optimizer=None, mode="train"):
         model = _unwrap(model)
         run = self._runs.get(model)
