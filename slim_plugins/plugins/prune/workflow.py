@@ -214,7 +214,8 @@ class PruneWorkflow:
                     applied.restore()
 
             ratios, fraction, budget = ratios_for_flops(sens, cfg.pruned_flops, pruned_fraction, channels, cfg.align)
-            log(f"pruned_flops={cfg.pruned_flops}: loss budget {budget:.4f} removes {fraction:.1%} of FLOPs")
+            why = " (below 0: only groups whose pruning raised the metric)" if budget < 0 else ""
+            log(f"pruned_flops={cfg.pruned_flops}: loss budget {budget:.4f}{why} removes {fraction:.1%} of FLOPs")
             self.report["chosen_budget"] = budget
         else:
             ratios = ratios_by_loss(sens, cfg.eval_metric_loss)
