@@ -359,6 +359,11 @@ def test_unpruned_db_eval_and_export_work_with_the_adapter_installed(work, det_b
              [f"Global.checkpoints={det_base}", f"Global.save_inference_dir={work / 'det_base_infer'}"] + EXPORT_OPTS,
              cwd=str(work))
     assert any(n.startswith("inference.") for n in os.listdir(work / "det_base_infer"))
+    if compat.PADDLE_3:  # PaddleOCR's default (old-IR) export cannot build DB on Paddle 3: say how to export
+        proc = run_tool("export_model.py", "det.yml", [f"Global.checkpoints={det_base}",
+                        f"Global.save_inference_dir={work / 'det_base_old_ir'}"], cwd=str(work), expect_rc=1)
+        assert "cannot do for this model, pruned or not" in proc.stderr
+        assert "Global.export_with_pir=True" in proc.stderr
 
 
 def test_replay_eval_export_of_a_plan_made_without_paddleslim(work, det_base):

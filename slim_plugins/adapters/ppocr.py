@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from slim_plugins.adapters import Adapter
-from slim_plugins.errors import ShapeMismatchError, SlimPluginsError
+from slim_plugins.errors import AdapterError, ShapeMismatchError, SlimPluginsError
 from slim_plugins.hooks import hookimpl
 from slim_plugins.run import Metric
 
@@ -84,6 +84,25 @@ def _patches(original):
         patched._slim_patched = True
         return patched
     return mark
+
+
+# what Paddle 3 raises when PaddleOCR's default export rebuilds a model under the old IR
+_OLD_IR_EXPORT_FAILURES = ("must be Value, but got Variable", "Unknown place type")
+
+
+def _old_ir_export_error(exc, config):
+    """``exc`` itself, or an AdapterError saying how to export when PaddleOCR's default (old-IR)
+    export path fails on Paddle 3, pruned model or not."""
+    import paddle
+
+    reason = str(exc).strip().splitlines()[-1].strip() if str(exc).strip() else type(exc).__name__
+    if config.get("Global", {}).get("export_with_pir") or not any(m in str(exc) for m in _OLD_IR_EXPORT_FAILURES):
+        return exc
+    return AdapterError(
+        f"PaddleOCR's default export rebuilds the model under the old IR, which Paddle {paddle.__version__} "
+        f"cannot do for this model, pruned or not: {reason}", plugin="ppocr",
+        hint="export a PIR program: add `-o Global.export_with_pir=True` (writes inference.json; "
+             "Paddle Inference on CPU then needs config.disable_mkldnn())")
 
 
 def _unwrap(model):
@@ -203,7 +222,11 @@ class PaddleOCRAdapter(Adapter):
         def patched_export_single_model(model, arch_config, save_path, logger, yaml_path, config, *args, **kwargs):
             run = adapter.current_run_for(config, model, None, "export")
             adapter.fire(run, "slim_before_export", path=save_path)
-            return export_single_model(model, arch_config, save_path, logger, yaml_path, config, *args, **kwargs)
+            try:
+                return export_single_model(model, arch_config, save_path, logger, yaml_path, config, *args,
+                                           **kwargs)
+            except (TypeError, ValueError) as exc:
+                raise _old_ir_export_error(exc, config) from exc
 
         return patched_export_single_model
 
