@@ -21,7 +21,7 @@ import tempfile
 import time
 
 sys.dont_write_bytecode = True  # nothing generated stays in benchmarks/
-from suite_job import run_job  # noqa: E402
+from suite_job import clean_env, run_job  # noqa: E402
 
 JOBS = {"builtin": "sens_builtin_job.py", "ppdet": "sens_ppdet_job.py", "ppocr": "sens_ppocr_job.py",
         "paddlex": "sens_paddlex_job.py"}
@@ -29,7 +29,7 @@ JOBS = {"builtin": "sens_builtin_job.py", "ppdet": "sens_ppdet_job.py", "ppocr":
 
 def paddle_version(python):
     proc = subprocess.run([python, "-c", "import paddle; print(paddle.__version__)"], capture_output=True, text=True,
-                          env={k: v for k, v in os.environ.items() if not k.startswith("SLIM_PLUGINS")})
+                          env=clean_env())
     return proc.stdout.strip().splitlines()[-1] if proc.returncode == 0 and proc.stdout.strip() else python
 
 

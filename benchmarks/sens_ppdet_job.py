@@ -2,8 +2,8 @@
 timed, through ppdet's train command with ``--plugin prune --prune.action analyze``.
 
 prepare: the tests' shapes set (tests/scripts/ppdet_shapes.py) and 12 epochs of training
-without the plugin (paddledet 2.6.0 trains PicoDet on Paddle 2.6 only: its assigners fail on
-Paddle 3, so bench_paddle_versions.py prepares with the first interpreter that can).
+without the plugin, through the tests' stand-in for tools/train.py (which also applies the
+assigner fix paddledet 2.6.0 lacks on Paddle 3).
 analyze: ratios 0.3 and 0.6 of every prunable group, COCO mAP on all 16 val images.
 
     python benchmarks/sens_ppdet_job.py [prepare WORK | analyze WORK]

@@ -132,8 +132,7 @@ def tests_module(name):
 
 # ------------------------------------------------------------------ command line
 def _temporaries_in(work):
-    """Temporary files of this job and its commands go under ``work`` and leave with it (the
-    ppdet adapter's trimmed eval annotations outlive a run that exits after the analysis)."""
+    """Temporary files of this job and its commands go under ``work`` and leave with it."""
     os.makedirs(os.path.join(work, "tmp"), exist_ok=True)
     os.environ["TMPDIR"] = os.path.join(work, "tmp")
     tempfile.tempdir = None

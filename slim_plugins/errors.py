@@ -13,6 +13,17 @@ class SlimPluginsError(Exception):
         super().__init__(text)
 
 
+def exception_line(exc, last=False, with_type=True, limit=300):
+    """One line of ``exc`` for a message: its first line, or its last (where Paddle's dy2st puts
+    the cause under "In transformed code:"), after the exception's type unless ``with_type`` is
+    false."""
+    text = str(exc).strip()
+    line = text.splitlines()[-1 if last else 0].strip()[:limit] if text else ""
+    if with_type:
+        return f"{type(exc).__name__}: {line}"
+    return line or type(exc).__name__
+
+
 class UnknownPluginError(SlimPluginsError):
     """A plugin name that no built-in module or entry point provides."""
 

@@ -13,6 +13,14 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 SCRIPTS = os.path.join(HERE, "scripts")
 
 
+def clean_env(extra=None):
+    """This environment without activation (SLIM_PLUGINS*) or distributed (PADDLE_*) variables a
+    caller left, plus ``extra``: what a user's fresh shell would give a command."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLIM_PLUGINS", "PADDLE_"))}
+    env.update(extra or {})
+    return env
+
+
 def run_python(args, cwd, env=None, timeout=600):
     """Run ``python ARGS`` in a fresh process; returns the CompletedProcess (asserts rc 0)."""
     full_env = dict(os.environ)

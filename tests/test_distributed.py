@@ -7,17 +7,16 @@ import sys
 
 import paddle
 
-from conftest import SCRIPTS
+from conftest import SCRIPTS, clean_env
 
 SCRIPT = os.path.join(SCRIPTS, "hapi_digits.py")
 
 
 def test_launch_two_ranks_shard_analysis_and_train_the_same_pruned_model(tmp_path):
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLIM_PLUGINS", "PADDLE_"))}
     cmd = [sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", "2", "--log_dir", "logs",
            SCRIPT, str(tmp_path / "out"), "--epochs", "1", "--plugin", "prune",
            "--prune.eval_metric_loss", "0.05", "--prune.sen_ratios", "0.3,0.6"]
-    proc = subprocess.run(cmd, cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(cmd, cwd=str(tmp_path), env=clean_env(), capture_output=True, text=True, timeout=600)
     logs = {r: (tmp_path / "logs" / f"workerlog.{r}").read_text() for r in range(2)}
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:] + logs[0][-3000:]
     results = [json.loads(logs[r].strip().splitlines()[-1]) if logs[r].strip().splitlines()[-1].startswith("{")

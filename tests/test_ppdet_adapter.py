@@ -15,7 +15,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import HERE, SCRIPTS, last_json
+from conftest import HERE, SCRIPTS, clean_env, last_json
 from slim_plugins import compat
 from slim_plugins.errors import OptionError
 
@@ -31,9 +31,7 @@ needs_ppdet = pytest.mark.skipif(
 
 def tools(args, cwd, env=None, check=True, timeout=420):
     """``python ppdet_tools.py ARGS`` in a fresh process (a hung data loader dies with a traceback)."""
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith(("SLIM_PLUGINS", "PADDLE_"))}
-    full_env.update(env or {})
-    proc = subprocess.run([sys.executable, "-X", "faulthandler", TOOLS] + list(args), cwd=str(cwd), env=full_env,
+    proc = subprocess.run([sys.executable, "-X", "faulthandler", TOOLS] + list(args), cwd=str(cwd), env=clean_env(env),
                           capture_output=True, text=True, timeout=timeout)
     if check:
         assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
@@ -216,12 +214,11 @@ def test_legacy_slim_pruner_config_becomes_fixed_ratios(work, baseline):
 
 @needs_ppdet
 def test_launch_two_ranks_shard_the_analysis_and_train_the_same_plan(work, baseline):
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLIM_PLUGINS", "PADDLE_"))}
     cmd = [sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", "2", "--log_dir", "dist_logs",
            TOOLS, "train", "-c", config(PICO), "-o", "epoch=1", "save_dir=dist", f"pretrain_weights={baseline}",
            "--plugin", "prune", "--prune.eval_metric_loss", "0.1", "--prune.sen_ratios", "0.5",
            "--prune.sen_batches", "1"]
-    proc = subprocess.run(cmd, cwd=str(work), env=env, capture_output=True, text=True, timeout=420)
+    proc = subprocess.run(cmd, cwd=str(work), env=clean_env(), capture_output=True, text=True, timeout=420)
     logs = [(work / "dist_logs" / f"workerlog.{r}").read_text() for r in range(2)]
     assert proc.returncode == 0, proc.stderr[-2000:] + logs[0][-4000:] + logs[1][-2000:]
     shapes = [json.loads([line for line in log.splitlines() if line.startswith('{"shapes"')][-1])["shapes"]

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import SCRIPTS, run_python
+from conftest import SCRIPTS, clean_env, run_python
 from slim_plugins import compat
 
 
@@ -229,8 +229,7 @@ def run_tool(name, config, opts, cwd, extra=(), expect_rc=0):
     args = [tool(name), "-c", config] + (["-o"] + list(opts) if opts else []) + list(extra)
     if expect_rc == 0:
         return run_python(args, cwd=cwd)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SLIM_PLUGINS")}
-    proc = subprocess.run([sys.executable] + args, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run([sys.executable] + args, cwd=cwd, env=clean_env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == expect_rc, f"exit {proc.returncode}\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
     return proc
 

@@ -31,7 +31,7 @@ import sys
 import tempfile
 
 from slim_plugins.adapters import Adapter
-from slim_plugins.errors import AdapterError, OptionError, ShapeMismatchError
+from slim_plugins.errors import AdapterError, OptionError, ShapeMismatchError, exception_line
 from slim_plugins.hooks import hookimpl
 from slim_plugins.run import Metric
 
@@ -135,7 +135,7 @@ class PPDetAdapter(Adapter):
                         raise
                     import paddle
 
-                    reason = str(exc).strip().splitlines()[-1].strip()
+                    reason = exception_line(exc, last=True, with_type=False)
                     raise AdapterError(
                         f"paddledet {_ppdet_version()} cannot export its multiclass_nms under Paddle "
                         f"{paddle.__version__}'s new IR (PIR), pruned or not: {reason}",

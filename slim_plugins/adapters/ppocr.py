@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from slim_plugins.adapters import Adapter
-from slim_plugins.errors import AdapterError, ShapeMismatchError, SlimPluginsError
+from slim_plugins.errors import AdapterError, ShapeMismatchError, SlimPluginsError, exception_line
 from slim_plugins.hooks import hookimpl
 from slim_plugins.run import Metric
 
@@ -91,13 +91,13 @@ _OLD_IR_EXPORT_FAILURES = ("must be Value, but got Variable", "Unknown place typ
 
 
 def _old_ir_export_error(exc, config):
-    """``exc`` itself, or an AdapterError saying how to export when PaddleOCR's default (old-IR)
-    export path fails on Paddle 3, pruned model or not."""
+    """An AdapterError saying how to export when ``exc`` is PaddleOCR's default (old-IR) export
+    failing on Paddle 3, pruned model or not; None for any other failure."""
     import paddle
 
-    reason = str(exc).strip().splitlines()[-1].strip() if str(exc).strip() else type(exc).__name__
     if config.get("Global", {}).get("export_with_pir") or not any(m in str(exc) for m in _OLD_IR_EXPORT_FAILURES):
-        return exc
+        return None
+    reason = exception_line(exc, last=True, with_type=False)
     return AdapterError(
         f"PaddleOCR's default export rebuilds the model under the old IR, which Paddle {paddle.__version__} "
         f"cannot do for this model, pruned or not: {reason}", plugin="ppocr",
@@ -226,7 +226,10 @@ class PaddleOCRAdapter(Adapter):
                 return export_single_model(model, arch_config, save_path, logger, yaml_path, config, *args,
                                            **kwargs)
             except (TypeError, ValueError) as exc:
-                raise _old_ir_export_error(exc, config) from exc
+                error = _old_ir_export_error(exc, config)
+                if error is None:
+                    raise
+                raise error from exc
 
         return patched_export_single_model
 

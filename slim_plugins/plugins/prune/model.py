@@ -14,7 +14,7 @@ from typing import Dict, List
 import numpy as np
 
 from slim_plugins import compat
-from slim_plugins.errors import OptionError, PruneError, TraceError
+from slim_plugins.errors import OptionError, PruneError, TraceError, exception_line
 
 CRITERIA = ("l1_norm", "l2_norm", "fpgm")
 
@@ -112,10 +112,13 @@ class PrunableModel:
         except Exception as exc:  # PaddleSlim's tracer fails deep inside; say what and where
             with self.trace_mode():
                 layer = failing_layer(model, lambda: pruner_cls(model, inputs))
-            where = f" in layer {layer[0]} ({layer[1]}{', ' + layer[2] if layer and layer[2] else ''})" if layer else ""
+            where = ""
+            if layer:
+                name, cls, line = layer
+                where = f" in layer {name} ({cls}, {line})" if line else f" in layer {name} ({cls})"
             raise TraceError(
                 f"PaddleSlim could not trace {type(model).__name__}{where} on Paddle {compat.paddle.__version__}: "
-                f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''}",
+                + exception_line(exc),
                 plugin="prune",
                 hint="check the input shape; on Paddle 3 some ops cannot be traced into PaddleSlim's old-IR "
                      "program: try Paddle 2.6, or give fixed ratios that avoid that part of the model",

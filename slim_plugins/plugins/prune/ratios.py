@@ -118,11 +118,15 @@ def _loss_at(losses, ratio):
 
 def _step_back(sensitivities, ratios, pruned, target, flops_of, channels, align):
     """Walk groups from the highest loss down; each steps back one measured ratio if the pruned
-    FLOPs fraction stays at or above ``target``."""
+    FLOPs fraction stays at or above ``target``. A group that could not step back is not tried
+    again: the fraction only falls as others step back."""
+    closed = set()
     changed = True
     while changed:
         changed = False
-        for group in sorted(ratios, key=lambda g: (-_loss_at(sensitivities[g], ratios[g]), g)):
+        for group in sorted(set(ratios) - closed, key=lambda g: (-_loss_at(sensitivities[g], ratios[g]), g)):
+            if group not in ratios:  # alignment dropped it
+                continue
             lower = [r for r in sensitivities[group] if r < ratios[group] - 1e-9]
             trial = dict(ratios)
             if lower:
@@ -134,4 +138,6 @@ def _step_back(sensitivities, ratios, pruned, target, flops_of, channels, align)
             fraction = flops_of(trial)
             if fraction >= target:
                 ratios, pruned, changed = trial, fraction, True
+            else:
+                closed.add(group)
     return ratios, pruned

@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 
-from slim_plugins.errors import SensitivityFileError
+from slim_plugins.errors import SensitivityFileError, exception_line
 from slim_plugins.progress import Progress
 
 FORMAT = "slim-plugins/sensitivity"
@@ -237,11 +237,6 @@ class GroupBreaksModel(Exception):
     """Pruning one group made PaddleSlim or the pruned model's evaluation fail."""
 
 
-def _first_line(exc):
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[0][:300] if text else ''}"
-
-
 def evaluate_group(prunable, metric, name, ratio, max_batches):
     """The metric with ``name`` pruned at ``ratio``; the model is restored afterwards.
 
@@ -251,13 +246,13 @@ def evaluate_group(prunable, metric, name, ratio, max_batches):
     try:
         applied = prunable.apply({name: ratio})
     except Exception as exc:
-        raise GroupBreaksModel(_first_line(exc)) from exc
+        raise GroupBreaksModel(exception_line(exc)) from exc
     try:
         start = time.perf_counter()
         value = metric(max_batches=max_batches)
         return value, time.perf_counter() - start
     except Exception as exc:
-        raise GroupBreaksModel(_first_line(exc)) from exc
+        raise GroupBreaksModel(exception_line(exc)) from exc
     finally:
         applied.restore()
 
