@@ -1,9 +1,9 @@
 """What can be pruned, and why the rest cannot: one row per conv weight.
 
-Reasons come from three places: the layer itself (transposed, depthwise, grouped), running the
-model (a conv called more than once per forward sits in a loop or is shared; one not run in
-every traced pass - train and eval mode, two input sizes - is conditional) and PaddleSlim's graph
-(a conv feeding concat, or the model's output, gets no group).
+Reasons come from the dependency graph (an op it does not understand, a model output, a
+reduction over channels: each with the op and source line) and from running the model (a conv
+not run in every pass - train and eval mode, two input sizes - is conditional; one missing from
+the traced program never ran there).
 """
 from dataclasses import dataclass
 from typing import Optional
@@ -16,12 +16,6 @@ from slim_plugins.plugins.prune import measure
 
 TRANSPOSED = (nn.Conv1DTranspose, nn.Conv2DTranspose, nn.Conv3DTranspose)
 CONVS = (nn.Conv1D, nn.Conv2D, nn.Conv3D) + TRANSPOSED
-# ops a conv's output passes through before reaching what decides its fate
-_PASS_THROUGH = {"batch_norm", "sync_batch_norm", "relu", "relu6", "hard_swish", "hardswish", "swish", "silu",
-                 "sigmoid", "leaky_relu", "hard_sigmoid", "mish", "gelu", "dropout", "scale", "elementwise_add",
-                 "cast", "tanh"}
-
-
 @dataclass
 class ConvRow:
     weight: str  # structured name
@@ -70,49 +64,9 @@ def _passes(inputs):
     return passes
 
 
-def _graph_reasons(prunable, weights):
-    """Why PaddleSlim made no group for these conv weights (global names)."""
-    from paddleslim.core import GraphWrapper, dygraph2program
-
-    try:
-        with prunable.trace_mode(), compat.tracing():
-            graph = GraphWrapper(dygraph2program(prunable.model, prunable.inputs))
-    except Exception as exc:
-        return {w: f"PaddleSlim could not trace the model ({type(exc).__name__})" for w in weights}
-    reasons = {}
-    for op in graph.ops():
-        if op.type() not in ("conv2d", "depthwise_conv2d", "conv3d", "conv1d"):
-            continue
-        filters = [v.name() for v in op.inputs("Filter")]
-        hit = [w for w in filters if w in weights]
-        if not hit:
-            continue
-        seen, frontier, found = set(), [op], set()
-        for _ in range(6):
-            nxt = []
-            for o in frontier:
-                for consumer in graph.next_ops(o):
-                    if consumer.idx() in seen:
-                        continue
-                    seen.add(consumer.idx())
-                    if consumer.type() in _PASS_THROUGH:
-                        nxt.append(consumer)
-                    else:
-                        found.add(consumer.type())
-            frontier = nxt
-        if "concat" in found:
-            reason = "feeds concat (PaddleSlim cannot prune through concat)"
-        elif not found and not frontier:
-            reason = "model output (PaddleSlim keeps the last convs)"
-        else:
-            reason = "PaddleSlim found no prunable coupling (feeds " + ", ".join(sorted(found) or ["?"]) + ")"
-        for w in hit:
-            reasons[w] = reason
-    return reasons
-
-
 def inventory(prunable, inputs):
-    """Rows for every conv weight; marks unsafe PaddleSlim groups in ``prunable.unsafe``."""
+    """Rows for every conv weight. A conditional conv is safe when every pass that runs it was
+    traced (its couplings are in the graph); one that no traced program holds is listed with why."""
     model = prunable.model
     layers, counts = _call_counts(model, _passes(inputs))
     per_layer = measure.flops_by_layer(model, inputs)
@@ -121,45 +75,37 @@ def inventory(prunable, inputs):
     for gname, group in prunable.groups.items():
         for member in group.followers:
             member_of.setdefault(member, gname)
-    rows, unexplained = [], {}
+    rows = []
     for lname, layer in layers.items():
         weight = f"{lname}.weight"
         shape = [int(d) for d in layer.weight.shape]
         row = ConvRow(weight, shape, per_layer.get(lname, 0) / total, "skipped")
         groups = getattr(layer, "_groups", 1) or 1
         calls = [c.get(lname, 0) for c in counts]
-        if isinstance(layer, TRANSPOSED):
-            row.reason = "transposed conv"
-        elif groups > 1 and shape[1] == 1:
-            row.reason = "depthwise conv"
-        elif groups > 1:
-            row.reason = f"grouped conv (groups={groups})"
-        elif calls and max(calls) > 1:
-            row.reason = f"called {max(calls)} times in one forward (loop or shared layer)"
-        elif calls and 0 < sum(1 for c in calls if c) < len(calls):
-            row.reason = f"conditional: run in {sum(1 for c in calls if c)} of {len(calls)} traced passes"
-        elif calls and not any(calls):
-            row.reason = "never run by forward()"
+        conditional = ""
+        if calls and 0 < sum(1 for c in calls if c) < len(calls):
+            conditional = f"conditional: run in {sum(1 for c in calls if c)} of {len(calls)} traced passes"
+        global_name = prunable.global_of.get(weight)
+        traced = global_name in prunable.graph.seen_params
         if weight in prunable.groups:
-            if row.reason and not row.reason.startswith("depthwise"):
-                prunable.unsafe[weight] = row.reason
-            else:
-                row.status, row.group = "prunable", weight
-        elif weight in member_of and not row.reason.startswith(("called", "conditional")):
+            row.status, row.group = "prunable", weight
+            row.reason = conditional
+        elif weight in member_of:
             row.status, row.group = "follows", member_of[weight]
-            row.reason = (row.reason + "; " if row.reason else "") + f"pruned with group {member_of[weight]}"
-        elif not row.reason:
-            unexplained[prunable.global_of.get(weight, weight)] = row
+            kind = "depthwise conv" if groups > 1 and shape[1] == 1 else "output channels coupled"
+            row.reason = f"{kind}: pruned with group {member_of[weight]}" + (f"; {conditional}" if conditional else "")
+        elif weight in prunable.blocked:
+            row.reason = prunable.blocked[weight]
+        elif prunable.producer_of.get(weight) in prunable.blocked:
+            row.reason = f"coupled with {prunable.producer_of[weight]}: {prunable.blocked[prunable.producer_of[weight]]}"
+        elif not traced:
+            row.reason = "not in the traced program" + (f" ({conditional})" if conditional else
+                                                        " (never run by forward())" if calls and not any(calls) else "")
+        elif groups > 1 and shape[1] == 1:
+            row.reason = "depthwise conv following a channel set that cannot be pruned"
+        else:
+            row.reason = "its output channels belong to no prunable group"
         rows.append(row)
-    if unexplained:
-        for global_name, reason in _graph_reasons(prunable, set(unexplained)).items():
-            unexplained[global_name].reason = reason
-        for row in unexplained.values():
-            row.reason = row.reason or "PaddleSlim made no group for it"
-    for weight, reason in prunable.unsafe.items():
-        for row in rows:
-            if row.weight == weight:
-                row.reason = f"{reason} (PaddleSlim would prune it: skipped as unsafe)"
     return rows
 
 

@@ -1,17 +1,21 @@
-"""A model as PaddleSlim sees it: groups of coupled parameters, and fast masking.
+"""A model as groups of coupled channels, and fast structural masking.
 
-PaddleSlim traces the model, groups coupled parameters (a conv, its BN, the next conv's input
-channels, residual partners) and picks the channels to drop. Applying and undoing a pruning is
-done here, vectorised and without the ``*_backup`` buffers PaddleSlim leaves in the model.
+The groups come from our own dependency graph (:mod:`.graph`, built from the program
+``paddle.jit.to_static`` makes of the model, on Paddle 2.6 and 3.x alike). Channel importance
+follows PaddleSlim's criteria (l1_norm, l2_norm, fpgm) so the kept channels are the same where
+PaddleSlim can trace. Applying and undoing a pruning is vectorised and leaves no ``*_backup``
+buffers in the model.
 """
 import contextlib
-import os
 import fnmatch
+import os
+import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Dict, List
 
 import numpy as np
+import paddle.nn as nn
 
 from slim_plugins import compat
 from slim_plugins.errors import OptionError, PruneError, TraceError, exception_line
@@ -24,27 +28,39 @@ class Group:
     """Parameters pruned together; named by the structured name of its master conv weight."""
 
     name: str
-    master: str  # PaddleSlim's global parameter name, e.g. conv2d_3.w_0
+    master: str  # the master weight's global (PaddleSlim) name, e.g. conv2d_3.w_0
     channels: int
     members: List[str] = field(default_factory=list)  # structured names
     followers: List[str] = field(default_factory=list)  # other conv weights losing output channels
+    classes: List[int] = field(default_factory=list, repr=False)  # graph classes, master's order
+    master_axis: int = 0
 
 
 class Applied:
-    """Undo record of one masking: restores values and conv groups."""
+    """Undo record of one masking: restores values, layer attributes and optimizer state."""
 
-    def __init__(self, model):
-        self.model = model
+    def __init__(self):
         self.values = {}
-        self.groups = {}
+        self.attrs = []  # (layer, attribute, old value)
+        self.optimizer = []  # (holder dict or tensor, key, old value)
 
     def restore(self):
         for param, value in self.values.items():
             compat.set_value(param, value)
-        for layer, groups in self.groups.items():
-            layer._groups = groups
+        for layer, attr, value in reversed(self.attrs):
+            setattr(layer, attr, value)
+        for holder, key, value in reversed(self.optimizer):
+            if isinstance(holder, dict):
+                holder[key] = value
+            else:
+                compat.set_value(holder, value)
         self.values.clear()
-        self.groups.clear()
+        self.attrs.clear()
+        self.optimizer.clear()
+
+    def set_attr(self, layer, attr, value):
+        self.attrs.append((layer, attr, getattr(layer, attr)))
+        setattr(layer, attr, value)
 
 
 def _pop(stack):
@@ -64,8 +80,7 @@ def failing_layer(model, trace):
         handles.append(layer.register_forward_pre_hook(lambda l, i, n=name: stack.append((n, type(l).__name__))))
         handles.append(layer.register_forward_post_hook(lambda l, i, o: _pop(stack)))
     try:
-        with compat.tracing():
-            trace()
+        trace()
     except Exception as exc:
         found, tb = None, exc.__traceback__
         while tb is not None:
@@ -90,7 +105,7 @@ def matches(name, patterns, global_name=None):
 
 
 class PrunableModel:
-    """Wraps a ``paddle.nn.Layer`` with a PaddleSlim filter pruner.
+    """Wraps a ``paddle.nn.Layer`` with its dependency graph of coupled channels.
 
     Build it right after the weights the analysis must see are loaded: channel importance is
     computed from the weights at construction time.
@@ -103,28 +118,7 @@ class PrunableModel:
         self.model = model
         self.inputs = inputs
         self.criterion = criterion
-        self.mode = mode  # "train", "eval" or None: the mode PaddleSlim traces in (see slim_trace_mode)
-        pruner_cls = compat.import_paddleslim_pruners()[criterion]
-        was_training = model.training
-        try:
-            with self.trace_mode(), compat.tracing():
-                self.pruner = pruner_cls(model, inputs)
-        except Exception as exc:  # PaddleSlim's tracer fails deep inside; say what and where
-            with self.trace_mode():
-                layer = failing_layer(model, lambda: pruner_cls(model, inputs))
-            where = ""
-            if layer:
-                name, cls, line = layer
-                where = f" in layer {name} ({cls}, {line})" if line else f" in layer {name} ({cls})"
-            raise TraceError(
-                f"PaddleSlim could not trace {type(model).__name__}{where} on Paddle {compat.paddle.__version__}: "
-                + exception_line(exc),
-                plugin="prune",
-                hint="check the input shape; on Paddle 3 some ops cannot be traced into PaddleSlim's old-IR "
-                     "program: try Paddle 2.6, or give fixed ratios that avoid that part of the model",
-            ) from exc
-        finally:
-            model.train() if was_training else model.eval()
+        self.mode = mode  # "train", "eval" or None: the mode traced first (see slim_trace_mode)
         self.structured = OrderedDict()  # global -> structured
         self.params = {}  # global -> Parameter
         for sname, param in model.named_parameters():
@@ -132,102 +126,251 @@ class PrunableModel:
             self.params[param.name] = param
         self.global_of = {s: g for g, s in self.structured.items()}
         self.layer_of = {}
-        for layer in model.sublayers(include_self=True):
+        self.layer_name = {}
+        for lname, layer in model.named_sublayers(include_self=True):
             for param in layer.parameters(include_sublayers=False):
                 self.layer_of.setdefault(param.name, layer)
-        collections = list(self.pruner.collections)
-        self.originals = collections[0].values if collections else {
-            g: compat.numpy_of(p) for g, p in self.params.items()}
-        self.groups: Dict[str, Group] = OrderedDict()
-        for coll in collections:
-            if coll.master_axis != 0 or coll.master_name not in self.structured:
-                continue
-            if coll.master_name in self.pruner.skip_vars:
-                continue
-            name = self.structured[coll.master_name]
-            members = [self.structured[v] for v in coll.variables() if v in self.structured]
-            channels = int(self.params[coll.master_name].shape[0])
-            followers = sorted({self.structured[d.name] for d in coll.all_pruning_details()
-                                if d.axis == 0 and d.name in self.structured and d.name != coll.master_name
-                                and len(self.params[d.name].shape) == 4})
-            self.groups[name] = Group(name, coll.master_name, channels, members, followers)
+                self.layer_name.setdefault(param.name, lname)
+        started = time.perf_counter()
+        self.graph = self._trace(example_inputs(inputs))
+        self.trace_seconds = time.perf_counter() - started
+        self.originals = {g: compat.numpy_of(p) for g, p in self.params.items()}
+        self._index_classes()
         self.skip_patterns = list(skip)
-        self.unsafe = {}  # group -> reason (set by the inventory: loops, conditionals)
+        self.unsafe = {}  # group -> reason (set by the inventory: conditionals)
+
+    # ------------------------------------------------------------------ tracing
+    def _trace(self, examples):
+        from slim_plugins.plugins.prune.graph import Walker
+        from slim_plugins.plugins.prune.program import read_program
+
+        param_shapes = {g: [int(d) for d in p.shape] for g, p in self.params.items()}
+        first = self.mode or ("train" if self.model.training else "eval")
+        passes = [(first, examples)] + [(m, examples) for m in ("eval", "train") if m != first]
+        larger = _larger(examples)
+        if larger is not None:  # code that depends on the input size shows at another size
+            passes.append(("eval", larger))
+        walker = None
+        self.traced_modes = []
+        for index, (mode, inputs) in enumerate(passes):
+            try:
+                with self.trace_mode(mode), _quiet_dy2st():
+                    view = read_program(self.model, inputs)
+            except Exception as exc:  # noqa: BLE001  the first pass must trace; the others may not
+                if index == 0:
+                    self._trace_error(exc, inputs, mode)
+                continue
+            if walker is None:
+                walker = Walker(view, param_shapes)
+            walker.walk(view)  # same parameters, same ids: every program adds its couplings
+            self.traced_modes.append(mode if index < 2 else f"{mode} at {list(inputs[0].shape)[2:]}")
+        return walker.result()
+
+    def _trace_error(self, exc, examples, mode):
+        layer = None
+        with self.trace_mode(mode):
+            layer = failing_layer(self.model, lambda: _static_call(self.model, examples))
+        where = ""
+        source, message = _dy2st_error(exc)
+        if layer:
+            name, cls, line = layer
+            line = source or line
+            where = f" in layer {name} ({cls}, {line})" if line else f" in layer {name} ({cls})"
+        elif source:
+            where = f" at {source}"
+        raise TraceError(
+            f"paddle.jit.to_static could not turn {type(self.model).__name__} into a program{where} "
+            f"on Paddle {compat.paddle.__version__}: " + message,
+            plugin="prune",
+            hint="the suite's export (paddle.jit.to_static) must work for the model in "
+                 f"{mode} mode with these inputs; check the input shape, or export the model first to see the error",
+        ) from exc
 
     @contextlib.contextmanager
-    def trace_mode(self):
+    def trace_mode(self, mode=None):
         """The model in the mode it is traced in, its own mode restored afterwards."""
+        mode = mode or self.mode
         was_training = self.model.training
-        if self.mode == "train":
+        if mode == "train":
             self.model.train()
-        elif self.mode == "eval":
+        elif mode == "eval":
             self.model.eval()
         try:
-            with compat.traceable_buffers(self.model):
-                yield
+            yield
         finally:
             self.model.train() if was_training else self.model.eval()
 
+    def _index_classes(self):
+        graph = self.graph
+        uf = graph.uf
+        self.param_roots = {}
+        self.class_members = {}  # root -> [(global name, axis)]
+        for name, axes in graph.param_ids.items():
+            if name not in graph.seen_params:
+                continue
+            roots = []
+            for axis, ids in enumerate(axes):
+                if ids is None:
+                    roots.append(None)
+                    continue
+                r = uf.roots(ids)
+                roots.append(r)
+                for root in set(r.tolist()):
+                    self.class_members.setdefault(root, []).append((name, axis))
+            self.param_roots[name] = roots
+        blocked = graph.blocked_roots()
+        self.blocked = {}  # structured weight -> reason
+        self.groups: Dict[str, Group] = OrderedDict()
+        self.producer_of = {}  # structured conv weight -> group it belongs to
+        owner = {}
+        for producer in graph.producers:
+            roots = self.param_roots[producer.param][producer.axis]
+            if roots is None:
+                continue
+            classes = list(dict.fromkeys(roots.tolist()))
+            sname = self.structured.get(producer.param, producer.param)
+            known = [owner[c] for c in classes if c in owner]
+            if known:
+                self.producer_of.setdefault(sname, known[0])
+                continue
+            gname = sname
+            for c in classes:
+                owner[c] = gname
+            self.producer_of[sname] = gname
+            reason = next((blocked[c] for c in classes if c in blocked), None)
+            if reason is not None:
+                self.blocked[gname] = reason
+                continue
+            if len(classes) < 2:
+                self.blocked[gname] = "has a single channel"
+                continue
+            members, followers = set(), set()
+            for c in classes:
+                for pname, axis in self.class_members.get(c, ()):
+                    members.add(self.structured.get(pname, pname))
+                    if pname != producer.param and axis == self._out_axis(pname):
+                        followers.add(self.structured.get(pname, pname))
+            self.groups[gname] = Group(gname, producer.param, len(classes),
+                                       sorted(members), sorted(f for f in followers if f.endswith("weight")
+                                                               and len(self.params[self.global_of[f]].shape) >= 3),
+                                       classes, producer.axis)
+
+    def _out_axis(self, pname):
+        return 1 if pname in self.graph.transposed else 0
+
     # ------------------------------------------------------------------ names
     def resolve(self, pattern_or_name):
-        """Structured group names matching a glob on structured or PaddleSlim global names."""
-        return [g.name for g in self.groups.values() if matches(g.name, [pattern_or_name], g.master)]
+        """Structured group names matching a glob on structured or PaddleSlim global names of a
+        group's master conv, or of a conv whose output channels the group prunes."""
+        out = [g.name for g in self.groups.values() if matches(g.name, [pattern_or_name], g.master)]
+        for sname, gname in self.producer_of.items():
+            if gname in self.groups and gname not in out and matches(
+                    sname, [pattern_or_name], self.global_of.get(sname)):
+                out.append(gname)
+        return out
 
     def selected_groups(self):
         return [name for name, g in self.groups.items()
                 if name not in self.unsafe and not matches(name, self.skip_patterns, g.master)]
 
     # ------------------------------------------------------------------ masking
-    def masks(self, ratios):
-        """PaddleSlim's masks for ``{group: ratio}``, merged as its ``prune_vars`` merges them."""
-        from paddleslim.dygraph.prune.pruning_plan import PruningPlan
+    def scores(self, group):
+        """Importance of each class of ``group`` (PaddleSlim's criteria on the master weight)."""
+        value = self.originals[group.master]
+        axis = group.master_axis
+        w = np.moveaxis(value, axis, 0)
+        if self.criterion == "l1_norm":
+            per_slice = np.mean(np.abs(w), axis=tuple(range(1, w.ndim)))
+        elif self.criterion == "l2_norm":
+            per_slice = np.sqrt(np.sum(np.square(w), axis=tuple(range(1, w.ndim))))
+        else:  # fpgm: distance sum to every other filter
+            flat = w.reshape(w.shape[0], -1)
+            per_slice = np.array([np.sqrt(np.sum((flat - flat[i]) ** 2, -1)).sum() for i in range(flat.shape[0])])
+        roots = self.param_roots[group.master][axis].tolist()
+        if len(roots) == len(group.classes):
+            return per_slice
+        index = {c: i for i, c in enumerate(group.classes)}
+        sums = np.zeros(len(group.classes))
+        counts = np.zeros(len(group.classes))
+        for r, s in zip(roots, per_slice):
+            sums[index[r]] += s
+            counts[index[r]] += 1
+        return sums / np.maximum(counts, 1)
 
-        plan = PruningPlan(self.model.full_name)
+    def removed_classes(self, name, ratio):
+        group = self.groups[name]
+        n = len(group.classes)
+        pruned = min(n - 1, int(round(n * float(ratio))))
+        if pruned <= 0:
+            return []
+        order = self.scores(group).argsort()
+        return [group.classes[i] for i in order[:pruned]]
+
+    def masks(self, ratios):
+        """``{global parameter name: [(axis, keep)]}`` for ``{group: ratio}``."""
+        removed = set()
         for name, ratio in ratios.items():
-            group = self.groups[name]
-            if ratio <= 0 or plan.contains(group.master, 0):
-                continue
-            try:
-                with compat.quiet_paddleslim():
-                    sub = self.pruner.prune_var(group.master, 0, float(ratio), apply=None)
-            except Exception as exc:  # PaddleSlim asserts on couplings it cannot follow
-                raise PruneError(
-                    f"PaddleSlim cannot prune group {name} at ratio {ratio:g} "
-                    f"({type(exc).__name__}: {str(exc)[:300]}); the model was not changed",
-                    plugin="prune", hint=f"add {name!r} to prune.skip") from exc
-            if sub is not None:
-                plan.extend(sub)
-        return plan.masks
+            if ratio > 0:
+                removed.update(self.removed_classes(name, ratio))
+        touched = {}
+        for c in removed:
+            for pname, axis in self.class_members.get(c, ()):
+                touched.setdefault(pname, set()).add(axis)
+        out = {}
+        if not removed:
+            return out
+        removed_arr = np.fromiter(removed, dtype=np.int64)
+        for pname, axes in touched.items():
+            out[pname] = [(axis, ~np.isin(self.param_roots[pname][axis], removed_arr)) for axis in sorted(axes)]
+        return out
 
     def apply(self, ratios, optimizer=None):
         """Prune structurally; returns an :class:`Applied` that undoes it."""
-        applied = Applied(self.model)
+        applied = Applied()
         try:
             for gname, masks in self.masks(ratios).items():
-                param = self.params.get(gname)
-                if param is None:  # an activation PaddleSlim listed in the group
-                    continue
+                param = self.params[gname]
                 value = self.originals.get(gname)
                 if value is None or tuple(value.shape) != tuple(param.shape):
                     value = compat.numpy_of(param)
                 applied.values[param] = value
-                layer = self.layer_of.get(gname)
-                for mask in masks:
-                    keep = np.asarray(mask.mask).astype(bool)
-                    groups = mask._op.attr("groups") if mask._op is not None else None
-                    if groups is not None and groups > 1 and value.ndim == 4 and layer is not None:
-                        applied.groups.setdefault(layer, layer._groups)
-                        layer._groups = int(keep.sum() // value.shape[1])
+                for axis, keep in masks:
                     if optimizer is not None:
-                        _prune_accumulators(optimizer, gname, keep, mask.dims)
-                    value = np.compress(keep, value, axis=mask.dims)
+                        _prune_accumulators(optimizer, gname, keep, axis, applied)
+                    value = np.compress(keep, value, axis=axis)
                 compat.set_value(param, value)
+                self._fix_layer(gname, value.shape, applied)
                 if not param.stop_gradient:
                     param.clear_gradient()
         except Exception:
             applied.restore()
             raise
         return applied
+
+    def _fix_layer(self, gname, shape, applied):
+        """Layer attributes that must follow a new weight shape (depthwise ``groups``, LayerNorm's
+        normalised shape, declared channel counts)."""
+        layer = self.layer_of.get(gname)
+        if layer is None:
+            return
+        weight = getattr(layer, "weight", None)
+        if weight is None or weight.name != gname:
+            if isinstance(layer, nn.LayerNorm) and hasattr(layer, "_normalized_shape"):
+                applied.set_attr(layer, "_normalized_shape", [int(shape[0])])
+            return
+        if gname in self.graph.depthwise:
+            mult = self.graph.depthwise[gname]
+            applied.set_attr(layer, "_groups", int(shape[0]) // mult)
+            if hasattr(layer, "_in_channels"):
+                applied.set_attr(layer, "_in_channels", int(shape[0]) // mult)
+        elif isinstance(layer, (nn.Conv1D, nn.Conv2D, nn.Conv3D)):
+            groups = getattr(layer, "_groups", 1) or 1
+            if hasattr(layer, "_in_channels"):
+                applied.set_attr(layer, "_in_channels", int(shape[1]) * groups)
+        if isinstance(layer, (nn.Conv1D, nn.Conv2D, nn.Conv3D)) and hasattr(layer, "_out_channels"):
+            applied.set_attr(layer, "_out_channels", int(shape[0]))
+        if isinstance(layer, nn.LayerNorm) and hasattr(layer, "_normalized_shape"):
+            applied.set_attr(layer, "_normalized_shape", [int(shape[0])])
 
     def channels_after(self, ratios):
         """Output channels each group keeps under ``ratios`` (PaddleSlim's rounding)."""
@@ -278,11 +421,93 @@ class PrunableModel:
             ) from first
 
 
-def _prune_accumulators(optimizer, param_name, keep, axis):
+def example_inputs(inputs):
+    """Example tensors from what adapters give: shapes, a list of shapes, or tensors/dicts."""
+    import paddle
+
+    if isinstance(inputs, (list, tuple)) and inputs and all(isinstance(d, int) for d in inputs):
+        return [paddle.zeros([int(d) for d in inputs], dtype="float32")]
+    out = []
+    for item in inputs:
+        if isinstance(item, (list, tuple)) and item and all(isinstance(d, int) for d in item):
+            out.append(paddle.zeros([int(d) for d in item], dtype="float32"))
+        else:
+            out.append(item)
+    return out
+
+
+def _larger(examples):
+    """The inputs at twice the spatial size, for a model fed one NCHW image tensor."""
+    import paddle
+
+    if len(examples) == 1 and hasattr(examples[0], "shape") and len(examples[0].shape) == 4:
+        n, c, h, w = examples[0].shape
+        return [paddle.zeros([n, c, 2 * h, 2 * w], dtype=examples[0].dtype)]
+    return None
+
+
+def _dy2st_error(exc):
+    """``(file:line, one-line message)`` of a dy2st error, whose text starts with the user's code
+    ("In transformed code: File "x.py", line 12 ...") and ends with the real error."""
+    import re
+
+    text = str(exc)
+    frames = re.findall(r'File "([^"]+)", line (\d+)[^\n]*\n((?:(?!    File ").*\n?)*)', text)
+    marked = [f for f in frames if "<--- HERE" in f[2]] or [
+        f for f in frames if f"{os.sep}paddle{os.sep}" not in f[0] and f"{os.sep}numpy{os.sep}" not in f[0]]
+    source = f"{os.path.basename(marked[-1][0])}:{marked[-1][1]}" if marked else ""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    last = next((ln for ln in reversed(lines) if re.match(r"^[A-Za-z_.]*(Error|Exception)\b", ln)), None)
+    if "In transformed code" in text and last:
+        return source, last[:300]
+    return source, exception_line(exc)
+
+
+def _static_call(model, examples):
+    from slim_plugins.plugins.prune.program import read_program
+
+    read_program(model, examples)
+
+
+@contextlib.contextmanager
+def _quiet_dy2st():
+    """dy2st logs every converted function at INFO/WARNING on some versions."""
+    import logging
+    import warnings
+
+    loggers = [logging.getLogger(n) for n in list(logging.root.manager.loggerDict) if "dy2static" in n]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+def _prune_accumulators(optimizer, param_name, keep, axis, applied=None):
+    """Optimizer state of ``param_name`` follows its pruning: created accumulators, and state
+    loaded with ``set_state_dict`` but not yet applied (``_accumulators_holder``)."""
     for accumulators in getattr(optimizer, "_accumulators", {}).values():
         var = accumulators.get(param_name)
         if var is None or list(var.shape) in ([1], []):
             continue
         value = compat.numpy_of(var)
         if value.ndim > axis and value.shape[axis] == keep.shape[0]:
+            if applied is not None:
+                applied.optimizer.append((var, None, value))
             compat.set_value(var, np.compress(keep, value, axis=axis))
+    holder = getattr(optimizer, "_accumulators_holder", None)
+    if isinstance(holder, dict):
+        prefix = param_name + "_"
+        for key in [k for k in holder if isinstance(k, str) and k.startswith(prefix)]:
+            value = holder[key]
+            array = compat.numpy_of(value) if hasattr(value, "shape") and not isinstance(value, np.ndarray) else value
+            if not isinstance(array, np.ndarray) or array.ndim <= axis or array.shape[axis] != keep.shape[0]:
+                continue
+            if applied is not None:
+                applied.optimizer.append((holder, key, value))
+            holder[key] = np.compress(keep, array, axis=axis)

@@ -90,7 +90,7 @@ class PruneWorkflow:
         base_shapes = {n: list(p.shape) for n, p in self.model.named_parameters()}
         base_fp = architecture_fingerprint(self.model)
         self.before = self._measure()
-        log(f"tracing {type(self.model).__name__} with PaddleSlim ({cfg.criterion})")
+        log(f"tracing {type(self.model).__name__} ({cfg.criterion})")
         prunable = PrunableModel(self.model, trace_inputs, criterion=cfg.criterion, skip=cfg.skip,
                                  mode=self.run.trace_mode)
         rows = inventory(prunable, self.check_inputs)
