@@ -60,6 +60,23 @@ def test_fresh_process_rebuilds_shapes_before_load(pruned_run, python):
     assert list(logits.shape) == [2, 10]
 
 
+def test_load_then_fit_prunes_the_loaded_optimizer_state(pruned_run, tmp_path, python):
+    """``model.load(...)`` then ``fit``: Adam's moments are loaded but not yet created when the
+    plugin prunes; they must follow the pruned weights (was: a shape error at the first step)."""
+    out, _ = pruned_run
+    base = tmp_path / "base"
+    python([SCRIPT, str(base), "--epochs", "1"], cwd=str(tmp_path))
+    tuned = tmp_path / "tuned"
+    proc = python([SCRIPT, str(tuned), "--epochs", "1", "--finetune", str(base / "final"), "--plugin", "prune",
+                   "--prune.ratios", "0.weight=0.5"], cwd=str(tmp_path))
+    result = last_json(proc.stdout)
+    assert result["shapes"]["0.weight"] == [16, 1, 3, 3]
+    assert result["acc"] > 0.5
+    moments = {k: v for k, v in paddle.load(str(tuned / "final.pdopt")).items() if "moment1" in k}
+    shapes = [list(v.shape) for v in moments.values()]
+    assert [16, 1, 3, 3] in shapes and [32, 1, 3, 3] not in shapes, shapes
+
+
 def test_hook_order_of_a_hapi_run(slim_session, hook_recorder, tmp_path):
     import paddle.nn as nn
     from paddle.static import InputSpec

@@ -384,3 +384,58 @@ def test_sensitivity_survives_a_group_that_breaks_the_model(tmp_path):
     assert calls == []  # resumed: the broken group is not retried
     losses = SensitivityFile.load(str(path)).losses()
     assert ratios_by_loss({g: l for g, l in losses.items() if l}, 1.0) == {"conv.weight": 0.5}
+
+
+class Depthwise(nn.Layer):
+    """A depthwise conv fed by a 2-channel producer: a ratio of 0.5 leaves one channel, groups 1."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2D(3, 2, 3, padding=1)
+        self.bn = nn.BatchNorm2D(2)
+        self.dw = nn.Conv2D(2, 2, 3, padding=1, groups=2)
+        self.head = nn.Conv2D(2, 4, 1)
+        self.norm = nn.LayerNorm(4)
+
+    def forward(self, x):
+        y = self.head(self.dw(nn.functional.relu(self.bn(self.stem(x)))))
+        return self.norm(y.flatten(2).transpose([0, 2, 1]))
+
+
+def test_plan_records_every_pruned_layer_and_replays_one_channel_depthwise(tmp_path):
+    from slim_plugins.plugins.prune.plan import PrunePlan
+
+    net = Depthwise()
+    net.eval()
+    base_shapes = {n: list(p.shape) for n, p in net.named_parameters()}
+    base_fp = architecture_fingerprint(net)
+    pm = PrunableModel(net, SHAPE)
+    assert set(pm.groups) == {"stem.weight"}  # head feeds the model output
+    pm.prune({"stem.weight": 0.5}, check_inputs=[paddle.randn(SHAPE)])
+    assert net.dw._groups == 1 and list(net.dw.weight.shape) == [1, 1, 3, 3]
+    plan = make_plan(pm, {"stem.weight": 0.5}, base_shapes, base_fp)
+    assert plan.layer_groups["dw"] == 1  # groups 1 is recorded too: replay must not keep 2
+    assert plan.layer_attrs["bn"]["_num_features"] == 1
+    plan.save(str(tmp_path / "m.prune.json"))
+    paddle.save(net.state_dict(), str(tmp_path / "m.pdparams"))
+    fresh = Depthwise()
+    replay(fresh, PrunePlan.load(str(tmp_path / "m.prune.json")))
+    fresh.set_state_dict(paddle.load(str(tmp_path / "m.pdparams")))
+    fresh.eval()
+    x = paddle.randn(SHAPE)
+    np.testing.assert_allclose(fresh(x).numpy(), net(x).numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_failed_prune_restores_optimizer_state():
+    net = make_net()
+    opt = paddle.optimizer.Adam(parameters=net.parameters())
+    net.train()
+    net(paddle.randn(SHAPE)).mean().backward()
+    opt.step()
+    pm = PrunableModel(net, SHAPE)
+    applied = pm.apply({"conv2.weight": 0.5}, optimizer=opt)
+    applied.restore()
+    net(paddle.randn(SHAPE)).mean().backward()
+    opt.step()  # the moments were restored with the weights
+    moments = [v for k, v in opt.state_dict().items() if k.startswith(net.conv2.weight.name + "_moment1")]
+    assert list(moments[0].shape) == [32, 16, 3, 3]

@@ -1,6 +1,6 @@
 """A plain hapi training script that knows nothing of slim-plugins (used by the tests).
 
-usage: hapi_digits.py OUT_DIR [--epochs N]
+usage: hapi_digits.py OUT_DIR [--epochs N] [--finetune WEIGHTS] [--load [--export]]
 Trains a small CNN on scikit-learn's digits, saves OUT_DIR/final(.pdparams) and prints the
 accuracy and the parameter shapes as JSON on its last line.
 """
@@ -39,6 +39,7 @@ def main():
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--load", action="store_true", help="evaluate OUT/final instead of training")
     parser.add_argument("--export", action="store_true", help="with --load: also save an inference model")
+    parser.add_argument("--finetune", help="load these weights and optimizer state, then train (fine-tune)")
     args = parser.parse_args()
     paddle.seed(0)
     train, test = datasets()
@@ -51,6 +52,8 @@ def main():
         if args.export:
             model.save(f"{args.out}/inference", training=False)
     else:
+        if args.finetune:
+            model.load(args.finetune)  # optimizer state too: applied at the first step
         model.fit(train, test, batch_size=64, epochs=args.epochs, verbose=0)
         model.save(f"{args.out}/final")
     acc = model.evaluate(test, batch_size=64, verbose=0)["acc"]

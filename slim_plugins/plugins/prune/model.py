@@ -369,6 +369,8 @@ class PrunableModel:
                 applied.set_attr(layer, "_in_channels", int(shape[1]) * groups)
         if isinstance(layer, (nn.Conv1D, nn.Conv2D, nn.Conv3D)) and hasattr(layer, "_out_channels"):
             applied.set_attr(layer, "_out_channels", int(shape[0]))
+        if getattr(layer, "_num_features", None) is not None and len(shape) == 1:
+            applied.set_attr(layer, "_num_features", int(shape[0]))
         if isinstance(layer, nn.LayerNorm) and hasattr(layer, "_normalized_shape"):
             applied.set_attr(layer, "_normalized_shape", [int(shape[0])])
 

@@ -1,8 +1,10 @@
 """The pruning plan: what was pruned, saved as JSON next to every checkpoint, and replayed on a
 freshly built model before weights are loaded (so eval, export and resume see the right shapes).
 
-Replaying needs no tracing: the plan records the pruned shape of every parameter and the new
-``groups`` of depthwise convs; the weights that follow overwrite the values.
+Replaying needs no tracing: the plan records the pruned shape of every parameter and, for every
+layer whose weights changed shape, the attributes its forward reads (conv ``groups`` - also when
+a depthwise conv drops to one channel and groups becomes 1 -, LayerNorm's normalised shape,
+declared channel counts); the weights that follow overwrite the values.
 """
 import json
 import os
@@ -27,11 +29,12 @@ class PrunePlan:
     ratios: Dict[str, float]
     channels: Dict[str, List[int]]  # group -> [before, after]
     shapes: Dict[str, List[int]]  # structured parameter name -> pruned shape
-    layer_groups: Dict[str, int]  # structured layer name -> conv groups after pruning
+    layer_groups: Dict[str, int]  # structured layer name -> conv groups after pruning (every pruned conv)
     base_fingerprint: str  # the unpruned architecture
     pruned_fingerprint: str
     flops: Dict[str, int] = field(default_factory=dict)
     params: Dict[str, int] = field(default_factory=dict)
+    layer_attrs: Dict[str, Dict[str, object]] = field(default_factory=dict)  # layer -> {attribute: value}
 
     def to_json(self):
         return {"format": FORMAT, "version": 1, **asdict(self)}
@@ -50,6 +53,16 @@ class PrunePlan:
     def load(cls, path):
         with open(path) as f:
             return cls.from_json(json.load(f), source=path)
+
+
+# layer attributes a forward reads besides the weights (conv groups are kept in layer_groups)
+LAYER_ATTRS = ("_in_channels", "_out_channels", "_normalized_shape", "_num_features")
+
+
+def _plain(value):
+    if isinstance(value, (list, tuple)):
+        return [int(v) for v in value]
+    return int(value)
 
 
 def plan_path(checkpoint):
@@ -92,13 +105,15 @@ def make_plan(prunable, ratios, base_shapes, base_fingerprint, flops=None, param
     for name, param in model.named_parameters():
         if list(param.shape) != list(base_shapes[name]):
             shapes[name] = [int(d) for d in param.shape]
-    layer_groups = {}
+    layer_groups, layer_attrs = {}, {}
     for name, layer in model.named_sublayers():
-        if getattr(layer, "_origin_groups", None) is not None or hasattr(layer, "_groups"):
-            groups = getattr(layer, "_groups", None)
-            weight = getattr(layer, "weight", None)
-            if groups and groups > 1 and weight is not None and name + ".weight" in shapes:
-                layer_groups[name] = int(groups)
+        if not any(f"{name}.{p}" in shapes for p, _ in layer.named_parameters(include_sublayers=False)):
+            continue
+        if getattr(layer, "_groups", None) is not None:
+            layer_groups[name] = int(layer._groups)
+        attrs = {a: _plain(getattr(layer, a)) for a in LAYER_ATTRS if getattr(layer, a, None) is not None}
+        if attrs:
+            layer_attrs[name] = attrs
     channels = {}
     after = prunable.channels_after(ratios)
     for group, ratio in ratios.items():
@@ -107,7 +122,7 @@ def make_plan(prunable, ratios, base_shapes, base_fingerprint, flops=None, param
         criterion=prunable.criterion, ratios={g: round(float(r), 6) for g, r in ratios.items()},
         channels=channels, shapes=shapes, layer_groups=layer_groups,
         base_fingerprint=base_fingerprint, pruned_fingerprint=architecture_fingerprint(model),
-        flops=flops or {}, params=params or {})
+        flops=flops or {}, params=params or {}, layer_attrs=layer_attrs)
 
 
 def replay(model, plan):
@@ -131,5 +146,8 @@ def replay(model, plan):
         compat.set_value(param, np.zeros(shape, dtype=compat.numpy_of(param).dtype))
     for name, groups in plan.layer_groups.items():
         layers[name]._groups = groups
+    for name, attrs in plan.layer_attrs.items():
+        for attr, value in attrs.items():
+            setattr(layers[name], attr, value)
     attach(model, plan)
     return True
