@@ -439,3 +439,36 @@ def test_failed_prune_restores_optimizer_state():
     opt.step()  # the moments were restored with the weights
     moments = [v for k, v in opt.state_dict().items() if k.startswith(net.conv2.weight.name + "_moment1")]
     assert list(moments[0].shape) == [32, 16, 3, 3]
+
+
+class Untraceable_post(nn.Layer):
+    """Post-processing to_static cannot convert (like paddledet's NMS on PIR): no parameters."""
+
+    def forward(self, x):
+        return paddle.to_tensor(np.asarray(x).argmax(1))
+
+
+class Detector(nn.Layer):
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Conv2D(3, 8, 3)
+        self.head = nn.Conv2D(8, 4, 1)
+        self.post = Untraceable_post()
+
+    def forward(self, x):
+        return {"boxes": self.post(self.head(nn.functional.relu(self.body(x))))}
+
+
+def test_untraceable_post_processing_excludes_only_what_reaches_it():
+    from slim_plugins.plugins.prune.inventory import inventory
+
+    model = Detector()
+    model.eval()
+    pm = PrunableModel(model, SHAPE, mode="eval")
+    assert list(pm.groups) == ["body.weight"]
+    rows = {r.weight: r for r in inventory(pm, [paddle.zeros(SHAPE)])}
+    assert rows["head.weight"].status == "skipped"
+    assert rows["head.weight"].reason.startswith("feeds post (Untraceable_post), which paddle.jit.to_static cannot")
+    assert "forward" not in model.post.__dict__  # the stand-in is gone
+    pm.prune({"body.weight": 0.5}, check_inputs=[paddle.zeros(SHAPE)])
+    assert list(model.head.weight.shape) == [4, 4, 1, 1]

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Dict, List
 
 import numpy as np
+import paddle
 import paddle.nn as nn
 
 from slim_plugins import compat
@@ -152,10 +153,10 @@ class PrunableModel:
             passes.append(("eval", larger))
         walker = None
         self.traced_modes = []
+        self.opaque = {}  # parameter-free sublayers to_static cannot convert (post-processing, NMS)
         for index, (mode, inputs) in enumerate(passes):
             try:
-                with self.trace_mode(mode), _quiet_dy2st():
-                    view = read_program(self.model, inputs)
+                view = self._read(mode, inputs, retry=index == 0)
             except Exception as exc:  # noqa: BLE001  the first pass must trace; the others may not
                 if index == 0:
                     self._trace_error(exc, inputs, mode)
@@ -164,11 +165,42 @@ class PrunableModel:
                 walker = Walker(view, param_shapes)
             walker.walk(view)  # same parameters, same ids: every program adds its couplings
             self.traced_modes.append(mode if index < 2 else f"{mode} at {list(inputs[0].shape)[2:]}")
-        return walker.result()
+        graph = walker.result()
+        marker = f"{os.path.basename(__file__)}:{_sink.__code__.co_firstlineno + 2}"
+        if self.opaque:  # the stand-in's reduction stands for the layers it replaced
+            why = "; ".join(self.opaque.values())
+            for i, reason in graph.blocked.items():
+                if marker in reason:
+                    graph.blocked[i] = why
+        return graph
+
+    def _read(self, mode, inputs, retry):
+        """The program in ``mode``. A parameter-free sublayer that to_static cannot convert (a
+        detector's post-processing or NMS) is traced as an opaque stand-in: its inputs count as
+        model outputs, so only the channels that reach it are excluded, with the reason."""
+        from slim_plugins.plugins.prune.program import read_program
+
+        for _attempt in range(6):
+            try:
+                with self.trace_mode(mode), _quiet_dy2st(), _opaque(self.model, self.opaque, inputs):
+                    return read_program(self.model, inputs)
+            except Exception as exc:  # noqa: BLE001
+                if not retry:
+                    raise
+                with self.trace_mode(mode), _opaque(self.model, self.opaque, inputs):
+                    layer = failing_layer(self.model, lambda: _static_call(self.model, inputs))
+                sublayers = dict(self.model.named_sublayers())
+                if not layer or layer[0] not in sublayers or layer[0] in self.opaque:
+                    raise
+                if list(sublayers[layer[0]].parameters()):
+                    raise
+                self.opaque[layer[0]] = (f"feeds {layer[0]} ({layer[1]}), which paddle.jit.to_static cannot "
+                                         f"convert: {_dy2st_error(exc)[1][:160]}")
+        raise TraceError("too many untraceable sublayers", plugin="prune")
 
     def _trace_error(self, exc, examples, mode):
         layer = None
-        with self.trace_mode(mode):
+        with self.trace_mode(mode), _opaque(self.model, self.opaque, examples):
             layer = failing_layer(self.model, lambda: _static_call(self.model, examples))
         where = ""
         source, message = _dy2st_error(exc)
@@ -463,6 +495,85 @@ def _dy2st_error(exc):
     if "In transformed code" in text and last:
         return source, last[:300]
     return source, exception_line(exc)
+
+
+@contextlib.contextmanager
+def _opaque(model, names, inputs):
+    """Replace the sublayers ``names`` with stand-ins that return zeros shaped like their real
+    outputs (recorded by one eager forward) and reduce every input they get, so the graph sees
+    their inputs end there."""
+    import paddle
+
+    if not names:
+        yield
+        return
+    layers = dict(model.named_sublayers())
+    outputs = {}
+    handles = [layers[n].register_forward_post_hook(
+        lambda layer, _i, out, n=n: outputs.setdefault(n, out)) for n in names]
+    try:
+        with paddle.no_grad():
+            model(*inputs)
+    finally:
+        for h in handles:
+            h.remove()
+
+    def stand_in(name):
+        recorded = outputs.get(name)
+
+        def forward(*args, **kwargs):
+            sink = None
+            for t in _tensors((args, kwargs)):
+                if t.dtype in (paddle.float32, paddle.float64, paddle.float16):
+                    part = _sink(t)
+                    sink = part if sink is None else sink + part
+            return _zeros_like(recorded, sink)
+
+        return forward
+
+    saved = {}
+    for name in names:
+        layer = layers[name]
+        saved[name] = layer.__dict__.get("forward")
+        layer.__dict__["forward"] = stand_in(name)
+    try:
+        yield
+    finally:
+        for name, forward in saved.items():
+            if forward is None:
+                layers[name].__dict__.pop("forward", None)
+            else:
+                layers[name].__dict__["forward"] = forward
+
+
+def _sink(tensor):
+    """One reduction over everything: the graph reads it as the end of these channels."""
+    return paddle.sum(tensor.astype("float32"))
+
+
+def _tensors(value):
+    if isinstance(value, dict):
+        value = list(value.values())
+    if isinstance(value, (list, tuple)):
+        for v in value:
+            yield from _tensors(v)
+    elif hasattr(value, "shape") and hasattr(value, "dtype"):
+        yield value
+
+
+def _zeros_like(value, sink):
+    import paddle
+
+    if isinstance(value, dict):
+        return {k: _zeros_like(v, sink) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_zeros_like(v, sink) for v in value)
+    if hasattr(value, "shape") and hasattr(value, "dtype"):
+        zeros = paddle.zeros(list(value.shape), dtype=value.dtype)
+        if sink is not None and value.dtype in (paddle.float32, paddle.float64):
+            zeros = zeros + sink.astype(value.dtype) * 0
+        return zeros
+    return value
 
 
 def _static_call(model, examples):
