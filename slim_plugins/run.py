@@ -94,6 +94,12 @@ class TrainingRun:
         return [list(t.shape) for t in inputs] if len(inputs) > 1 else list(inputs[0].shape)
 
     @property
+    def train_forward(self):
+        """A callable running one training forward on a real batch, or None (see
+        :func:`~slim_plugins.hooks.spec.slim_train_forward`)."""
+        return self._ask("slim_train_forward")
+
+    @property
     def trace_mode(self):
         """``"train"``, ``"eval"`` or None (trace in the model's current mode)."""
         return self._ask("slim_trace_mode")

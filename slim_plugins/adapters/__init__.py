@@ -59,6 +59,9 @@ class Adapter:
     def world(self, run):
         return None
 
+    def train_forward(self, run):
+        return None
+
     # ---- hook implementations: answer only for own runs --------------------------------
     def _owns(self, run):
         return run.adapter == self.name
@@ -106,6 +109,10 @@ class Adapter:
     @hookimpl
     def slim_world(self, run):
         return self.world(run) if self._owns(run) else None
+
+    @hookimpl
+    def slim_train_forward(self, run):
+        return self.train_forward(run) if self._owns(run) else None
 
     # ---- helpers for subclasses ----------------------------------------------------------
     def new_run(self, session, handle=None, mode="train"):

@@ -342,6 +342,35 @@ class PaddleOCRAdapter(Adapter):
     def eval_loader(self, run):
         return self._eval_objects(run)[0]
 
+    def train_forward(self, run):
+        """``model(images, data=batch[1:])`` on the first Train batch, as tools/program.py trains:
+        heads that need labels (MultiHead's SAR/NRTR) run only this way."""
+        config = run.handle.config
+        if not config.get("Train"):
+            return None
+
+        def forward():
+            import paddle
+            from ppocr.data import build_dataloader
+            from ppocr.utils.logging import get_logger
+
+            batch = run.state.get("train_batch")
+            if batch is None:
+                device = paddle.set_device(paddle.get_device())
+                loader = build_dataloader(config, "Train", device, get_logger())
+                batch = next(iter(loader))
+                run.state["train_batch"] = batch
+            model = run.handle.model
+            arch = config["Architecture"]
+            if arch.get("model_type") == "table" or arch.get("algorithm") in EXTRA_INPUT_ALGORITHMS:
+                model(batch[0], data=batch[1:])
+            elif arch.get("model_type") == "kie":
+                model(batch)
+            else:
+                model(batch[0])
+
+        return forward
+
     def _eval_objects(self, run):
         """The Eval loader, post-process and metric, built from the config as tools/eval.py does."""
         objects = run.state.get("eval_objects")

@@ -150,6 +150,19 @@ def slim_world(run):
     """
 
 
+@hookspec(firstresult=True)
+def slim_train_forward(run):
+    """One training-mode forward pass on a real batch, for branches the traced programs miss
+    (e.g. a head that runs only when given labels, such as PaddleOCR's SAR head in MultiHead).
+
+    :param run: the training run.
+    :returns: a callable taking no arguments that runs the model's training forward on one real
+        batch (the model is in train mode when it is called), or None. Stops at the first
+        non-None result. The prune plugin calls it with candidate groups pruned to find groups
+        whose pruning breaks such a branch, and skips them with the reason.
+    """
+
+
 # --------------------------------------------------------------------------------------------
 # lifecycle events, in the order they fire
 

@@ -292,13 +292,15 @@ class PrunableModel:
 
     # ------------------------------------------------------------------ names
     def resolve(self, pattern_or_name):
-        """Structured group names matching a glob on structured or PaddleSlim global names of a
-        group's master conv, or of a conv whose output channels the group prunes."""
+        """Structured group names matching a glob on the structured or PaddleSlim global name of a
+        group's master conv. An exact (glob-free) name of a conv whose outputs a group prunes
+        (a residual partner) resolves to that group."""
         out = [g.name for g in self.groups.values() if matches(g.name, [pattern_or_name], g.master)]
-        for sname, gname in self.producer_of.items():
-            if gname in self.groups and gname not in out and matches(
-                    sname, [pattern_or_name], self.global_of.get(sname)):
-                out.append(gname)
+        if not out and not any(c in pattern_or_name for c in "*?["):
+            name = self.structured.get(pattern_or_name, pattern_or_name)
+            group = self.producer_of.get(name)
+            if group in self.groups:
+                out.append(group)
         return out
 
     def selected_groups(self):
@@ -405,6 +407,44 @@ class PrunableModel:
             applied.set_attr(layer, "_num_features", int(shape[0]))
         if isinstance(layer, nn.LayerNorm) and hasattr(layer, "_normalized_shape"):
             applied.set_attr(layer, "_normalized_shape", [int(shape[0])])
+
+    def breaking_groups(self, groups, forward, ratio=0.5):
+        """Groups whose pruning at ``ratio`` makes ``forward`` (a training forward on a real batch)
+        fail: branches no traced program showed. Bisection: one call when none breaks it.
+        Returns ``{group: error line}``; the model's values are as before afterwards."""
+        saved = {g: compat.numpy_of(p) for g, p in self.params.items()}  # train mode moves BN stats
+        found = {}
+
+        def failure(subset):
+            applied = self.apply({g: ratio for g in subset})
+            try:
+                with self.trace_mode("train"), paddle.no_grad():
+                    forward()
+                return None
+            except Exception as exc:  # noqa: BLE001  any failure names the group
+                return exc
+            finally:
+                applied.restore()
+
+        def search(subset):
+            error = failure(subset)
+            if error is None:
+                return
+            if len(subset) == 1:
+                found[subset[0]] = exception_line(error)
+                return
+            middle = len(subset) // 2
+            search(subset[:middle])
+            search(subset[middle:])
+
+        try:
+            if groups:
+                search(list(groups))
+        finally:
+            for g, value in saved.items():
+                if tuple(self.params[g].shape) == tuple(value.shape):
+                    compat.set_value(self.params[g], value)
+        return found
 
     def channels_after(self, ratios):
         """Output channels each group keeps under ``ratios`` (PaddleSlim's rounding)."""

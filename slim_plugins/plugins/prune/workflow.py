@@ -94,6 +94,8 @@ class PruneWorkflow:
         prunable = PrunableModel(self.model, trace_inputs, criterion=cfg.criterion, skip=cfg.skip,
                                  mode=self.run.trace_mode)
         rows = inventory(prunable, self.check_inputs)
+        if cfg.action != "show":
+            self._check_training_branches(prunable, rows)
         groups = prunable.selected_groups()
         log(summary(rows))
         self.report["convs"] = [asdict(r) for r in rows]
@@ -140,6 +142,20 @@ class PruneWorkflow:
             self.after["metric"] = metric(max_batches=cfg.sen_batches)
             self.report["metric_name"] = metric.name
         self._write_report(plan, sfile, time.perf_counter() - started)
+
+    def _check_training_branches(self, prunable, rows):
+        """Skip groups whose pruning breaks a training forward on a real batch (a branch that runs
+        only with labels, which no traced program shows)."""
+        forward = self.run.train_forward
+        if forward is None:
+            return
+        broken = prunable.breaking_groups(prunable.selected_groups(), forward)
+        for group, error in broken.items():
+            reason = f"breaks the training forward when pruned ({error}): a branch the traced programs miss"
+            prunable.unsafe[group] = reason
+            for row in rows:
+                if row.weight == group:
+                    row.status, row.reason = "skipped", reason
 
     def _measure(self):
         return {"flops": measure.flops(self.model, self.check_inputs),
