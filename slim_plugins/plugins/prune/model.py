@@ -258,6 +258,7 @@ class PrunableModel:
         for producer in graph.producers:
             roots = self.param_roots[producer.param][producer.axis]
             if roots is None:
+                self.blocked.setdefault(self.structured.get(producer.param, producer.param), "has a single output channel")
                 continue
             classes = list(dict.fromkeys(roots.tolist()))
             sname = self.structured.get(producer.param, producer.param)
