@@ -258,7 +258,6 @@ class PrunableModel:
         for producer in graph.producers:
             roots = self.param_roots[producer.param][producer.axis]
             if roots is None:
-                self.blocked.setdefault(self.structured.get(producer.param, producer.param), "has a single output channel")
                 continue
             classes = list(dict.fromkeys(roots.tolist()))
             sname = self.structured.get(producer.param, producer.param)
@@ -287,6 +286,11 @@ class PrunableModel:
                                        sorted(members), sorted(f for f in followers if f.endswith("weight")
                                                                and len(self.params[self.global_of[f]].shape) >= 3),
                                        classes, producer.axis)
+
+        for pname in graph.conv_groups:  # convs with one output channel produce no group
+            roots = self.param_roots.get(pname)
+            if roots is not None and roots[self._out_axis(pname)] is None:
+                self.blocked.setdefault(self.structured.get(pname, pname), "has a single output channel")
 
     def _out_axis(self, pname):
         return 1 if pname in self.graph.transposed else 0
