@@ -55,7 +55,8 @@ class Session:
             if not name.startswith("no:"):
                 self.enable(name, source="command line")
         for plugin, values in _boot.inherited_options(environ).items():
-            self.give_options(plugin, values, "command line", f"--{plugin}.KEY")
+            for key, value in values.items():
+                self.give_options(plugin, {key: value}, "command line", f"--{plugin}.{key}")
 
     # ---------------------------------------------------------------- registration
     def _load_plugins(self, autoload):

@@ -88,7 +88,7 @@ def test_environment_activation_and_options():
     assert session.is_enabled("prune")
     config = session.plugin_config("prune")
     assert config.eval_metric_loss == 0.05 and config.criterion == "l1_norm"
-    assert config.source("eval_metric_loss") == "--prune.KEY"
+    assert config.source("eval_metric_loss") == "--prune.eval_metric_loss"
 
 
 def test_unknown_plugin_lists_known_ones():
