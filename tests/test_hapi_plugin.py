@@ -190,6 +190,10 @@ def test_an_unusable_sensitivity_file_is_one_line_naming_it(tmp_path):
     line = user_error(["--plugin", "prune", "--prune.eval_metric_loss", "0.1", "--prune.sen_file",
                        str(tmp_path / "old.sensi.data")], tmp_path, within=120)
     assert "pickle" in line and "slim-plugins sens import" in line
+    (tmp_path / "bare.json").write_text('{"format": "slim-plugins/sensitivity"}')
+    line = user_error(["--plugin", "prune", "--prune.eval_metric_loss", "0.1", "--prune.sen_file",
+                       str(tmp_path / "bare.json")], tmp_path, within=120)
+    assert f"{tmp_path / 'bare.json'} is incomplete" in line
 
 
 def test_a_pruned_checkpoint_without_its_plan_names_the_plan_file(pruned_run, tmp_path):

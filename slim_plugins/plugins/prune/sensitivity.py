@@ -169,17 +169,17 @@ def _check_document(path, data):
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise SensitivityFileError(f"{path} is not a slim-plugins sensitivity file", plugin="prune",
                                    hint="import PaddleSlim pickles with `slim-plugins sens import`")
-    version = data.get("version")
+    expected = {"model_fingerprint": _OPTIONAL_TEXT, "weights_fingerprint": _OPTIONAL_TEXT,
+                "criterion": _OPTIONAL_TEXT, "metric": dict, "groups": dict}
+    missing = [k for k in ["version"] + list(expected) if k not in data]
+    if missing:
+        raise SensitivityFileError(f"{path} is incomplete: it has no {', '.join(missing)}", plugin="prune", hint=fix)
+    version = data["version"]
     if version != VERSION:
         newer = isinstance(version, int) and version > VERSION
         raise SensitivityFileError(
             f"{path} is sensitivity file version {version!r}; this slim-plugins reads version {VERSION}",
             plugin="prune", hint="upgrade slim-plugins" if newer else fix)
-    expected = {"model_fingerprint": _OPTIONAL_TEXT, "weights_fingerprint": _OPTIONAL_TEXT,
-                "criterion": _OPTIONAL_TEXT, "metric": dict, "groups": dict}
-    missing = [k for k in expected if k not in data]
-    if missing:
-        raise SensitivityFileError(f"{path} is incomplete: it has no {', '.join(missing)}", plugin="prune", hint=fix)
     for key, kind in expected.items():
         if not isinstance(data[key], kind):
             raise SensitivityFileError(f"{path}: {key} is {type(data[key]).__name__} {data[key]!r}",
