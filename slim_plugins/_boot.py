@@ -35,9 +35,13 @@ WATCHED_BEFORE = {
 
 # The first of these imported activates slim-plugins (just before it executes).
 ACTIVATING = ("paddle",)
+# A script that imports one of these (anywhere in it) is claimed by an adapter: it is activated
+# at start-up, since it may parse its arguments before importing the suite (PaddleX scripts do).
+SUITE_PACKAGES = frozenset({"paddle", "paddlex", "ppdet", "ppocr"})
 
 _booted = False
 _activated = False
+_pending = None  # an activation error found at start-up, raised at the paddle import
 
 
 def _truthy(value):
@@ -205,15 +209,21 @@ def _requested(environ=None):
     return bool(environ.get(ENV_PLUGINS) or environ.get(ENV_CONFIG) or environ.get(ENV_OPTIONS))
 
 
-def activate(argv=None, environ=None):
+def _has_options(argv):
+    return any(t.startswith("--plugin") or (t.startswith("--") and "." in t) for t in argv[1:])
+
+
+def activate(argv=None, environ=None, at_start=False):
     """Act on this process's request, once: take ``--plugin``, ``--plugin-config`` and
     ``--NAME.KEY`` out of ``argv`` (``sys.argv``), export them, and check what was inherited.
 
-    Runs when the process first imports paddle or a watched suite module, so a program that
-    never does keeps its arguments and environment. An activation that cannot be read stops the
-    process (one line, exit 2) instead of training without the plugin.
+    Runs when the process first imports paddle or a watched suite module, or at start-up for a
+    script that imports a suite (:func:`claimed_script`), so a program that does neither keeps
+    its arguments and environment. An activation that cannot be read stops the process (one
+    line, exit 2) instead of training without the plugin; found at start-up (where exiting
+    would be a fatal error of site.py) it stops the process at the paddle import.
     """
-    global _activated
+    global _activated, _pending
     environ = os.environ if environ is None else environ
     if _activated or _truthy(environ.get(ENV_DISABLE, "")):
         return
@@ -223,23 +233,54 @@ def activate(argv=None, environ=None):
 
     install_excepthook()
     try:
-        inherited_options(environ)
-        if any(t.startswith("--plugin") or (t.startswith("--") and "." in t) for t in argv[1:]):
+        if _has_options(argv):
             rest, plugins, options, config = split_argv(argv[1:])
             if plugins or options or config:
-                argv[1:] = rest
+                argv[1:] = rest  # first: the script's parser must not see them, whatever follows
                 export_to_environment(plugins, options, config, environ)
+        inherited_options(environ)
     except SlimPluginsError as exc:
-        exit_with(exc)
+        if not at_start:
+            exit_with(exc)
+        _pending = exc
 
 
-def _activate_before_import():
+def claimed_script(path):
+    """Does the script ``path`` import paddle or a suite anywhere (read, not run)?"""
+    if not (isinstance(path, str) and path.endswith(".py") and os.path.isfile(path)):
+        return False
+    import ast
+
+    try:
+        with open(path, "rb") as f:
+            tree = ast.parse(f.read(), filename=path)
+    except (OSError, SyntaxError, ValueError):
+        return False
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            names = [node.module]
+        else:
+            continue
+        if any(n.split(".")[0] in SUITE_PACKAGES for n in names):
+            return True
+    return False
+
+
+def _activate_now():
+    global _pending
     activate()
+    if _pending is not None:
+        from slim_plugins.errors import exit_with
+
+        exc, _pending = _pending, None
+        exit_with(exc)
 
 
 def _on_suite_import(adapter_module):
     def callback(_module):
-        activate()
+        _activate_now()
         try:
             from slim_plugins.session import get_session
 
@@ -280,8 +321,10 @@ def boot(environ=None):
     _booted = True
     import zlib  # noqa: F401  Paddle 2.6's libpaddle exports an old zlib: load Python's first.
 
+    if _has_options(sys.argv) and claimed_script(sys.argv[0]):
+        activate(environ=environ, at_start=True)
     for module_name in ACTIVATING:
-        watcher.watch_before(module_name, _activate_before_import)
+        watcher.watch_before(module_name, _activate_now)
     for module_name, target in WATCHED_BEFORE.items():
         watcher.watch_before(module_name, _before_suite_import(target))
     for module_name, adapter_module in WATCHED.items():

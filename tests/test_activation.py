@@ -91,6 +91,37 @@ def test_environment_activation_and_options():
     assert config.source("eval_metric_loss") == "--prune.eval_metric_loss"
 
 
+CLAIMED_SCRIPT = """
+import argparse, json, os, sys
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("out")
+    parser.parse_args()  # before the suite is imported, as PaddleX scripts do
+    print(json.dumps({"argv": sys.argv[1:], "plugins": os.environ.get("SLIM_PLUGINS"),
+                      "options": json.loads(os.environ.get("SLIM_PLUGINS_OPTIONS") or "{}")}))
+    if "--import" in sys.argv:
+        import paddlex  # noqa: F401
+
+
+main()
+"""
+
+
+def test_a_script_that_imports_a_suite_is_activated_at_start_up(tmp_path):
+    import subprocess
+
+    from conftest import clean_env
+
+    (tmp_path / "train.py").write_text(CLAIMED_SCRIPT)
+    proc = subprocess.run([sys.executable, "train.py", "out", "--plugin", "prune", "--prune.eval_metric_loss", "0.1"],
+                          cwd=str(tmp_path), env=clean_env(), capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == {"argv": ["out"], "plugins": "prune",
+                                       "options": {"prune": {"eval_metric_loss": "0.1"}}}
+
+
 def test_unknown_plugin_lists_known_ones():
     with pytest.raises(UnknownPluginError) as err:
         Session(environ={_boot.ENV_PLUGINS: "prnue"}, autoload=False)
