@@ -204,6 +204,14 @@ def test_a_pruned_checkpoint_without_its_plan_names_the_plan_file(pruned_run, tm
         shutil.copy(out / name, tmp_path / name)
     line = user_error(["--load"], tmp_path)
     assert str(tmp_path / "final.prune.json") in line and "receives a shape" in line
+    plan = tmp_path / "final.prune.json"
+    plan.write_text('{"format": "slim-plugins/prune-plan", "version": 1}')
+    line = user_error(["--load"], tmp_path)
+    assert f"{plan} is incomplete: it has no criterion" in line and "hint:" in line
+    plan.unlink()
+    plan.mkdir()
+    line = user_error(["--load"], tmp_path)
+    assert f"{plan} is a directory" in line
 
 
 def test_plans_and_reports_follow_the_umask_as_the_weights_do(pruned_run):

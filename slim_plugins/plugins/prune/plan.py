@@ -82,7 +82,7 @@ def find_plan(checkpoint):
     if os.path.isdir(str(checkpoint)):
         candidates += [os.path.join(str(checkpoint), n) for n in ("model" + SUFFIX, "best_model" + SUFFIX)]
     for candidate in candidates:
-        if os.path.isfile(candidate):
+        if os.path.exists(candidate):  # a folder of that name is an error when read, not "no plan"
             return candidate
     return None
 
