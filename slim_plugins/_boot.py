@@ -1,10 +1,12 @@
 """Start-up hook, run by ``slim_plugins.pth`` in every interpreter of the environment.
 
-It must cost next to nothing: it reads ``sys.argv`` and the environment, takes the
-slim-plugins options out of ``sys.argv`` (so the train script's own parser never sees them),
-records them in the environment (so child processes, e.g. the workers started by
-``paddle.distributed.launch``, are activated too) and installs an import watcher. Nothing
-heavier (pluggy, paddle) is imported until a watched suite module is imported.
+At start-up it only installs an import watcher: every other program keeps its arguments and
+environment. When the process first imports ``paddle`` (or a watched suite module), before
+the module runs, :func:`activate` takes the slim-plugins options out of ``sys.argv`` (every
+suite script imports paddle before its own parser runs), records them in the environment (so
+child processes, e.g. the workers of ``paddle.distributed.launch``, are activated too), checks
+the activation it inherited and installs the excepthook that turns slim-plugins errors into one
+line and exit 2. Nothing heavier (pluggy, paddle) is imported here.
 """
 import json
 import os
@@ -31,7 +33,15 @@ WATCHED_BEFORE = {
     "paddlex": "slim_plugins.adapters.paddlex:install_import_shims",
 }
 
+# The first of these imported activates slim-plugins (just before it executes).
+ACTIVATING = ("paddle",)
+# A script that imports one of these (anywhere in it) is claimed by an adapter: it is activated
+# at start-up, since it may parse its arguments before importing the suite (PaddleX scripts do).
+SUITE_PACKAGES = frozenset({"paddle", "paddlex", "ppdet", "ppocr"})
+
 _booted = False
+_activated = False
+_pending = None  # an activation error found at start-up, raised at the paddle import
 
 
 def _truthy(value):
@@ -58,6 +68,8 @@ def split_argv(argv, plugin_names=()):
     while i < len(argv):
         token = argv[i]
         value_next = i + 1 < len(argv)
+        # `--prune.plot --eval`: a flag followed by another option is a boolean, not its value
+        option_value_next = value_next and not argv[i + 1].startswith("--")
         if token in ("--plugin", "--plugin-config") and value_next:
             if token == "--plugin":
                 plugins.append(argv[i + 1])
@@ -75,7 +87,7 @@ def split_argv(argv, plugin_names=()):
             if plugin in named and key:
                 if len(head) == 2:
                     value = head[1]
-                elif value_next:
+                elif option_value_next:
                     value = argv[i + 1]
                     i += 1
                 else:
@@ -89,6 +101,26 @@ def split_argv(argv, plugin_names=()):
     return rest, plugins, options, config
 
 
+def inherited_options(environ):
+    """``SLIM_PLUGINS_OPTIONS`` as ``{plugin: {key: value}}``; a value that is not that is an
+    :class:`~slim_plugins.errors.OptionError` (the activation must not be dropped silently)."""
+    raw = environ.get(ENV_OPTIONS)
+    if not raw:
+        return {}
+    try:
+        value = json.loads(raw)
+    except ValueError as exc:
+        value, problem = None, f"is not valid JSON ({exc})"
+    else:
+        problem = "is not a JSON object of objects"
+    if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
+        from slim_plugins.errors import OptionError
+
+        raise OptionError(f"{ENV_OPTIONS}={raw!r} {problem}",
+                          hint=f'write it as {{"prune": {{"eval_metric_loss": 0.05}}}}, or unset it')
+    return value
+
+
 def export_to_environment(plugins, options, config, environ=None):
     """Record an activation so child processes inherit it."""
     environ = os.environ if environ is None else environ
@@ -96,7 +128,7 @@ def export_to_environment(plugins, options, config, environ=None):
         known = [p for p in environ.get(ENV_PLUGINS, "").split(",") if p]
         environ[ENV_PLUGINS] = ",".join(known + [p for p in plugins if p not in known])
     if options:
-        merged = json.loads(environ.get(ENV_OPTIONS) or "{}")
+        merged = inherited_options(environ)
         for plugin, values in options.items():
             merged.setdefault(plugin, {}).update(values)
         environ[ENV_OPTIONS] = json.dumps(merged)
@@ -172,20 +204,94 @@ class _Watcher:
 watcher = _Watcher()
 
 
+def _requested(environ=None):
+    environ = os.environ if environ is None else environ
+    return bool(environ.get(ENV_PLUGINS) or environ.get(ENV_CONFIG) or environ.get(ENV_OPTIONS))
+
+
+def _has_options(argv):
+    return any(t.startswith("--plugin") or (t.startswith("--") and "." in t) for t in argv[1:])
+
+
+def activate(argv=None, environ=None, at_start=False):
+    """Act on this process's request, once: take ``--plugin``, ``--plugin-config`` and
+    ``--NAME.KEY`` out of ``argv`` (``sys.argv``), export them, and check what was inherited.
+
+    Runs when the process first imports paddle or a watched suite module, or at start-up for a
+    script that imports a suite (:func:`claimed_script`), so a program that does neither keeps
+    its arguments and environment. An activation that cannot be read stops the process (one
+    line, exit 2) instead of training without the plugin; found at start-up (where exiting
+    would be a fatal error of site.py) it stops the process at the paddle import.
+    """
+    global _activated, _pending
+    environ = os.environ if environ is None else environ
+    if _activated or _truthy(environ.get(ENV_DISABLE, "")):
+        return
+    _activated = True
+    argv = sys.argv if argv is None else argv
+    from slim_plugins.errors import SlimPluginsError, exit_with, install_excepthook
+
+    install_excepthook()
+    try:
+        if _has_options(argv):
+            rest, plugins, options, config = split_argv(argv[1:])
+            if plugins or options or config:
+                argv[1:] = rest  # first: the script's parser must not see them, whatever follows
+                export_to_environment(plugins, options, config, environ)
+        inherited_options(environ)
+    except SlimPluginsError as exc:
+        if not at_start:
+            exit_with(exc)
+        _pending = exc
+
+
+def claimed_script(path):
+    """Does the script ``path`` import paddle or a suite anywhere (read, not run)?"""
+    if not (isinstance(path, str) and path.endswith(".py") and os.path.isfile(path)):
+        return False
+    import ast
+
+    try:
+        with open(path, "rb") as f:
+            tree = ast.parse(f.read(), filename=path)
+    except (OSError, SyntaxError, ValueError):
+        return False
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            names = [node.module]
+        else:
+            continue
+        if any(n.split(".")[0] in SUITE_PACKAGES for n in names):
+            return True
+    return False
+
+
+def _activate_now():
+    global _pending
+    activate()
+    if _pending is not None:
+        from slim_plugins.errors import exit_with
+
+        exc, _pending = _pending, None
+        exit_with(exc)
+
+
 def _on_suite_import(adapter_module):
     def callback(_module):
+        _activate_now()
         try:
             from slim_plugins.session import get_session
 
             get_session().install_adapter_module(adapter_module)
         except Exception as exc:
             # Asked for: fail loudly. Not asked for: never break an unrelated paddle program.
-            if os.environ.get(ENV_PLUGINS) or os.environ.get(ENV_CONFIG):
-                from slim_plugins.errors import SlimPluginsError
+            if _requested():
+                from slim_plugins.errors import SlimPluginsError, exit_with
 
-                if isinstance(exc, SlimPluginsError):  # a user error: the message, not a traceback
-                    sys.stderr.write(f"slim-plugins: error: {exc}\n")
-                    raise SystemExit(2) from None
+                if isinstance(exc, SlimPluginsError):  # a user error: one line, not a traceback
+                    exit_with(exc)
                 raise
             sys.stderr.write(f"slim-plugins: not active in this process ({type(exc).__name__}: {exc})\n")
 
@@ -205,8 +311,9 @@ def _before_suite_import(target):
     return callback
 
 
-def boot(argv=None, environ=None):
-    """Entry of the start-up hook; safe to call more than once."""
+def boot(environ=None):
+    """Entry of the start-up hook: installs the import watcher, nothing else (see
+    :func:`activate`); safe to call more than once."""
     global _booted
     environ = os.environ if environ is None else environ
     if _booted or _truthy(environ.get(ENV_DISABLE, "")):
@@ -214,12 +321,10 @@ def boot(argv=None, environ=None):
     _booted = True
     import zlib  # noqa: F401  Paddle 2.6's libpaddle exports an old zlib: load Python's first.
 
-    argv = sys.argv if argv is None else argv
-    if any(t.startswith("--plugin") or (t.startswith("--") and "." in t) for t in argv[1:]):
-        rest, plugins, options, config = split_argv(argv[1:])
-        if plugins or options or config:
-            argv[1:] = rest
-            export_to_environment(plugins, options, config, environ)
+    if _has_options(sys.argv) and claimed_script(sys.argv[0]):
+        activate(environ=environ, at_start=True)
+    for module_name in ACTIVATING:
+        watcher.watch_before(module_name, _activate_now)
     for module_name, target in WATCHED_BEFORE.items():
         watcher.watch_before(module_name, _before_suite_import(target))
     for module_name, adapter_module in WATCHED.items():

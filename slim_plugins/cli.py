@@ -5,7 +5,7 @@ import json
 import os
 import sys
 
-from slim_plugins.errors import SlimPluginsError
+from slim_plugins.errors import SlimPluginsError, report
 
 
 def cmd_demo(args):
@@ -152,7 +152,7 @@ def main(argv=None):
     try:
         return args.func(args)
     except SlimPluginsError as exc:
-        print(f"slim-plugins: error: {exc}", file=sys.stderr)
+        report(exc)
         return 2
 
 

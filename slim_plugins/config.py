@@ -59,6 +59,40 @@ def to_mapping(value_type=float):
     return convert
 
 
+def bounded(convert, low=None, high=None, low_open=False, high_open=False):
+    """``convert``, then a range check: ``bounded(float, 0, 1, low_open=True, high_open=True)``
+    takes 0 < value < 1 and names that range when it refuses a value."""
+    interval = (("(" if low_open else "[") + ("-inf" if low is None else f"{low:g}") + ", "
+                + ("inf" if high is None else f"{high:g}") + (")" if high_open else "]"))
+
+    def wrapped(value):
+        converted = convert(value)
+        ok = converted == converted  # NaN is in no range
+        if ok and low is not None:
+            ok = converted > low if low_open else converted >= low
+        if ok and high is not None:
+            ok = converted < high if high_open else converted <= high
+        if not ok:
+            raise ValueError(f"{converted!r} is outside {interval}")
+        return converted
+
+    wrapped.__name__ = f"{getattr(convert, '__name__', convert)} in {interval}"
+    return wrapped
+
+
+def non_empty(convert):
+    """``convert`` for lists, refusing an empty one."""
+
+    def wrapped(value):
+        converted = convert(value)
+        if not converted:
+            raise ValueError("the list is empty")
+        return converted
+
+    wrapped.__name__ = f"non-empty {getattr(convert, '__name__', convert)}"
+    return wrapped
+
+
 def optional(convert):
     def wrapped(value):
         if value is None or (isinstance(value, str) and value.strip().lower() in {"", "none", "null"}):
@@ -108,10 +142,23 @@ class Options:
         self.declared.setdefault(plugin, {})[name] = Option(plugin, name, type, default, help, choices)
 
     def give(self, plugin, values, source):
-        """Record user values; they are validated when the plugin asks for its config."""
+        """Record user values, checked at once (name, type and range), so that a wrong value
+        stops the run before any tracing, evaluation or training."""
+        if values is not None and not isinstance(values, dict):
+            raise OptionError(f"the options of plugin {plugin!r} (from {source}) must be a mapping of option "
+                              f"to value, got {type(values).__name__} {values!r}", plugin=plugin,
+                              hint=f"write e.g. plugins: {{{plugin}: {{OPTION: VALUE}}}}, or {plugin}: true")
+        declared = self.declared.get(plugin, {})
         slot = self.given.setdefault(plugin, {})
         for key, value in (values or {}).items():
-            slot[str(key).replace("-", "_")] = (value, source)
+            key = str(key).replace("-", "_")
+            option = declared.get(key)
+            if option is None and plugin in self.declared:  # a blocked plugin declares nothing
+                raise OptionError(f"unknown option {key!r} (from {source})", plugin=plugin,
+                                  hint="valid options: " + (", ".join(sorted(declared)) or "none"))
+            if option is not None:
+                option.convert(value, source)
+            slot[key] = (value, source)
 
     def config(self, plugin):
         declared = self.declared.get(plugin, {})

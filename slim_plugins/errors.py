@@ -1,16 +1,71 @@
-"""User-facing errors: each names the plugin, the offending value and how to fix it."""
+"""User-facing errors: each names the plugin, the offending value and how to fix it.
+
+A process that imports paddle gets :func:`install_excepthook` (from the start-up hook): an
+uncaught :class:`SlimPluginsError`, wherever a suite's code let it through, ends the process
+with its one line and exit status 2 instead of a traceback.
+"""
+import sys
 
 
 class SlimPluginsError(Exception):
-    """Base class of every error slim-plugins raises on purpose."""
+    """Base class of every error slim-plugins raises on purpose. ``str()`` is one line: the
+    message, then ``hint: ...``."""
 
     def __init__(self, message, *, plugin=None, hint=None):
         self.plugin = plugin
         self.hint = hint
-        text = f"[{plugin}] {message}" if plugin else message
+        text = f"[{plugin}] {message}" if plugin else str(message)
         if hint:
-            text += f"\n  hint: {hint}"
-        super().__init__(text)
+            text += f"; hint: {hint}"
+        super().__init__(" ".join(text.split()))
+
+
+def report(exc, stream=None):
+    """Print ``exc`` as slim-plugins prints every user error: one line on stderr."""
+    stream = stream or sys.stderr
+    stream.write(f"slim-plugins: error: {exc}\n")
+    stream.flush()
+
+
+def exit_with(exc):
+    """Report ``exc`` and raise ``SystemExit(2)``: for errors where the suite's own code might
+    catch an ``Exception`` (imports, configuration) and go on without the plugin."""
+    report(exc)
+    raise SystemExit(2) from exc
+
+
+def _exit_now(code):
+    """End the process as an uncaught exception would, with ``code``: atexit handlers run,
+    streams are flushed."""
+    import atexit
+    import os
+
+    try:
+        atexit._run_exitfuncs()
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:
+                pass
+        os._exit(code)
+
+
+def install_excepthook():
+    """An uncaught :class:`SlimPluginsError` prints one line and exits 2; anything else goes to
+    the previous hook. The one place that turns user errors into that exit, on every path."""
+    previous = sys.excepthook
+    if getattr(previous, "_slim_plugins", False):
+        return
+
+    def excepthook(kind, exc, tb):
+        if isinstance(exc, SlimPluginsError):
+            report(exc)
+            _exit_now(2)
+        previous(kind, exc, tb)
+
+    excepthook._slim_plugins = True
+    sys.excepthook = excepthook
 
 
 def exception_line(exc, last=False, with_type=True, limit=300):
@@ -36,7 +91,11 @@ class AdapterError(SlimPluginsError):
     """An adapter cannot give what a plugin asked for (model, metric, input spec ...)."""
 
 
-class SensitivityFileError(SlimPluginsError):
+class FileError(SlimPluginsError):
+    """A file slim-plugins must read or write cannot be (a directory, not writable, not text)."""
+
+
+class SensitivityFileError(FileError):
     """A sensitivity file that belongs to another model, metric or criterion, or is corrupt."""
 
 

@@ -5,7 +5,7 @@ import threading
 
 from slim_plugins import _boot
 from slim_plugins.config import Options
-from slim_plugins.errors import UnknownPluginError
+from slim_plugins.errors import OptionError, UnknownPluginError
 from slim_plugins.manager import (
     DEFAULT_ADAPTERS,
     DEFAULT_PLUGINS,
@@ -54,10 +54,9 @@ class Session:
         for name in requested:
             if not name.startswith("no:"):
                 self.enable(name, source="command line")
-        raw = environ.get(_boot.ENV_OPTIONS)
-        if raw:
-            for plugin, values in json.loads(raw).items():
-                self.give_options(plugin, values, "command line", f"--{plugin}.KEY")
+        for plugin, values in _boot.inherited_options(environ).items():
+            for key, value in values.items():
+                self.give_options(plugin, {key: value}, "command line", f"--{plugin}.{key}")
 
     # ---------------------------------------------------------------- registration
     def _load_plugins(self, autoload):
@@ -162,17 +161,24 @@ class Session:
         """Apply a ``plugins:`` section: ``{name: {option: value}}``, ``{name: true}`` or ``[name]``."""
         if not plugins:
             return
+        example = "write e.g. plugins: {prune: {eval_metric_loss: 0.05}} or plugins: [prune]"
         if isinstance(plugins, (list, tuple)):
+            bad = [n for n in plugins if not isinstance(n, str)]
+            if bad:
+                raise UnknownPluginError(f"the plugins: list of {label} holds {bad[0]!r}, not a plugin name",
+                                         hint=example)
             plugins = {name: {} for name in plugins}
         if not isinstance(plugins, dict):
             raise UnknownPluginError(
                 f"the plugins: section of {label} must be a mapping of plugin name to options, "
-                f"got {type(plugins).__name__}",
-                hint="write e.g.\nplugins:\n  prune:\n    eval_metric_loss: 0.05",
-            )
+                f"got {type(plugins).__name__} {plugins!r}", hint=example)
         for name, values in plugins.items():
             if values is False or (isinstance(values, dict) and values.get("enabled") is False):
                 continue
+            if not isinstance(name, str) or not (values is None or values is True or isinstance(values, dict)):
+                raise OptionError(
+                    f"plugins: {name}: in {label} must be a mapping of options, true or false, "
+                    f"got {type(values).__name__} {values!r}", plugin=str(name), hint=example)
             values = dict(values) if isinstance(values, dict) else {}
             values.pop("enabled", None)
             self.enable(name, values, source="yaml")
@@ -201,6 +207,7 @@ _session_lock = threading.Lock()
 def get_session():
     """The process's session, created on first call."""
     global _session
+    _boot.activate()
     with _session_lock:
         if _session is None:
             _session = Session()
@@ -228,7 +235,7 @@ def enable(name, **options):
     session.enable(name, options, source="python")
     _boot.export_to_environment([name], {}, None, session.environ)
     if options:
-        merged = json.loads(session.environ.get(_boot.ENV_OPTIONS) or "{}")
+        merged = _boot.inherited_options(session.environ)
         merged.setdefault(name, {}).update({k: _jsonable(v) for k, v in options.items()})
         session.environ[_boot.ENV_OPTIONS] = json.dumps(merged)
     return session

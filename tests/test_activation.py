@@ -27,17 +27,59 @@ def test_split_argv_leaves_dotted_options_of_unnamed_plugins():
     assert rest == ["--lr.decay", "0.1", "--x"] and not plugins and not options
 
 
-def test_boot_strips_argv_and_exports_environment():
+def test_activation_strips_argv_and_exports_environment():
     env = {}
     argv = ["train.py", "-c", "c.yml", "--plugin", "prune", "--prune.criterion", "fpgm"]
-    _boot._booted = False
+    _boot._activated = False
     try:
-        _boot.boot(argv=argv, environ=env)
+        _boot.activate(argv=argv, environ=env)
     finally:
-        _boot._booted = True
+        _boot._activated = True
     assert argv == ["train.py", "-c", "c.yml"]
     assert env[_boot.ENV_PLUGINS] == "prune"
     assert json.loads(env[_boot.ENV_OPTIONS]) == {"prune": {"criterion": "fpgm"}}
+
+
+def test_a_flag_followed_by_another_option_is_true():
+    rest, _, options, _ = _boot.split_argv(["--plugin", "prune", "--prune.plot", "--eval", "--prune.skip", "a.*"])
+    assert rest == ["--eval"] and options == {"prune": {"plot": "true", "skip": "a.*"}}
+
+
+OWN_PROGRAM = """
+import argparse, json, os, sys
+parser = argparse.ArgumentParser()
+parser.add_argument("--plugin")
+parser.add_argument("--db.host")
+parser.add_argument("--prune.ratios")
+args = parser.parse_args()
+watching = any(type(f).__name__ == "_Watcher" for f in sys.meta_path)
+print(json.dumps({"argv": sys.argv, "env": dict(os.environ), "args": vars(args), "watching": watching}))
+"""
+
+
+def test_a_program_that_does_not_import_paddle_keeps_its_arguments_and_environment(tmp_path):
+    """The start-up hook runs in every interpreter of the environment: a non-paddle program with
+    its own --plugin option sees the same argv and environment as without slim-plugins."""
+    import subprocess
+
+    from conftest import clean_env
+
+    (tmp_path / "own.py").write_text(OWN_PROGRAM)
+    argv = ["--plugin", "protoc-gen-grpc=/usr/bin/grpc", "--db.host", "x", "--plugin", "prune",
+            "--prune.ratios", "a=0.5"]
+    seen = {}
+    for disable in ("1", ""):
+        env = clean_env({_boot.ENV_DISABLE: disable})
+        proc = subprocess.run([sys.executable, "own.py"] + argv, cwd=str(tmp_path), env=env,
+                              capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        seen[disable] = json.loads(proc.stdout)
+    assert seen[""]["watching"] and not seen["1"]["watching"], "the start-up hook did not run: install normally"
+    for result in seen.values():
+        result["env"].pop(_boot.ENV_DISABLE)
+        result.pop("watching")
+    assert seen[""] == seen["1"]
+    assert seen[""]["argv"][1:] == argv
 
 
 def test_environment_activation_and_options():
@@ -46,7 +88,38 @@ def test_environment_activation_and_options():
     assert session.is_enabled("prune")
     config = session.plugin_config("prune")
     assert config.eval_metric_loss == 0.05 and config.criterion == "l1_norm"
-    assert config.source("eval_metric_loss") == "--prune.KEY"
+    assert config.source("eval_metric_loss") == "--prune.eval_metric_loss"
+
+
+CLAIMED_SCRIPT = """
+import argparse, json, os, sys
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("out")
+    parser.parse_args()  # before the suite is imported, as PaddleX scripts do
+    print(json.dumps({"argv": sys.argv[1:], "plugins": os.environ.get("SLIM_PLUGINS"),
+                      "options": json.loads(os.environ.get("SLIM_PLUGINS_OPTIONS") or "{}")}))
+    if "--import" in sys.argv:
+        import paddlex  # noqa: F401
+
+
+main()
+"""
+
+
+def test_a_script_that_imports_a_suite_is_activated_at_start_up(tmp_path):
+    import subprocess
+
+    from conftest import clean_env
+
+    (tmp_path / "train.py").write_text(CLAIMED_SCRIPT)
+    proc = subprocess.run([sys.executable, "train.py", "out", "--plugin", "prune", "--prune.eval_metric_loss", "0.1"],
+                          cwd=str(tmp_path), env=clean_env(), capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == {"argv": ["out"], "plugins": "prune",
+                                       "options": {"prune": {"eval_metric_loss": "0.1"}}}
 
 
 def test_unknown_plugin_lists_known_ones():
@@ -63,21 +136,18 @@ def test_blocking_with_no_prefix():
 
 
 def test_unknown_and_invalid_options_name_value_and_choices(slim_session):
-    slim_session.enable("prune", {"eval_metric_los": 0.1})
     with pytest.raises(OptionError) as err:
-        slim_session.plugin_config("prune")
+        slim_session.enable("prune", {"eval_metric_los": 0.1})
     assert "eval_metric_los" in str(err.value) and "eval_metric_loss" in str(err.value)
 
     session = Session(environ={}, autoload=False)
-    session.enable("prune", {"criterion": "l3"})
     with pytest.raises(OptionError) as err:
-        session.plugin_config("prune")
+        session.enable("prune", {"criterion": "l3"})
     assert "'l3'" in str(err.value) and "fpgm" in str(err.value)
 
     session = Session(environ={}, autoload=False)
-    session.enable("prune", {"eval_metric_loss": "a lot"})
     with pytest.raises(OptionError, match="eval_metric_loss='a lot'"):
-        session.plugin_config("prune")
+        session.enable("prune", {"eval_metric_loss": "a lot"})
 
 
 def test_yaml_section_and_precedence(tmp_path):

@@ -59,3 +59,12 @@ def test_errors_are_one_line_with_a_hint(tmp_path, capsys):
     (tmp_path / "bad.json").write_text("{}")
     assert main(["sens", "show", str(tmp_path / "bad.json")]) == 2
     assert "not a slim-plugins sensitivity file" in capsys.readouterr().err
+
+
+def test_a_pickle_given_to_sens_show_or_plot_says_to_import_it(tmp_path, capsys):
+    with open(tmp_path / "old.sensi.data", "wb") as f:
+        pickle.dump({"conv2d_0.w_0": {0.1: 0.01}}, f)
+    for command in ("show", "plot"):
+        assert main(["sens", command, str(tmp_path / "old.sensi.data")]) == 2
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and "use slim-plugins sens import" in err

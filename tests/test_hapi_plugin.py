@@ -129,3 +129,143 @@ def test_misspelt_plugin_and_option_are_clear_errors(tmp_path):
     proc = subprocess.run([sys.executable, SCRIPT, str(tmp_path), "--plugin", "prune", "--prune.eval_metric_los",
                            "0.1"], cwd=str(tmp_path), capture_output=True, text=True)
     assert proc.returncode != 0 and "eval_metric_los" in proc.stderr and "eval_metric_loss" in proc.stderr
+
+
+# -------------------------------------------------------------------------------- errors (issue 12)
+def user_error(args, cwd, env=None, within=30):
+    """Run the hapi script expecting a slim-plugins user error: exit 2, one line on stderr that
+    is ours, no traceback, no training; returns that line."""
+    import subprocess
+    import sys
+    import time
+
+    from conftest import clean_env
+
+    weights = cwd / "final.pdparams"
+    before = weights.stat().st_mtime_ns if weights.exists() else None
+    started = time.perf_counter()
+    proc = subprocess.run([sys.executable, SCRIPT, str(cwd)] + list(args), cwd=str(cwd), env=clean_env(env),
+                          capture_output=True, text=True, timeout=300)
+    seconds = time.perf_counter() - started
+    assert proc.returncode == 2, f"exit {proc.returncode}\n{proc.stderr[-3000:]}"
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    ours = [line for line in proc.stderr.splitlines() if "slim-plugins:" in line or "error" in line.lower()]
+    assert len(ours) == 1 and ours[0].startswith("slim-plugins: error:"), proc.stderr[-3000:]
+    assert (weights.stat().st_mtime_ns if weights.exists() else None) == before, "it trained"
+    assert seconds < within, f"the error came after {seconds:.1f} s"
+    return ours[0]
+
+
+@pytest.mark.parametrize("args, named", [
+    (["--prune.pruned_flops", "1.5"], "pruned_flops='1.5'"),
+    (["--prune.pruned_flops", "0"], "pruned_flops='0'"),
+    (["--prune.eval_metric_loss", "-1"], "eval_metric_loss='-1'"),
+    (["--prune.eval_metric_loss", "2"], "eval_metric_loss='2'"),
+    (["--prune.eval_metric_loss", "0.1", "--prune.sen_ratios", ""], "sen_ratios=''"),
+    (["--prune.eval_metric_loss", "0.1", "--prune.sen_ratios", "0.5,1"], "sen_ratios='0.5,1'"),
+    (["--prune.eval_metric_loss", "0.1", "--prune.sen_ratios", "0,0.5"], "sen_ratios='0,0.5'"),
+    (["--prune.eval_metric_loss", "0.1", "--prune.sen_workers", "0"], "sen_workers='0'"),
+    (["--prune.eval_metric_loss", "0.1", "--prune.sen_batches", "0"], "sen_batches='0'"),
+    (["--prune.ratios", "0.weight=0.5", "--prune.align", "0"], "align='0'"),
+])
+def test_invalid_options_stop_before_any_work(tmp_path, args, named):
+    line = user_error(["--plugin", "prune"] + args, tmp_path)
+    assert named in line and (" is outside " in line or "empty" in line), line
+
+
+@pytest.mark.parametrize("section, named", [
+    ("plugins: {prune: [1, 2]}", "[1, 2]"),
+    ("plugins: [prune, 7]", "7"),
+])
+def test_invalid_plugins_sections_stop_before_any_work(tmp_path, section, named):
+    (tmp_path / "slim.yml").write_text(section + "\n")
+    line = user_error(["--plugin-config", str(tmp_path / "slim.yml")], tmp_path)
+    assert named in line and "hint:" in line, line
+
+
+def test_an_unreadable_activation_stops_before_training(tmp_path):
+    """Fail closed: an activation that cannot be read never trains the unpruned model."""
+    line = user_error([], tmp_path, env={"SLIM_PLUGINS": "prune", "SLIM_PLUGINS_OPTIONS": "{bad"})
+    assert "SLIM_PLUGINS_OPTIONS='{bad'" in line and "not valid JSON" in line
+
+
+def test_a_flag_before_another_option_takes_true(tmp_path, python):
+    proc = python([SCRIPT, str(tmp_path), "--plugin", "prune", "--prune.action", "show", "--prune.plot",
+                   "--epochs", "1"], cwd=str(tmp_path))
+    assert "prunable" in proc.stdout
+
+
+def test_an_unusable_sensitivity_file_is_one_line_naming_it(tmp_path):
+    import pickle
+
+    (tmp_path / "folder").mkdir()
+    line = user_error(["--plugin", "prune", "--prune.eval_metric_loss", "0.1", "--prune.sen_file",
+                       str(tmp_path / "folder")], tmp_path, within=120)
+    assert f"{tmp_path / 'folder'} is a directory" in line and "hint:" in line
+    with open(tmp_path / "old.sensi.data", "wb") as f:
+        pickle.dump({"conv2d_0.w_0": {0.1: 0.01}}, f)
+    line = user_error(["--plugin", "prune", "--prune.eval_metric_loss", "0.1", "--prune.sen_file",
+                       str(tmp_path / "old.sensi.data")], tmp_path, within=120)
+    assert "pickle" in line and "slim-plugins sens import" in line
+    (tmp_path / "bare.json").write_text('{"format": "slim-plugins/sensitivity"}')
+    line = user_error(["--plugin", "prune", "--prune.eval_metric_loss", "0.1", "--prune.sen_file",
+                       str(tmp_path / "bare.json")], tmp_path, within=120)
+    assert f"{tmp_path / 'bare.json'} is incomplete" in line
+
+
+def test_a_pruned_checkpoint_without_its_plan_names_the_plan_file(pruned_run, tmp_path):
+    import shutil
+
+    out, _ = pruned_run
+    for name in ("final.pdparams", "final.pdopt"):
+        shutil.copy(out / name, tmp_path / name)
+    line = user_error(["--load"], tmp_path)
+    assert str(tmp_path / "final.prune.json") in line and "receives a shape" in line
+    plan = tmp_path / "final.prune.json"
+    plan.write_text('{"format": "slim-plugins/prune-plan", "version": 1}')
+    line = user_error(["--load"], tmp_path)
+    assert f"{plan} is incomplete: it has no criterion" in line and "hint:" in line
+    plan.unlink()
+    plan.mkdir()
+    line = user_error(["--load"], tmp_path)
+    assert f"{plan} is a directory" in line
+
+
+def test_plans_and_reports_follow_the_umask_as_the_weights_do(pruned_run):
+    out, _ = pruned_run
+    weights_mode = os.stat(out / "final.pdparams").st_mode & 0o777
+    for name in ("final.prune.json", "output/prune_plan.json", "output/prune_report.json"):
+        assert os.stat(out / name).st_mode & 0o777 == weights_mode, name
+
+
+KILL_AFTER_WEIGHTS = """
+import os, runpy, signal, sys
+import paddle
+save = paddle.save
+def save_then_die(obj, path, *args, **kwargs):
+    save(obj, path, *args, **kwargs)
+    if str(path).endswith(".pdparams"):
+        os.kill(os.getpid(), signal.SIGKILL)
+paddle.save = save_then_die
+sys.argv = [sys.argv[1]] + sys.argv[2:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def test_a_kill_right_after_the_weights_leaves_a_loadable_checkpoint(tmp_path, python):
+    """Pruned again with other ratios into the same folder, killed the moment the new weights
+    are on disk: the plan beside them must be the new one."""
+    import subprocess
+    import sys
+
+    from conftest import clean_env
+
+    python([SCRIPT, str(tmp_path), "--epochs", "1", "--plugin", "prune", "--prune.ratios", "0.weight=0.5"],
+           cwd=str(tmp_path))
+    proc = subprocess.run([sys.executable, "-c", KILL_AFTER_WEIGHTS, SCRIPT, str(tmp_path), "--epochs", "1",
+                           "--plugin", "prune", "--prune.ratios", "0.weight=0.25"], cwd=str(tmp_path),
+                          env=clean_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -9, proc.stderr[-3000:]
+    assert list(paddle.load(str(tmp_path / "final.pdparams"))["0.weight"].shape) == [24, 1, 3, 3]
+    loaded = python([SCRIPT, str(tmp_path), "--load"], cwd=str(tmp_path))
+    assert last_json(loaded.stdout)["shapes"]["0.weight"] == [24, 1, 3, 3]

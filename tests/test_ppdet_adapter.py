@@ -176,8 +176,21 @@ def test_a_pruned_checkpoint_without_its_plan_is_refused(work, pruned):
     lost.mkdir(exist_ok=True)
     shutil.copy(out / "model_final.pdparams", lost / "model.pdparams")
     proc = tools(["eval", "-c", config(PICO), "-o", f"weights={lost / 'model'}"], work, check=False)
-    assert proc.returncode != 0
-    assert "does not fit the model" in proc.stderr and "prune.json" in proc.stderr
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "does not fit the model" in proc.stderr and f"no pruning plan {lost / 'model.prune.json'}" in proc.stderr
+
+
+@needs_ppdet
+def test_a_user_error_in_a_hook_is_one_line_and_exit_2(work):
+    """An error raised inside a lifecycle hook (through pluggy) on the ppdet path: its line and
+    hint, no traceback, before any training."""
+    proc = tools(["train", "-c", config(PICO), "-o", "epoch=1", "save_dir=no_mode", "--plugin", "prune"], work,
+                 check=False)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    ours = [line for line in proc.stderr.splitlines() if line.startswith("slim-plugins: error:")]
+    assert len(ours) == 1 and "no way to choose ratios" in ours[0] and "hint:" in ours[0]
+    assert "Epoch:" not in proc.stdout + proc.stderr
 
 
 @needs_ppdet

@@ -53,18 +53,20 @@ class HapiAdapter(Adapter):
         @functools.wraps(save)
         def patched_save(model_self, path, training=True):
             run = adapter.run_for(get_session(), model_self)
-            if not training:
-                adapter.fire(run, "slim_before_export", path=path)
-            result = save(model_self, path, training)
-            if training:
-                adapter.fire(run, "slim_on_checkpoint_save", path=path)
-            return result
+            # the plan goes first: a kill between the two files leaves no new weights with an old plan
+            adapter.fire(run, "slim_on_checkpoint_save" if training else "slim_before_export", path=path)
+            return save(model_self, path, training)
 
         @functools.wraps(load)
         def patched_load(model_self, path, *args, **kwargs):
             run = adapter.run_for(get_session(), model_self)
             adapter.fire(run, "slim_before_load_weights", path=path)
-            return load(model_self, path, *args, **kwargs)
+            try:
+                return load(model_self, path, *args, **kwargs)
+            except ValueError as exc:
+                if "receives a shape" not in str(exc):
+                    raise
+                raise _missing_plan_error(path, exc) from exc
 
         for patched in (patched_fit, patched_save, patched_load):
             patched._slim_patched = True
@@ -122,6 +124,21 @@ class HapiAdapter(Adapter):
 
     def save_dir(self, run):
         return run.state.get("fit_args", {}).get("save_dir") or None
+
+
+def _missing_plan_error(path, exc):
+    """hapi refuses a checkpoint whose shapes differ: a pruned one whose plan is not beside it."""
+    from slim_plugins.errors import ShapeMismatchError
+    from slim_plugins.plugins.prune.plan import find_plan, plan_path
+
+    found = find_plan(path)
+    if found:
+        return ShapeMismatchError(f"{path}: {exc} although the pruning plan {found} was applied", plugin="builtin",
+                                  hint="the plan belongs to other weights: use the plan saved with this checkpoint")
+    return ShapeMismatchError(
+        f"{path}: {exc} and there is no pruning plan {plan_path(path)}", plugin="builtin",
+        hint=f"a checkpoint pruned by slim-plugins loads with the plan saved beside it: put it at {plan_path(path)} "
+             "(and do not block the prune plugin); otherwise build the network the checkpoint was trained with")
 
 
 def _shapes(network):

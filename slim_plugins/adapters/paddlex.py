@@ -168,10 +168,10 @@ class PaddleXAdapter(Adapter):
         def patched_save_model(model, save_dir):
             from slim_plugins.session import get_session
 
-            result = save_model(model, save_dir)
+            # the plan before the weights: a kill in between leaves no new weights with an old plan
             adapter.fire(adapter.run_for(get_session(), model), "slim_on_checkpoint_save",
                          path=os.path.join(save_dir, "model.pdparams"))
-            return result
+            return save_model(model, save_dir)
 
         return patched_save_model
 
@@ -184,10 +184,9 @@ class PaddleXAdapter(Adapter):
             run = adapter.run_for(get_session(), model)
             target = os.path.join(save_dir, "inference_model")
             adapter.fire(run, "slim_before_export", path=target)
-            result = export(model, save_dir, image_shape)
-            # pdx.load_model rebuilds an exported model from model.yml: it needs the plan too
+            # pdx.load_model rebuilds an exported model from model.yml: it needs the plan too (first)
             adapter.fire(run, "slim_on_checkpoint_save", path=os.path.join(target, "model"))
-            return result
+            return export(model, save_dir, image_shape)
 
         return patched_export
 

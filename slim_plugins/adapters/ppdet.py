@@ -116,11 +116,10 @@ class PPDetAdapter(Adapter):
 
         @functools.wraps(save_model)
         def patched_save_model(model, optimizer, save_dir, save_name, *args, **kwargs):
-            result = save_model(model, optimizer, save_dir, save_name, *args, **kwargs)
             run = adapter.current_run
-            if run is not None:
+            if run is not None:  # the plan before the weights (a kill between leaves no stale plan)
                 adapter.fire(run, "slim_on_checkpoint_save", path=os.path.join(save_dir, save_name))
-            return result
+            return save_model(model, optimizer, save_dir, save_name, *args, **kwargs)
 
         @functools.wraps(export)
         def patched_export(trainer, output_dir="output_inference", *args, **kwargs):
@@ -368,11 +367,17 @@ def check_loaded(model, weights, strict=True):
         sys.stderr.write(f"[slim-plugins ppdet] {len(mismatched)} tensors of {path} were not loaded "
                          f"(shape differs): {listing}\n")
         return
+    from slim_plugins.plugins.prune.plan import find_plan, plan_path
+
+    found = find_plan(weights)
     raise ShapeMismatchError(
         f"{path} does not fit the model: {listing}. PaddleDetection skips such tensors silently and "
-        "would go on with random weights", plugin="ppdet",
-        hint="a pruned checkpoint needs its <checkpoint>.prune.json next to it (written at every save); "
-             "otherwise use the config the checkpoint was trained with")
+        "would go on with random weights"
+        + (f" (the pruning plan {found} was applied)" if found else f"; there is no pruning plan {plan_path(weights)}"),
+        plugin="ppdet",
+        hint=(f"{found} belongs to other weights: use the plan saved with this checkpoint" if found else
+              f"a pruned checkpoint loads with the plan saved beside it: put it at {plan_path(weights)}")
+        + "; otherwise use the config the checkpoint was trained with")
 
 
 def _ppdet_version():

@@ -18,7 +18,6 @@ watcher calls :meth:`PaddleOCRAdapter.install`), before any tool binds them:
 
 This module imports nothing from PaddleOCR (or Paddle) at import time.
 """
-import contextlib
 import functools
 import itertools
 import os
@@ -28,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from slim_plugins.adapters import Adapter
-from slim_plugins.errors import AdapterError, ShapeMismatchError, SlimPluginsError, exception_line
+from slim_plugins.errors import AdapterError, ShapeMismatchError, exception_line
 from slim_plugins.hooks import hookimpl
 from slim_plugins.run import Metric
 
@@ -165,21 +164,21 @@ class PaddleOCRAdapter(Adapter):
         def patched_load_model(config, model, optimizer=None, model_type="det", *args, **kwargs):
             from slim_plugins.session import get_session
 
-            with _user_errors():
-                adapter._patch_late_bound()
-                session = get_session()
-                adapter.configure(session, config)
-                mode = "train" if optimizer is not None else "eval"
-                run = adapter.run_for(session, config, model, optimizer, mode)
-                path = adapter.weights_path(config)
-                if path:
-                    adapter.fire(run, "slim_before_load_weights", path=path)
-                    adapter.check_shapes(model, config, path)
+            # a slim-plugins error raised here ends the tool with one line and exit 2
+            # (slim_plugins.errors.install_excepthook)
+            adapter._patch_late_bound()
+            session = get_session()
+            adapter.configure(session, config)
+            mode = "train" if optimizer is not None else "eval"
+            run = adapter.run_for(session, config, model, optimizer, mode)
+            path = adapter.weights_path(config)
+            if path:
+                adapter.fire(run, "slim_before_load_weights", path=path)
+                adapter.check_shapes(model, config, path)
             result = load_model(config, model, optimizer, model_type, *args, **kwargs)
             if optimizer is not None and not run.state.get("before_train_fired"):
                 run.state["before_train_fired"] = True
-                with _user_errors():
-                    adapter.fire(run, "slim_before_train")
+                adapter.fire(run, "slim_before_train")
             return result
 
         return patched_load_model
@@ -190,13 +189,13 @@ class PaddleOCRAdapter(Adapter):
         @_patches(save_model)
         def patched_save_model(model, optimizer, model_path, logger, config, is_best=False, prefix="ppocr",
                                **kwargs):
-            result = save_model(model, optimizer, model_path, logger, config, is_best=is_best, prefix=prefix,
-                                **kwargs)
+            # the plans before the weights: a kill in between leaves no new weights with an old plan
             run = adapter.current_run_for(config, model, optimizer, "train")
             adapter.fire(run, "slim_on_checkpoint_save", path=os.path.join(model_path, prefix))
             if prefix == "best_accuracy":  # save_model writes best_model/model.* as well
                 adapter.fire(run, "slim_on_checkpoint_save", path=os.path.join(model_path, "best_model", "model"))
-            return result
+            return save_model(model, optimizer, model_path, logger, config, is_best=is_best, prefix=prefix,
+                              **kwargs)
 
         return patched_save_model
 
@@ -209,8 +208,7 @@ class PaddleOCRAdapter(Adapter):
             result = train(config, train_dataloader, valid_dataloader, device, model, loss_class, optimizer,
                            *args, **kwargs)
             run = adapter.current_run_for(config, model, optimizer, "train")
-            with _user_errors():
-                adapter.fire(run, "slim_after_train")
+            adapter.fire(run, "slim_after_train")
             return result
 
         return patched_train
@@ -296,12 +294,14 @@ class PaddleOCRAdapter(Adapter):
         key, got, shape = bad[0]
         from slim_plugins.plugins.prune.plan import find_plan
 
+        from slim_plugins.plugins.prune.plan import plan_path
+
         plan = find_plan(path)
         hint = ("slim-plugins rebuilt the pruned shapes from the plan " + plan + ", but they still differ: "
                 "use the config the checkpoint was trained with" if plan else
-                "if the checkpoint was pruned by slim-plugins, put the <prefix>.prune.json saved with it next to "
-                f"{weights} (the prune plugin then rebuilds the pruned shapes before loading; do not block it "
-                "with --plugin no:prune); otherwise use the config the checkpoint was trained with")
+                f"there is no pruning plan {plan_path(path)}: if the checkpoint was pruned by slim-plugins, put the "
+                f".prune.json saved with it there (the prune plugin then rebuilds the pruned shapes before loading; "
+                "do not block it with --plugin no:prune); otherwise use the config the checkpoint was trained with")
         raise ShapeMismatchError(
             f"{weights}: tensor {key} has shape {got} but the model built from the config expects {shape}"
             + (f" ({len(bad)} tensors differ)" if len(bad) > 1 else "")
@@ -416,17 +416,6 @@ class PaddleOCRAdapter(Adapter):
             return float(result[eval_class.main_indicator])
 
         return Metric(name, evaluate)
-
-
-@contextlib.contextmanager
-def _user_errors():
-    """A slim-plugins user error inside a PaddleOCR tool: its message and exit 2, no traceback."""
-    try:
-        yield
-    except SlimPluginsError as exc:
-        sys.stderr.write(f"slim-plugins: error: {exc}\n")
-        sys.stderr.flush()
-        raise SystemExit(2) from None
 
 
 adapter = PaddleOCRAdapter()

@@ -190,11 +190,13 @@ def slim_before_train(run):
 
 @hookspec
 def slim_on_checkpoint_save(run, path):
-    """The suite has just saved a checkpoint; plugins write their side files next to it.
+    """The suite is about to save a checkpoint; plugins write their side files next to it.
 
-    :param path: the checkpoint prefix (``output/model_final``) or file the suite wrote.
+    :param path: the checkpoint prefix (``output/model_final``) or file the suite writes.
 
-    Fires after every save the adapter sees, on every rank (plugins write on rank 0 only).
+    Fires before every save the adapter sees, on every rank (plugins write on rank 0 only):
+    a process killed between the side file and the weights never leaves new weights beside an
+    old side file.
     """
 
 

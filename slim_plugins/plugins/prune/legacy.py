@@ -51,12 +51,21 @@ class RestrictedUnpickler(pickle.Unpickler):
                 plugin="prune", hint="only PaddleSlim/PaddleX sensitivity files can be imported") from None
 
 
+def loads_legacy(raw):
+    """The object in a legacy pickle's bytes (only PaddleSlim/PaddleX classes resolve)."""
+    return RestrictedUnpickler(io.BytesIO(raw)).load()
+
+
 def load_legacy(path):
     """``{param_name: {ratio: loss}}`` from a legacy pickle."""
-    with open(path, "rb") as f:
-        raw = f.read()
     try:
-        obj = RestrictedUnpickler(io.BytesIO(raw)).load()
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as exc:
+        raise SensitivityFileError(f"cannot read {path}: {exc.strerror}", plugin="prune",
+                                   hint="give a PaddleSlim/PaddleX sensitivity pickle (*.sensi.data, *.pickle)") from None
+    try:
+        obj = loads_legacy(raw)
     except SensitivityFileError:
         raise
     except Exception as exc:
@@ -65,12 +74,17 @@ def load_legacy(path):
         obj = getattr(obj, "sensitivies", None)
     if not isinstance(obj, dict) or not all(isinstance(v, dict) for v in obj.values()):
         raise SensitivityFileError(f"{path} holds no {{param: {{ratio: loss}}}} mapping", plugin="prune")
-    return {str(k): {float(r): float(l) for r, l in v.items()} for k, v in obj.items()}
+    try:
+        return {str(k): {float(r): float(l) for r, l in v.items()} for k, v in obj.items()}
+    except (TypeError, ValueError) as exc:
+        raise SensitivityFileError(f"{path} holds a loss or ratio that is not a number ({exc})",
+                                   plugin="prune") from None
 
 
 def to_sensitivity_json(losses, source):
     """A slim-plugins sensitivity document from legacy losses (names stay PaddleSlim's global
-    names; the model fingerprint is unknown, so the file is accepted for any model)."""
+    names). The model is unknown: the first run that uses the file binds it to its model,
+    weights, metric and criterion (:meth:`SensitivityFile.open`)."""
     groups = {}
     for name, ratios in losses.items():
         groups[name] = {"channels": None, "members": [], "legacy_name": True,

@@ -6,16 +6,15 @@ layer whose weights changed shape, the attributes its forward reads (conv ``grou
 a depthwise conv drops to one channel and groups becomes 1 -, LayerNorm's normalised shape,
 declared channel counts); the weights that follow overwrite the values.
 """
-import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field
 from typing import Dict, List
 
 import numpy as np
 
 from slim_plugins import compat
 from slim_plugins.errors import PruneError
-from slim_plugins.plugins.prune.sensitivity import architecture_fingerprint, write_json_atomic
+from slim_plugins.plugins.prune.sensitivity import architecture_fingerprint, read_json, write_json_atomic
 
 FORMAT = "slim-plugins/prune-plan"
 SUFFIX = ".prune.json"
@@ -41,9 +40,19 @@ class PrunePlan:
 
     @classmethod
     def from_json(cls, data, source="plan"):
-        if data.get("format") != FORMAT:
-            raise PruneError(f"{source} is not a slim-plugins pruning plan", plugin="prune")
+        fix = "use the .prune.json saved with the checkpoint, or remove it for an unpruned checkpoint"
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            raise PruneError(f"{source} is not a slim-plugins pruning plan", plugin="prune", hint=fix)
         fields = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
+        required = [k for k, f in cls.__dataclass_fields__.items()
+                    if f.default is MISSING and f.default_factory is MISSING]
+        missing = [k for k in required if k not in fields]
+        if missing:
+            raise PruneError(f"{source} is incomplete: it has no {', '.join(missing)}", plugin="prune", hint=fix)
+        for key in ("ratios", "channels", "shapes", "layer_groups"):
+            if not isinstance(fields[key], dict):
+                raise PruneError(f"{source}: {key} is {type(fields[key]).__name__}, not a mapping", plugin="prune",
+                                 hint=fix)
         return cls(**fields)
 
     def save(self, path):
@@ -51,8 +60,9 @@ class PrunePlan:
 
     @classmethod
     def load(cls, path):
-        with open(path) as f:
-            return cls.from_json(json.load(f), source=path)
+        data = read_json(path, "a pruning plan", error=PruneError,
+                         fix="use the .prune.json saved with the checkpoint, or remove it for an unpruned checkpoint")
+        return cls.from_json(data, source=path)
 
 
 # layer attributes a forward reads besides the weights (conv groups are kept in layer_groups)
@@ -85,7 +95,7 @@ def find_plan(checkpoint):
     if os.path.isdir(str(checkpoint)):
         candidates += [os.path.join(str(checkpoint), n) for n in ("model" + SUFFIX, "best_model" + SUFFIX)]
     for candidate in candidates:
-        if os.path.isfile(candidate):
+        if os.path.exists(candidate):  # a folder of that name is an error when read, not "no plan"
             return candidate
     return None
 

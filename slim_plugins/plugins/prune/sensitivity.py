@@ -2,6 +2,8 @@
 
 The file is JSON, rewritten atomically (temp file + rename) after every evaluation, so a crash
 at any moment loses at most the evaluation in flight, and a restart recomputes nothing recorded.
+Each rewrite holds a lock file and merges what is on disk first, so two processes writing one
+file keep each other's records.
 """
 import datetime
 import hashlib
@@ -12,7 +14,7 @@ import time
 
 import numpy as np
 
-from slim_plugins.errors import SensitivityFileError, exception_line
+from slim_plugins.errors import FileError, SensitivityFileError, exception_line
 from slim_plugins.progress import Progress
 
 FORMAT = "slim-plugins/sensitivity"
@@ -53,8 +55,18 @@ def _temp_prefix(path):
     return "." + os.path.basename(path) + "."
 
 
+def file_lock(path):
+    """The lock every writer of ``path`` holds while it reads, merges and replaces the file."""
+    from filelock import FileLock
+
+    directory, name = os.path.split(os.path.abspath(path))
+    _make_directory(directory, path)
+    return FileLock(os.path.join(directory, "." + name + ".lock"))
+
+
 def remove_stale_temporaries(path):
-    """Temp files a killed writer of ``path`` left behind (each file has one writer)."""
+    """Temp files a killed writer of ``path`` left behind. Call with :func:`file_lock` held:
+    writers make temp files only while they hold it, so any found then is an orphan."""
     directory = os.path.dirname(os.path.abspath(path))
     prefix = _temp_prefix(path)
     for name in os.listdir(directory) if os.path.isdir(directory) else ():
@@ -65,11 +77,41 @@ def remove_stale_temporaries(path):
                 pass
 
 
-def write_json_atomic(path, data):
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=".tmp", dir=directory)
+def _umask():
+    try:  # Linux >= 4.7 tells it without changing it (os.umask would, for every thread)
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _make_directory(directory, path):
     try:
+        os.makedirs(directory, exist_ok=True)
+    except OSError as exc:  # FileExistsError / NotADirectoryError: a file where a folder must be
+        raise FileError(f"cannot create the folder {directory} for {path}: {exc.strerror}",
+                        hint="a file of that name is in the way, or the folder is not writable: choose another path") \
+            from None
+
+
+def write_json_atomic(path, data):
+    """Replace ``path`` by ``data`` at once (temp file, fsync, rename), with the permissions a
+    plain ``open(path, "w")`` would give (the umask), as the suites' own files have."""
+    directory = os.path.dirname(os.path.abspath(path))
+    _make_directory(directory, path)
+    if os.path.isdir(path):
+        raise FileError(f"{path} is a directory", hint="give a file path (e.g. .../sensitivities.json)")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=".tmp", dir=directory)
+    except OSError as exc:
+        raise FileError(f"cannot write {path}: {exc.strerror}", hint="choose a writable folder") from None
+    try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600
         with os.fdopen(fd, "w") as f:
             json.dump(data, f, indent=1, sort_keys=False)
             f.flush()
@@ -79,6 +121,88 @@ def write_json_atomic(path, data):
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def _is_pickle(raw):
+    if raw[:1] == b"\x80":  # pickle protocol 2 and later
+        return True
+    try:  # protocols 0 and 1: does the safe unpickler read it?
+        from slim_plugins.plugins.prune.legacy import loads_legacy
+
+        loads_legacy(raw)
+        return True
+    except Exception:
+        return False
+
+
+def read_json(path, what, error=SensitivityFileError, plugin="prune", fix="point to the right file"):
+    """The JSON document in ``path``; every reason it cannot be read is ``error`` naming the file
+    and the fix (a PaddleSlim pickle: convert it with ``slim-plugins sens import``)."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except IsADirectoryError:
+        raise error(f"{path} is a directory, not {what}", plugin=plugin, hint=fix) from None
+    except OSError as exc:
+        raise error(f"cannot read {what} {path}: {exc.strerror}", plugin=plugin, hint=fix) from None
+    problem = None
+    if raw[:1] != b"\x80":
+        try:
+            return json.loads(raw.decode("utf-8"))
+        except UnicodeDecodeError:
+            problem = "is not a text file"
+        except ValueError as exc:
+            problem = f"is not valid JSON ({exc})"
+    if _is_pickle(raw):
+        stem = os.path.splitext(path)[0]
+        raise error(f"{path} is a PaddleSlim/PaddleX pickle, not {what}", plugin=plugin,
+                    hint=f"use slim-plugins sens import {path} {stem}.json, then give the .json")
+    raise error(f"{path} {problem or 'is not valid JSON'}, so not {what}", plugin=plugin, hint=fix)
+
+
+_OPTIONAL_TEXT = (str, type(None))
+
+
+def _check_document(path, data):
+    """Refuse a document that is not a complete sensitivity file of a version this reads."""
+    fix = "delete it (or point prune.sen_file elsewhere) to start over"
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise SensitivityFileError(f"{path} is not a slim-plugins sensitivity file", plugin="prune",
+                                   hint="import PaddleSlim pickles with `slim-plugins sens import`")
+    expected = {"model_fingerprint": _OPTIONAL_TEXT, "weights_fingerprint": _OPTIONAL_TEXT,
+                "criterion": _OPTIONAL_TEXT, "metric": dict, "groups": dict}
+    missing = [k for k in ["version"] + list(expected) if k not in data]
+    if missing:
+        raise SensitivityFileError(f"{path} is incomplete: it has no {', '.join(missing)}", plugin="prune", hint=fix)
+    version = data["version"]
+    if version != VERSION:
+        newer = isinstance(version, int) and version > VERSION
+        raise SensitivityFileError(
+            f"{path} is sensitivity file version {version!r}; this slim-plugins reads version {VERSION}",
+            plugin="prune", hint="upgrade slim-plugins" if newer else fix)
+    for key, kind in expected.items():
+        if not isinstance(data[key], kind):
+            raise SensitivityFileError(f"{path}: {key} is {type(data[key]).__name__} {data[key]!r}",
+                                       plugin="prune", hint=fix)
+    baseline = data["metric"].get("baseline")
+    if baseline is not None and not isinstance(baseline, (int, float)):
+        raise SensitivityFileError(f"{path}: metric.baseline is {baseline!r}, not a number", plugin="prune", hint=fix)
+    for name, group in data["groups"].items():
+        ratios = group.get("ratios") if isinstance(group, dict) else None
+        if not isinstance(ratios, dict):
+            raise SensitivityFileError(f"{path}: group {name} has no ratios mapping", plugin="prune", hint=fix)
+        for ratio, entry in ratios.items():
+            try:
+                float(ratio)
+                ok = isinstance(entry, dict) and isinstance(entry.get("loss"), (int, float))
+            except ValueError:
+                ok = False
+            if not ok:
+                raise SensitivityFileError(f"{path}: group {name} ratio {ratio!r} has no numeric loss",
+                                           plugin="prune", hint=fix)
+
+
+_IDENTITY = ("model_fingerprint", "weights_fingerprint", "criterion")
 
 
 class SensitivityFile:
@@ -104,28 +228,38 @@ class SensitivityFile:
 
     @classmethod
     def load(cls, path):
-        try:
-            with open(path) as f:
-                data = json.load(f)
-        except json.JSONDecodeError as exc:
-            raise SensitivityFileError(f"{path} is not valid JSON ({exc})", plugin="prune",
-                                       hint="delete it or point prune.sen_file elsewhere") from None
-        if not isinstance(data, dict) or data.get("format") != FORMAT:
-            raise SensitivityFileError(
-                f"{path} is not a slim-plugins sensitivity file", plugin="prune",
-                hint="import PaddleSlim pickles with `slim-plugins sens import`")
+        data = read_json(path, "a sensitivity file", fix="delete it or point prune.sen_file elsewhere")
+        _check_document(path, data)
         return cls(path, data)
 
     @classmethod
     def open(cls, path, *, model_fingerprint, weights, metric, criterion, max_batches):
-        """Load ``path`` if it exists and belongs to this model/metric/criterion, else start one."""
-        remove_stale_temporaries(path)
-        if not os.path.exists(path):
+        """Load ``path`` if it exists and belongs to this model/metric/criterion, else start one.
+
+        A file that names no model yet (imported from a PaddleSlim pickle) is bound to this one:
+        its fingerprints, metric and criterion are filled in and saved, so a later run on
+        another model or other weights is refused."""
+        with file_lock(path):
+            remove_stale_temporaries(path)
+            exists = os.path.exists(path)
+        if not exists:
             return cls.new(path, model_fingerprint=model_fingerprint, weights=weights, metric=metric,
                            criterion=criterion, max_batches=max_batches)
         found = cls.load(path)
         found.check(model_fingerprint=model_fingerprint, weights=weights, metric=metric,
                     criterion=criterion, max_batches=max_batches)
+        d = found.data
+        identity = {"model_fingerprint": model_fingerprint, "weights_fingerprint": weights, "criterion": criterion}
+        unbound = [k for k, v in identity.items() if d.get(k) is None] + (["metric"] if d["metric"].get("name") is None
+                                                                         else [])
+        if unbound:
+            for key in unbound:
+                if key == "metric":
+                    d["metric"].update(name=metric, max_batches=max_batches)
+                else:
+                    d[key] = identity[key]
+            d["bound"] = _now()
+            found.save()
         return found
 
     def check(self, *, model_fingerprint, weights, metric, criterion, max_batches):
@@ -211,8 +345,38 @@ class SensitivityFile:
                 groups[structured[name]] = entry
 
     def save(self):
-        self.data["updated"] = _now()
-        write_json_atomic(self.path, self.data)
+        """Write the records, after merging in those another process wrote to the same file
+        (under the file's lock, so neither loses records or the other's temp file)."""
+        with file_lock(self.path):
+            if os.path.exists(self.path):
+                self._merge_from_disk()
+            self.data["updated"] = _now()
+            write_json_atomic(self.path, self.data)
+
+    def _merge_from_disk(self):
+        try:
+            disk = SensitivityFile.load(self.path).data
+        except SensitivityFileError:
+            return  # not ours (or broken): replaced, as a first save does
+        d = self.data
+        for key in _IDENTITY:
+            if disk.get(key) not in (None, d.get(key)) and d.get(key) is not None:
+                raise SensitivityFileError(
+                    f"another process wrote {self.path} for another model, weights or criterion meanwhile "
+                    f"({key} {disk.get(key)!r}, this run's {d.get(key)!r})", plugin="prune",
+                    hint="give each model its own prune.sen_file")
+        if d["metric"].get("baseline") is None and disk["metric"].get("baseline") is not None:
+            d["metric"]["baseline"] = disk["metric"]["baseline"]
+            d["metric"]["seconds"] = disk["metric"].get("seconds")
+        for name, group in disk["groups"].items():
+            if name not in d["groups"] and group.get("legacy_name"):
+                continue  # renamed to a structured name here (adopt_legacy_names)
+            mine = d["groups"].setdefault(name, {k: v for k, v in group.items() if k != "ratios"})
+            ratios = mine.setdefault("ratios", {})
+            for ratio, entry in group["ratios"].items():
+                ratios.setdefault(ratio, entry)
+            if group.get("failed") and not mine.get("failed"):
+                mine["failed"] = group["failed"]
 
 
 def _now():
