@@ -79,13 +79,14 @@ def test_hook_order_of_a_hapi_run(slim_session, hook_recorder, tmp_path):
     assert run.adapter == "builtin" and run.model is net
 
 
-def test_flops_target_from_a_yaml_plugin_config(tmp_path, python):
+def test_flops_target_from_a_yaml_plugin_config(tmp_path, python, trained):
     import json
 
     cfg = tmp_path / "slim.yml"
     cfg.write_text("plugins:\n  prune:\n    pruned_flops: 0.4\n    sen_ratios: [0.2, 0.4, 0.6, 0.8]\n"
                    f"    report: {tmp_path / 'report.json'}\n")
-    proc = python([SCRIPT, str(tmp_path), "--epochs", "1", "--plugin-config", str(cfg)], cwd=str(tmp_path))
+    proc = python([SCRIPT, str(tmp_path), "--epochs", "1", "--init", str(trained), "--plugin-config", str(cfg)],
+                  cwd=str(tmp_path))
     report = json.loads((tmp_path / "report.json").read_text())
     assert 1 - report["after"]["flops"] / report["before"]["flops"] >= 0.4
     assert report["metric_name"] == "acc" and "after_training" in report
