@@ -30,9 +30,9 @@ def check_trained(metric, baseline):
     if not metric.untrained(baseline):
         return
     chance = metric.chance or 0.0
-    level = f"at chance ({chance:.4g})" if chance > 0 else "0"
+    level = f", at chance ({chance:.4g})" if chance > 0 else ""
     raise OptionError(
-        f"the model's baseline {metric.name} is {baseline:.4g}, {level}: it looks untrained, and "
+        f"the model's baseline {metric.name} is {baseline:.4g}{level}: it looks untrained, and "
         "sensitivities measured on it are noise", plugin="prune",
         hint=(metric.weights_hint or "load trained weights before the training starts")
         + "; or prune with fixed --prune.ratios")
