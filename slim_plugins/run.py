@@ -1,4 +1,5 @@
 """Typed state shared by adapters and plugins."""
+import itertools
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Optional
 
@@ -9,14 +10,70 @@ class Metric:
 
     :ivar name: what the number is (``acc``, ``bbox mAP``, ``hmean``).
     :ivar evaluate: ``evaluate(max_batches=None) -> float``, higher is better; ``max_batches``
-        limits the evaluation to the first N batches of the eval data.
+        limits the evaluation to the first N batches of the eval data. Every call must score the
+        same batches (iterate the eval data from its start: :class:`EvalBatches`), and a call
+        that saw no batch must raise :class:`~slim_plugins.errors.AdapterError`.
+    :ivar chance: the metric of a model that learned nothing, on a 0..1 scale (``1/classes`` for
+        a classifier's accuracy, 0 for mAP or hmean), or None when unknown. A metric-driven
+        analysis refuses a baseline of 0, and one within 5% of the way from a positive ``chance``
+        to 1.
+    :ivar weights_hint: how a user of this suite loads trained weights, for that refusal
+        (``-o pretrain_weights=PATH``).
     """
 
     name: str
     evaluate: Callable[..., float]
+    chance: Optional[float] = 0.0
+    weights_hint: str = ""
 
     def __call__(self, max_batches=None):
         return float(self.evaluate(max_batches=max_batches))
+
+    def untrained(self, value):
+        """Is ``value`` what a model that learned nothing scores? (0 always is: every relative
+        loss against it is 0.)"""
+        if value == 0:
+            return True
+        if not self.chance:
+            return False
+        return value <= self.chance + 0.05 * (1 - self.chance)
+
+
+class EvalBatches:
+    """The first ``limit`` batches of ``source``, from its start at every iteration, counted.
+
+    ``source`` must give a fresh iterator at each ``iter()`` (a ``paddle.io.DataLoader`` does; a
+    ppdet reader, which returns itself, does not: pass its ``.dataloader``). Iterating stops
+    after ``limit`` batches without leaving the source part-way for the next evaluation.
+    """
+
+    def __init__(self, source, limit=None, what="the eval data"):
+        self.source, self.limit, self.what = source, limit, what
+        self.seen = 0
+        self.dataset = getattr(source, "dataset", None)
+
+    def __len__(self):
+        n = len(self.source)
+        return min(n, int(self.limit)) if self.limit else n
+
+    def __iter__(self):
+        self.seen = 0
+        batches = iter(self.source)
+        if self.limit:
+            batches = itertools.islice(batches, int(self.limit))
+        for batch in batches:
+            self.seen += 1
+            yield batch
+
+    def check(self):
+        """Raise unless the last iteration saw a batch: a metric of nothing is no measurement."""
+        if self.seen == 0:
+            from slim_plugins.errors import AdapterError
+
+            raise AdapterError(f"an evaluation saw no batch of {self.what}", plugin="prune",
+                               hint="check that the eval dataset is not empty (its file list and "
+                                    "image paths) and that prune.sen_batches is at least 1")
+        return self.seen
 
 
 @dataclass

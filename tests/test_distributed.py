@@ -13,8 +13,11 @@ SCRIPT = os.path.join(SCRIPTS, "hapi_digits.py")
 
 
 def test_launch_two_ranks_shard_analysis_and_train_the_same_pruned_model(tmp_path):
+    subprocess.run([sys.executable, SCRIPT, str(tmp_path / "base"), "--epochs", "2"], cwd=str(tmp_path),
+                   env=clean_env(), check=True, capture_output=True, timeout=600)  # weights worth analysing
     cmd = [sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", "2", "--log_dir", "logs",
-           SCRIPT, str(tmp_path / "out"), "--epochs", "1", "--plugin", "prune",
+           SCRIPT, str(tmp_path / "out"), "--epochs", "1", "--init", str(tmp_path / "base" / "final"),
+           "--plugin", "prune",
            "--prune.eval_metric_loss", "0.05", "--prune.sen_ratios", "0.3,0.6"]
     proc = subprocess.run(cmd, cwd=str(tmp_path), env=clean_env(), capture_output=True, text=True, timeout=600)
     logs = {r: (tmp_path / "logs" / f"workerlog.{r}").read_text() for r in range(2)}

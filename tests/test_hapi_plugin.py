@@ -1,4 +1,5 @@
 """An unchanged hapi training script, run with and without `--plugin prune` (issue: core)."""
+import json
 import os
 
 import numpy as np
@@ -95,13 +96,14 @@ def test_hook_order_of_a_hapi_run(slim_session, hook_recorder, tmp_path):
     assert run.adapter == "builtin" and run.model is net
 
 
-def test_flops_target_from_a_yaml_plugin_config(tmp_path, python):
+def test_flops_target_from_a_yaml_plugin_config(tmp_path, python, trained):
     import json
 
     cfg = tmp_path / "slim.yml"
     cfg.write_text("plugins:\n  prune:\n    pruned_flops: 0.4\n    sen_ratios: [0.2, 0.4, 0.6, 0.8]\n"
                    f"    report: {tmp_path / 'report.json'}\n")
-    proc = python([SCRIPT, str(tmp_path), "--epochs", "1", "--plugin-config", str(cfg)], cwd=str(tmp_path))
+    proc = python([SCRIPT, str(tmp_path), "--epochs", "1", "--init", str(trained), "--plugin-config", str(cfg)],
+                  cwd=str(tmp_path))
     report = json.loads((tmp_path / "report.json").read_text())
     assert 1 - report["after"]["flops"] / report["before"]["flops"] >= 0.4
     assert report["metric_name"] == "acc" and "after_training" in report
@@ -269,3 +271,79 @@ def test_a_kill_right_after_the_weights_leaves_a_loadable_checkpoint(tmp_path, p
     assert list(paddle.load(str(tmp_path / "final.pdparams"))["0.weight"].shape) == [24, 1, 3, 3]
     loaded = python([SCRIPT, str(tmp_path), "--load"], cwd=str(tmp_path))
     assert last_json(loaded.stdout)["shapes"]["0.weight"] == [24, 1, 3, 3]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """The script's own model trained 2 epochs without the plugin: weights worth analysing."""
+    from conftest import run_python
+
+    out = tmp_path_factory.mktemp("trained")
+    run_python([SCRIPT, str(out), "--epochs", "2"], cwd=str(out))
+    return out / "final"
+
+
+def test_metric_scores_the_same_batches_every_time(tmp_path, python):
+    twice = os.path.join(SCRIPTS, "metric_twice.py")
+    result = last_json(python([twice, "2", SCRIPT, str(tmp_path), "--epochs", "1"], cwd=str(tmp_path)).stdout)
+    assert result["name"] == "acc" and result["chance"] == pytest.approx(0.1)
+    assert result["limited"][0] == result["limited"][1]
+    assert result["all"][0] == result["all"][1]
+
+
+def test_an_evaluation_that_sees_no_batch_is_an_error(slim_session, tmp_path, capsys):
+    import paddle.nn as nn
+    from paddle.static import InputSpec
+
+    net = nn.Sequential(nn.Conv2D(1, 4, 3), nn.Flatten(), nn.Linear(4 * 6 * 6, 2))
+    model = paddle.Model(net, inputs=[InputSpec([None, 1, 8, 8], "float32", "x")],
+                         labels=[InputSpec([None, 1], "int64", "y")])
+    model.prepare(paddle.optimizer.SGD(parameters=net.parameters()), nn.CrossEntropyLoss(), paddle.metric.Accuracy())
+    data = paddle.io.TensorDataset([paddle.rand([4, 1, 8, 8]), paddle.zeros([4, 1], dtype="int64")])
+    empty = paddle.io.TensorDataset([paddle.zeros([0, 1, 8, 8]), paddle.zeros([0, 1], dtype="int64")])
+    slim_session.enable("prune", {"eval_metric_loss": 0.1, "sen_ratios": "0.5",
+                                  "sen_file": str(tmp_path / "sens.json")})
+    with pytest.raises(SystemExit) as stop:
+        model.fit(data, empty, batch_size=2, epochs=1, verbose=0, save_dir=str(tmp_path))
+    assert stop.value.code == 2
+    assert "an evaluation saw no batch of the eval_data given to fit" in capsys.readouterr().err
+    assert not (tmp_path / "sens.json").exists()  # nothing recorded
+
+
+def test_sensitivity_workers_finish_and_equal_one_process(tmp_path, trained, python):
+    args = [SCRIPT, "--epochs", "1", "--init", str(trained), "--plugin", "prune", "--prune.action", "analyze",
+            "--prune.eval_metric_loss", "0.05", "--prune.sen_ratios", "0.3,0.6", "--prune.sen_batches", "3",
+            "--prune.plot", "false"]
+    files = {}
+    for workers in (1, 2, 3):
+        out = tmp_path / f"w{workers}"
+        proc = python([args[0], str(out)] + args[1:] + ["--prune.sen_workers", str(workers),
+                                                         "--prune.sen_file", str(out / "sens.json")],
+                      cwd=str(tmp_path), timeout=300)
+        assert "analysis done" in proc.stderr
+        files[workers] = json.loads((out / "sens.json").read_text())
+    records = {w: {g: v["ratios"] for g, v in f["groups"].items()} for w, f in files.items()}
+    strip = {w: {g: {r: e["metric"] for r, e in rs.items()} for g, rs in recs.items()} for w, recs in records.items()}
+    assert strip[1] and strip[1] == strip[2] == strip[3]
+
+
+def test_untrained_model_is_refused_before_the_analysis_but_fixed_ratios_prune(tmp_path, python):
+    import subprocess
+    import sys
+
+    from conftest import clean_env
+
+    proc = subprocess.run([sys.executable, SCRIPT, str(tmp_path), "--epochs", "1", "--plugin", "prune",
+                           "--prune.eval_metric_loss", "0.05", "--prune.sen_ratios", "0.3,0.6"],
+                          cwd=str(tmp_path), env=clean_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    error = [line for line in proc.stderr.splitlines() if line.startswith("slim-plugins: error:")]
+    assert len(error) == 1 and "looks untrained" in error[0] and "at chance (0.1)" in error[0]
+    assert "hint: load trained weights with paddle.Model.load before fit" in proc.stderr
+    assert "Traceback" not in proc.stderr and "ETA" not in proc.stderr  # no sensitivity evaluation ran
+    assert not (tmp_path / "output" / "sensitivities.json").exists()
+    assert not (tmp_path / "final.pdparams").exists()
+    # fixed ratios need no metric: the same untrained model is pruned
+    proc = python([SCRIPT, str(tmp_path / "fixed"), "--epochs", "1", "--plugin", "prune",
+                   "--prune.ratios", "0.weight=0.5"], cwd=str(tmp_path))
+    assert last_json(proc.stdout)["shapes"]["0.weight"] == [16, 1, 3, 3]

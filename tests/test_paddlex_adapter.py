@@ -248,3 +248,27 @@ def test_sensitivities_file_default_is_refused_with_a_hint(slim_session, shapes_
     model = pdx.cls.MobileNetV2(num_classes=3)
     with pytest.raises(AdapterError, match="DEFAULT"):
         model.train(num_epochs=1, train_dataset=None, sensitivities_file="DEFAULT", eval_metric_loss=0.05)
+
+
+@needs_paddlex
+def test_metric_scores_the_same_samples_every_time(shapes_set, baseline, tmp_path):
+    weights = baseline[0] / "best_model" / "model.pdparams"
+    proc = run_python([os.path.join(SCRIPTS, "metric_twice.py"), "1", SCRIPT, shapes_set, str(tmp_path / "out"),
+                       "--epochs", "1", "--pretrain", str(weights)], cwd=str(tmp_path))
+    result = last_json(proc.stdout)
+    assert result["name"] == "acc1" and result["chance"] == pytest.approx(1 / 3)
+    assert result["limited"][0] == result["limited"][1] and result["all"][0] == result["all"][1]
+
+
+@needs_paddlex
+def test_sensitivity_workers_finish_and_equal_one_process(shapes_set, baseline, tmp_path):
+    weights = baseline[0] / "best_model" / "model.pdparams"
+    records = []
+    for workers in (1, 2):
+        out = tmp_path / f"w{workers}"
+        run_python([SCRIPT, shapes_set, str(out), "--epochs", "1", "--pretrain", str(weights), "--plugin", "prune",
+                    "--prune.action", "analyze", "--prune.sen_ratios", "0.3", "--prune.sen_workers", str(workers),
+                    "--prune.sen_file", str(out / "sens.json")], cwd=str(tmp_path), timeout=400)
+        data = json.loads((out / "sens.json").read_text())
+        records.append({g: {r: e["metric"] for r, e in v["ratios"].items()} for g, v in data["groups"].items()})
+    assert records[0] and records[0] == records[1]

@@ -246,6 +246,78 @@ def test_launch_two_ranks_shard_the_analysis_and_train_the_same_plan(work, basel
     assert all(saved[name] == shape == shapes[0][name] for name, shape in plan["shapes"].items())
 
 
+# -------------------------------------------------------------------------------- VOC, evaluation
+VOC_DATASET = """{split}Dataset:
+  name: VOCDataSet
+  dataset_dir: data/shapes
+  image_dir: .
+  anno_path: voc/{anno}.txt
+  label_list: voc/label_list.txt
+  data_fields: ['image', 'gt_bbox', 'gt_class', 'difficult']
+"""
+
+
+@pytest.fixture(scope="module")
+def voc(work):
+    """The PicoDet config on the same shapes in Pascal VOC format, scored by ppdet's VOC mAP: its
+    eval set is not trimmed for ``sen_batches`` as a COCO one is."""
+    text = open(config(PICO)).read().replace("metric: COCO", "metric: VOC\nmap_type: 11point")
+    text = re.sub(r"TrainDataset:\n(  .*\n)+", VOC_DATASET.format(split="Train", anno="train"), text)
+    text = re.sub(r"EvalDataset:\n(  .*\n)+", VOC_DATASET.format(split="Eval", anno="val"), text)
+    path = work / "picodet_s_shapes_voc.yml"
+    path.write_text(text)
+    return str(path)
+
+
+@needs_ppdet
+def test_metric_scores_the_same_batches_every_time(work, baseline, voc):
+    proc = subprocess.run([sys.executable, os.path.join(SCRIPTS, "metric_twice.py"), "2", TOOLS, "train", "-c", voc,
+                           "-o", "save_dir=twice", f"pretrain_weights={baseline}"],
+                          cwd=str(work), env=clean_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = last_json(proc.stdout)
+    assert result["name"] == "VOC bbox mAP (%)" and result["all"][0] > 0
+    assert result["limited"][0] == result["limited"][1]  # ppdet's reader kept its place: it did not
+    assert result["all"][0] == result["all"][1]
+
+
+def sensitivity_records(path):
+    data = json.loads(path.read_text())
+    return data["metric"]["baseline"], {g: ({r: e["metric"] for r, e in v["ratios"].items()}, v.get("failed"))
+                                        for g, v in data["groups"].items()}
+
+
+@needs_ppdet
+def test_one_process_two_workers_and_two_ranks_give_identical_sensitivities(work, baseline, voc):
+    analyse = ["train", "-c", voc, "-o", f"pretrain_weights={baseline}", "--plugin", "prune", "--prune.action",
+               "analyze", "--prune.sen_ratios", "0.5", "--prune.sen_batches", "2"]
+    tools(analyse[:4] + ["save_dir=sens_one"] + analyse[4:], work)
+    tools(analyse[:4] + ["save_dir=sens_workers"] + analyse[4:] + ["--prune.sen_workers", "2"], work, timeout=300)
+    cmd = [sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", "2", "--log_dir", "sens_logs",
+           TOOLS] + analyse[:4] + ["save_dir=sens_ranks"] + analyse[4:]
+    proc = subprocess.run(cmd, cwd=str(work), env=clean_env(), capture_output=True, text=True, timeout=420)
+    assert proc.returncode == 0, proc.stderr[-2000:] + (work / "sens_logs" / "workerlog.0").read_text()[-3000:]
+    name = os.path.splitext(os.path.basename(voc))[0]
+    one, workers, ranks = (sensitivity_records(work / d / name / "sensitivities.json")
+                           for d in ("sens_one", "sens_workers", "sens_ranks"))
+    assert one[0] > 0 and len(one[1]) > 30
+    assert one == workers == ranks
+
+
+@needs_ppdet
+def test_best_model_written_as_develop_does_finds_its_plan(work, baseline):
+    """PaddleDetection develop with --eval also writes best_model/model.pdparams: eval of it."""
+    tools(["train", "-c", config(PICO), "-o", "epoch=1", "save_dir=best", f"pretrain_weights={baseline}", "--eval",
+           "--plugin", "prune", "--prune.ratios", "backbone.blocks5.2.pw_conv.conv.weight=0.5"], work)
+    out = work / "best" / PICO
+    assert (out / "best_model" / "model.pdparams").exists()
+    for weights in (out / "best_model", out / "best_model" / "model", out / "model_final"):
+        assert (weights.parent / (weights.name + ".prune.json")).exists(), weights
+        proc = tools(["eval", "-c", config(PICO), "-o", f"weights={weights}"], work)
+        assert "rebuilt pruned shapes" in proc.stderr
+        assert last_json(proc.stdout)["shapes"]["backbone.blocks5.2.pw_conv.conv.weight"][0] == 96
+
+
 # -------------------------------------------------------------------------------- YOLOv3
 @needs_ppdet
 def test_yolov3_yaml_section_with_ppdet_overrides_and_no_plugin_option(work):

@@ -318,6 +318,28 @@ def test_db_sensitivities_use_hmean_and_the_plan_lowers_flops(det_pruned):
         assert list(saved[name].shape) == shape
 
 
+def test_metric_scores_the_same_batches_every_time(work, det_base):
+    """Even with a shuffling Eval loader, the first 2 batches are the same 2 every time."""
+    proc = run_python([os.path.join(SCRIPTS, "metric_twice.py"), "2", tool("train.py"), "-c", "det.yml", "-o",
+                       f"Global.pretrained_model={det_base}", "Eval.loader.shuffle=True"], cwd=str(work))
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["name"] == "hmean" and result["all"][0] > 0
+    assert result["limited"][0] == result["limited"][1] and result["all"][0] == result["all"][1]
+
+
+def test_sensitivity_workers_finish_and_equal_one_process(work, det_base):
+    records = []
+    for workers in (1, 2):
+        run_tool("train.py", "det.yml", [f"Global.pretrained_model={det_base}", f"Global.save_model_dir=./det_w{workers}"],
+                 cwd=str(work), extra=["--plugin", "prune", "--prune.action", "analyze", "--prune.sen_ratios", "0.3",
+                                       "--prune.sen_batches", "2", "--prune.skip", "head.*",
+                                       "--prune.sen_workers", str(workers)])
+        with open(work / f"det_w{workers}" / "sensitivities.json") as f:
+            data = json.load(f)
+        records.append({g: {r: e["metric"] for r, e in v["ratios"].items()} for g, v in data["groups"].items()})
+    assert records[0] and records[0] == records[1]
+
+
 def test_db_eval_in_a_fresh_process_equals_the_end_of_training(work, det_pruned):
     out, _ = det_pruned
     proc = run_tool("eval.py", "det.yml", [f"Global.checkpoints={out / 'latest'}"], cwd=str(work))

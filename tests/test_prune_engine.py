@@ -472,3 +472,38 @@ def test_untraceable_post_processing_excludes_only_what_reaches_it():
     assert "forward" not in model.post.__dict__  # the stand-in is gone
     pm.prune({"body.weight": 0.5}, check_inputs=[paddle.zeros(SHAPE)])
     assert list(model.head.weight.shape) == [4, 4, 1, 1]
+@pytest.mark.parametrize("failure", ["dies", "stalls"])
+def test_a_worker_that_dies_or_stalls_ends_the_analysis_naming_it(tmp_path, failure):
+    import time
+
+    from slim_plugins.errors import SlimPluginsError
+    from slim_plugins.plugins.prune.sensitivity import analyze_parallel
+
+    net = make_net()
+    parent = os.getpid()
+    pm = PrunableModel(net, SHAPE)
+    groups = list(pm.groups)
+
+    def evaluate(max_batches=None):
+        if os.getpid() != parent and pm.groups[groups[1]].channels != _channels(net, groups[1]):
+            if failure == "dies":
+                os._exit(3)
+            time.sleep(600)
+        return 1.0
+
+    path = tmp_path / "sens.json"
+    start = time.monotonic()
+    with pytest.raises(SlimPluginsError) as err:
+        analyze_parallel(pm, Metric("agree", evaluate), sens_file(path, net), groups=groups[:2], ratios=[0.5],
+                         workers=2, show_progress=False, stall_timeout=3)
+    assert time.monotonic() - start < 60
+    message = str(err.value)
+    assert f"at group {groups[1]} ratio 0.5" in message and "sensitivity worker 1" in message
+    assert ("exited (3)" if failure == "dies" else "sent nothing for 3 s: stalled") in message
+    assert "run again to resume" in message
+    assert groups[1] not in json.loads(path.read_text())["groups"] or \
+        not json.loads(path.read_text())["groups"][groups[1]]["ratios"]
+
+
+def _channels(net, group):
+    return dict(net.named_parameters())[group].shape[0]

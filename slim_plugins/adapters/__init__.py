@@ -3,7 +3,43 @@
 Subclass :class:`Adapter`, override what your suite can give, patch the suite's entry points in
 :meth:`Adapter.install`, and register an instance from a ``slim_register_adapters`` hook.
 """
+import contextlib
+import sys
+
 from slim_plugins.hooks import hookimpl
+
+
+@contextlib.contextmanager
+def user_errors():
+    """A slim-plugins user error inside a suite's entry point: its message and exit 2, no
+    traceback through the suite and pluggy."""
+    from slim_plugins.errors import SlimPluginsError
+
+    try:
+        yield
+    except SlimPluginsError as exc:
+        sys.stderr.write(f"slim-plugins: error: {exc}\n")
+        sys.stderr.flush()
+        raise SystemExit(2) from None
+
+
+def fixed_order_loader(loader):
+    """``loader`` (a ``paddle.io.DataLoader``) or, when it shuffles or is distributed, a copy over
+    its whole dataset in a fixed order: every evaluation, on every rank, sees the same batches."""
+    import paddle
+
+    sampler = getattr(loader, "batch_sampler", None)
+    if sampler is None or not isinstance(loader, paddle.io.DataLoader):  # iterable data: its own order
+        return loader
+    shuffled = (getattr(sampler, "shuffle", False) or isinstance(sampler, paddle.io.DistributedBatchSampler)
+                or isinstance(getattr(sampler, "sampler", None), paddle.io.RandomSampler))
+    if not shuffled:
+        return loader
+    return paddle.io.DataLoader(loader.dataset, batch_size=sampler.batch_size, shuffle=False,
+                                drop_last=getattr(sampler, "drop_last", False),
+                                collate_fn=getattr(loader, "collate_fn", None),
+                                num_workers=getattr(loader, "num_workers", 0),
+                                return_list=getattr(loader, "return_list", True))
 
 
 class Adapter:

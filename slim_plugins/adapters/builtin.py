@@ -8,9 +8,9 @@ evaluated with ``Model.evaluate`` on the ``eval_data`` given to ``fit``.
 import functools
 import inspect
 
-from slim_plugins.adapters import Adapter
+from slim_plugins.adapters import Adapter, fixed_order_loader, user_errors
 from slim_plugins.hooks import hookimpl
-from slim_plugins.run import Metric
+from slim_plugins.run import EvalBatches, Metric
 
 
 
@@ -43,7 +43,8 @@ class HapiAdapter(Adapter):
             if not run.state.get("before_train_fired"):
                 run.state["before_train_fired"] = True
                 shapes = _shapes(model_self.network)
-                adapter.fire(run, "slim_before_train")
+                with user_errors():
+                    adapter.fire(run, "slim_before_train")
                 if shapes != _shapes(model_self.network):
                     _rewrap_data_parallel(model_self)
             result = fit(model_self, *args, **kwargs)
@@ -95,29 +96,34 @@ class HapiAdapter(Adapter):
             return None
         name = metrics[0].name()
         name = name[0] if isinstance(name, (list, tuple)) else name
-        batch_size = args.get("batch_size", 1)
-        num_workers = args.get("num_workers", 0)
+        from paddle.io import DataLoader
+
+        loader = eval_data
+        if not isinstance(loader, DataLoader):
+            loader = DataLoader(eval_data, batch_size=args.get("batch_size", 1), shuffle=False,
+                                num_workers=args.get("num_workers", 0))
+        loader = fixed_order_loader(loader)
 
         def evaluate(max_batches=None):
             # A local evaluation on this rank's process: hapi would all_gather the outputs of
             # every rank, but ranks analyse different groups (and a worker is a forked child).
-            import paddle
-
-            loader = eval_data
-            if not isinstance(loader, paddle.io.DataLoader):
-                loader = paddle.io.DataLoader(eval_data, batch_size=batch_size, shuffle=False,
-                                              num_workers=num_workers)
+            batches = EvalBatches(loader, max_batches, "the eval_data given to fit")
             engine = hapi._adapter
             nranks = getattr(engine, "_nranks", 1)
             engine._nranks = 1
             try:
-                result = hapi.evaluate(loader, verbose=0, num_iters=max_batches)
+                result = hapi.evaluate(batches, verbose=0)
+            except Exception:
+                batches.check()  # hapi fails on no batch with a KeyError: say what happened
+                raise
             finally:
                 engine._nranks = nranks
+            batches.check()
             value = result[name]
             return float(value[0] if isinstance(value, (list, tuple)) else value)
 
-        return Metric(name, evaluate)
+        return Metric(name, evaluate, chance=_chance(run, metrics[0]),
+                      weights_hint="load trained weights with paddle.Model.load before fit")
 
     def input_spec(self, run):
         return getattr(run.handle, "_inputs", None) or None
@@ -139,6 +145,28 @@ def _missing_plan_error(path, exc):
         f"{path}: {exc} and there is no pruning plan {plan_path(path)}", plugin="builtin",
         hint=f"a checkpoint pruned by slim-plugins loads with the plan saved beside it: put it at {plan_path(path)} "
              "(and do not block the prune plugin); otherwise build the network the checkpoint was trained with")
+def _chance(run, metric):
+    """``k / classes`` for a top-k ``paddle.metric.Accuracy`` (classes: the width of the network's
+    output on a dummy input), 0 for other metrics, None when the width cannot be found."""
+    import paddle
+
+    if not isinstance(metric, paddle.metric.Accuracy):
+        return 0.0
+    network = run.handle.network
+    was_training = network.training
+    try:
+        inputs = run.forward_inputs(1)
+        network.eval()
+        with paddle.no_grad():
+            out = network(*inputs)
+        out = out[0] if isinstance(out, (list, tuple)) else out
+        classes = int(out.shape[-1])
+    except Exception:
+        return None
+    finally:
+        if was_training:
+            network.train()
+    return min(1.0, metric.topk[0] / classes) if classes > 1 else None
 
 
 def _shapes(network):

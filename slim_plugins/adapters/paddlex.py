@@ -274,13 +274,24 @@ class PaddleXAdapter(Adapter):
             name = "bbox_map" if "VOC" in type(dataset).__name__ else "bbox_mmap"
 
         def evaluate(max_batches=None):
-            data = dataset
+            import copy
+
+            data = copy.copy(dataset)  # every evaluation the same samples in the same order
+            data.shuffle = False
             if max_batches and not detector:  # detector metrics hold per-dataset ground truth
-                data = _first_samples(dataset, max(batch_size, max_batches * batch_size))
+                data = _first_samples(data, max(batch_size, max_batches * batch_size))
+            if not data.num_samples:
+                raise AdapterError(f"an evaluation saw no sample of the eval_dataset ({type(dataset).__name__})",
+                                   plugin="paddlex", hint="check the eval dataset's file list and image paths")
             result = model.evaluate(data, batch_size=batch_size)
             return float(next(iter(result.values())))
 
-        return Metric(name, evaluate)
+        chance = 0.0
+        if model.model_type == "classifier":
+            classes = getattr(model, "num_classes", None) or len(getattr(dataset, "labels", []) or [])
+            chance = 1.0 / classes if classes and classes > 1 else None
+        return Metric(name, evaluate, chance=chance,
+                      weights_hint="load trained weights: model.train(..., pretrain_weights=PATH/model.pdparams)")
 
     def input_spec(self, run):
         model = run.handle

@@ -30,10 +30,10 @@ import shutil
 import sys
 import tempfile
 
-from slim_plugins.adapters import Adapter
+from slim_plugins.adapters import Adapter, user_errors
 from slim_plugins.errors import AdapterError, OptionError, ShapeMismatchError, exception_line
 from slim_plugins.hooks import hookimpl
-from slim_plugins.run import Metric
+from slim_plugins.run import EvalBatches, Metric
 
 _MODES = {"train": "train", "eval": "eval", "test": "export"}
 DEFAULT_SIZE = 640  # input side when the config names none (ppdet's usual default)
@@ -76,7 +76,8 @@ class PPDetAdapter(Adapter):
                 was_training = model.training
                 model.eval()  # the train-mode forward of a detector needs ground truth
                 try:
-                    adapter.fire(run, "slim_before_train")
+                    with user_errors():
+                        adapter.fire(run, "slim_before_train")
                 finally:
                     if was_training:
                         model.train()
@@ -117,9 +118,19 @@ class PPDetAdapter(Adapter):
         @functools.wraps(save_model)
         def patched_save_model(model, optimizer, save_dir, save_name, *args, **kwargs):
             run = adapter.current_run
-            if run is not None:  # the plan before the weights (a kill between leaves no stale plan)
-                adapter.fire(run, "slim_on_checkpoint_save", path=os.path.join(save_dir, save_name))
-            return save_model(model, optimizer, save_dir, save_name, *args, **kwargs)
+            first = [os.path.join(save_dir, save_name)]
+            if save_name == "best_model":  # PaddleDetection develop also writes best_model/model.pdparams
+                first.append(os.path.join(save_dir, "best_model", "model"))
+            if run is not None:  # the plans before the weights (a kill between leaves no stale plan)
+                for path in first:
+                    adapter.fire(run, "slim_on_checkpoint_save", path=path)
+            before = _weights_files(save_dir)
+            result = save_model(model, optimizer, save_dir, save_name, *args, **kwargs)
+            if run is not None:  # any other weights file the call wrote gets its plan too
+                for path in sorted(p for p, stamp in _weights_files(save_dir).items()
+                                   if before.get(p) != stamp and os.path.normpath(p) not in {os.path.normpath(f) for f in first}):
+                    adapter.fire(run, "slim_on_checkpoint_save", path=path)
+            return result
 
         @functools.wraps(export)
         def patched_export(trainer, output_dir="output_inference", *args, **kwargs):
@@ -177,7 +188,8 @@ class PPDetAdapter(Adapter):
         def evaluate(max_batches=None):
             return _EvalData.of(run, max_batches).evaluate(run.handle.model)
 
-        return Metric(name, evaluate)
+        return Metric(name, evaluate, chance=0.0,
+                      weights_hint="load trained weights: -o pretrain_weights=PATH (or weights=PATH)")
 
     def forward_inputs(self, run, batch_size):
         import paddle
@@ -280,6 +292,27 @@ def _peek_slim_kind(text):
     _Loader.add_multi_constructor("!", lambda loader, suffix, node: None)
     data = yaml.load(text, Loader=_Loader) or {}
     return data.get("slim") if isinstance(data, dict) else None
+
+
+def _weights_files(save_dir):
+    """``{checkpoint prefix: (mtime, size)}`` of the .pdparams files in ``save_dir`` and its
+    direct subdirectories."""
+    found = {}
+    save_dir = str(save_dir)
+    if not os.path.isdir(save_dir):
+        return found
+    for entry in os.scandir(save_dir):
+        entries = [entry]
+        if entry.is_dir():
+            try:
+                entries = list(os.scandir(entry.path))
+            except OSError:
+                continue
+        for e in entries:
+            if e.is_file() and e.name.endswith(".pdparams"):
+                stat = e.stat()
+                found[e.path[: -len(".pdparams")]] = (stat.st_mtime_ns, stat.st_size)
+    return found
 
 
 # ---------------------------------------------------------------------- model helpers
@@ -447,7 +480,13 @@ class _EvalData:
         sampler = paddle.io.BatchSampler(dataset, batch_size=batch_size)
         if cfg.metric == "VOC":
             cfg["EvalReader"]["collate_batch"] = False
-        self.loader = create("EvalReader")(dataset, cfg.worker_num, batch_sampler=sampler)
+        reader = create("EvalReader")(dataset, cfg.worker_num, batch_sampler=sampler)
+        # ppdet's reader returns itself from iter() and keeps one iterator: an evaluation that
+        # stops after max_batches would leave the next one starting part-way. Iterate its
+        # DataLoader afresh each time instead, and drop the iterator the reader started (its
+        # reader thread must not outlive this process's forks).
+        self.loader = reader.dataloader
+        reader.loader = None
         # ppdet builds metrics from the config: swap ours in for the call, then restore
         saved_metrics, saved_ds = trainer._metrics, cfg.get("EvalDataset")
         had_output, saved_output = "output_eval" in cfg, cfg.get("output_eval")
@@ -492,12 +531,12 @@ class _EvalData:
         model.eval()
         try:
             with paddle.no_grad(), _quiet_ppdet():
-                for i, data in enumerate(self.loader):
-                    if self.max_batches and i >= self.max_batches:
-                        break
+                batches = EvalBatches(self.loader, self.max_batches, "ppdet's EvalDataset")
+                for data in batches:
                     outs = model(data)
                     for metric in self.metrics:
                         metric.update(data, outs)
+                batches.check()
                 for metric in self.metrics:
                     metric.accumulate()
                 results = self.metrics[0].get_results()

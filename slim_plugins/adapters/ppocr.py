@@ -19,17 +19,16 @@ watcher calls :meth:`PaddleOCRAdapter.install`), before any tool binds them:
 This module imports nothing from PaddleOCR (or Paddle) at import time.
 """
 import functools
-import itertools
 import os
 import sys
 import weakref
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from slim_plugins.adapters import Adapter
+from slim_plugins.adapters import Adapter, fixed_order_loader, user_errors as _user_errors
 from slim_plugins.errors import AdapterError, ShapeMismatchError, exception_line
 from slim_plugins.hooks import hookimpl
-from slim_plugins.run import Metric
+from slim_plugins.run import EvalBatches, Metric
 
 SAVE_LOAD = "ppocr.utils.save_load"
 EXPORT = "ppocr.utils.export_model"
@@ -60,19 +59,13 @@ class OcrJob:
     optimizer: Optional[Any] = None
 
 
-class _FirstBatches:
-    """The first ``n`` batches of a loader, for ``tools.program.eval`` (which uses ``len()``)."""
-
-    def __init__(self, loader, n):
-        self.loader = loader
-        self.n = min(int(n), len(loader))
-        self.dataset = getattr(loader, "dataset", None)
-
-    def __len__(self):
-        return self.n
-
-    def __iter__(self):
-        return itertools.islice(iter(self.loader), self.n)
+def _chance(config):
+    """A text-direction classifier's accuracy by chance (1 / labels); detection hmean and
+    recognition accuracy: 0."""
+    if config["Architecture"].get("model_type") != "cls":
+        return 0.0
+    labels = (config.get("PostProcess") or {}).get("label_list") or []
+    return 1.0 / len(labels) if len(labels) > 1 else None
 
 
 def _patches(original):
@@ -405,7 +398,7 @@ class PaddleOCRAdapter(Adapter):
 
                 program = importlib.import_module(PROGRAM)
             loader, post_process, eval_class = self._eval_objects(run)
-            data = _FirstBatches(loader, max_batches) if max_batches else loader
+            data = EvalBatches(fixed_order_loader(loader), max_batches, "the Eval dataset")
             model = run.handle.model
             was_training = model.training
             try:
@@ -413,9 +406,11 @@ class PaddleOCRAdapter(Adapter):
                                       arch.get("algorithm") in EXTRA_INPUT_ALGORITHMS)
             finally:  # program.eval always leaves the model in train mode
                 model.train() if was_training else model.eval()
+            data.check()
             return float(result[eval_class.main_indicator])
 
-        return Metric(name, evaluate)
+        return Metric(name, evaluate, chance=_chance(config),
+                      weights_hint="load trained weights: -o Global.pretrained_model=PATH")
 
 
 adapter = PaddleOCRAdapter()

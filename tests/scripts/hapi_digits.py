@@ -1,7 +1,7 @@
 """A plain hapi training script that knows nothing of slim-plugins (used by the tests).
 
-usage: hapi_digits.py OUT_DIR [--epochs N] [--finetune WEIGHTS] [--load [--export]]
-Trains a small CNN on scikit-learn's digits, saves OUT_DIR/final(.pdparams) and prints the
+usage: hapi_digits.py OUT_DIR [--epochs N] [--init WEIGHTS | --finetune WEIGHTS] [--load [--export]]
+Trains a small CNN (from WEIGHTS, loaded with ``Model.load`` before ``fit``, if given) on scikit-learn's digits, saves OUT_DIR/final(.pdparams) and prints the
 accuracy and the parameter shapes as JSON on its last line.
 """
 import argparse
@@ -37,6 +37,7 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("out")
     parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--init", help="trained weights to load before fit (fine-tuning)")
     parser.add_argument("--load", action="store_true", help="evaluate OUT/final instead of training")
     parser.add_argument("--export", action="store_true", help="with --load: also save an inference model")
     parser.add_argument("--finetune", help="load these weights and optimizer state, then train (fine-tune)")
@@ -52,6 +53,8 @@ def main():
         if args.export:
             model.save(f"{args.out}/inference", training=False)
     else:
+        if args.init:
+            model.load(args.init, reset_optimizer=True)
         if args.finetune:
             model.load(args.finetune)  # optimizer state too: applied at the first step
         model.fit(train, test, batch_size=64, epochs=args.epochs, verbose=0)

@@ -1,5 +1,6 @@
 """PaddleDetection's tools/train.py, eval.py and export_model.py in one script (the paddledet
-wheel ships no tools/): the same calls in the same order, knowing nothing of slim-plugins.
+wheel ships no tools/): the same calls in the same order, knowing nothing of slim-plugins; its
+checkpoints are saved as PaddleDetection develop saves them (best_model/model.pdparams too).
 
 usage: ppdet_tools.py train  -c CFG [-o k=v ...] [-r CKPT] [--eval] [--slim_config SLIM]
        ppdet_tools.py eval   -c CFG [-o weights=...] [--slim_config SLIM]
@@ -13,6 +14,32 @@ import warnings
 warnings.filterwarnings("ignore")  # as tools/train.py does
 
 import paddle  # noqa: E402
+
+
+def save_best_model_as_develop_does():
+    """PaddleDetection develop's ``ppdet.utils.checkpoint.save_model`` writes the best weights
+    twice, within the one call: ``best_model.pdparams`` and ``best_model/model.pdparams``; the
+    2.6.0 wheel writes the first only. Its ``paddle.save`` (looked up at call time) does both here."""
+    import os
+
+    from ppdet.utils import checkpoint
+
+    class DevelopPaddle:
+        def __getattr__(self, name):
+            return getattr(paddle, name)
+
+        @staticmethod
+        def save(obj, path, *args, **kwargs):
+            paddle.save(obj, path, *args, **kwargs)
+            if os.path.basename(path) == "best_model.pdparams":
+                folder = os.path.join(os.path.dirname(path), "best_model")
+                os.makedirs(folder, exist_ok=True)
+                paddle.save(obj, os.path.join(folder, "model.pdparams"), *args, **kwargs)
+
+    checkpoint.paddle = DevelopPaddle()
+
+
+save_best_model_as_develop_does()
 
 from ppdet.core.workspace import load_config, merge_config  # noqa: E402
 from ppdet.engine import Trainer, init_parallel_env  # noqa: E402

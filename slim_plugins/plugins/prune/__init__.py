@@ -35,6 +35,9 @@ OPTIONS = (
      "(default: eval_metric_loss when that is how ratios are chosen)"),
     ("sen_batches", optional(POSITIVE), None, "evaluate only the first N eval batches in the analysis"),
     ("sen_workers", POSITIVE, 1, "local worker processes for the analysis (forked; each takes whole groups)"),
+    ("sen_worker_timeout", optional(float), None,
+     "seconds a worker may spend on one evaluation before the analysis stops with an error naming it "
+     "(default: 20 baseline evaluations, at least 300)"),
     ("action", str, "prune", "prune (then train), show (print groups and exit) or analyze (exit after analysis)"),
     ("report", optional(str), None, "report JSON path (default: <save_dir>/prune_report.json)"),
     ("plot", to_bool, True, "write PNG plots next to the sensitivity file"),

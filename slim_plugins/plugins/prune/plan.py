@@ -19,7 +19,7 @@ from slim_plugins.plugins.prune.sensitivity import architecture_fingerprint, rea
 FORMAT = "slim-plugins/prune-plan"
 SUFFIX = ".prune.json"
 _ATTR = "_slim_prune_plan"
-_CHECKPOINT_EXTENSIONS = (".pdparams", ".pdopt", ".pdstates", ".states", ".pdmodel", ".json")
+_CHECKPOINT_EXTENSIONS = (".pdparams", ".pdopt", ".pdema", ".pdstates", ".states", ".pdmodel", ".json")
 
 
 @dataclass

@@ -14,7 +14,7 @@ import time
 
 import numpy as np
 
-from slim_plugins.errors import FileError, SensitivityFileError, exception_line
+from slim_plugins.errors import FileError, SensitivityFileError, SlimPluginsError, exception_line
 from slim_plugins.progress import Progress
 
 FORMAT = "slim-plugins/sensitivity"
@@ -415,26 +415,42 @@ def evaluate_group(prunable, metric, name, ratio, max_batches):
         start = time.perf_counter()
         value = metric(max_batches=max_batches)
         return value, time.perf_counter() - start
+    except SlimPluginsError:  # the evaluation itself is unusable (e.g. it saw no batch): not a record
+        raise
     except Exception as exc:
         raise GroupBreaksModel(exception_line(exc)) from exc
     finally:
         applied.restore()
 
 
+def _baseline(sfile, metric, max_batches, check_baseline):
+    """Evaluate the unpruned model unless ``sfile`` has its metric; ``check_baseline(value)`` may
+    refuse it (e.g. an untrained model) before it is written."""
+    if sfile.baseline is not None:
+        if check_baseline:
+            check_baseline(sfile.baseline)
+        return
+    start = time.perf_counter()
+    value = metric(max_batches=max_batches)
+    seconds = time.perf_counter() - start
+    if check_baseline:
+        check_baseline(value)
+    sfile.set_baseline(value, seconds)
+    sfile.save()
+
+
 def analyze(prunable, metric, sfile, *, groups, ratios=DEFAULT_RATIOS, cap=None, max_batches=None,
-            show_progress=True, on_record=None):
+            show_progress=True, on_record=None, check_baseline=None):
     """Fill ``sfile`` for ``groups`` x ``ratios``, one evaluation at a time, in this process.
 
     Ratios of a group above the first one whose loss exceeds ``cap`` are skipped.
+    ``check_baseline(value)`` may raise to refuse the unpruned model's metric before anything is
+    analysed or written.
     """
     for name in groups:
         g = prunable.groups[name]
         sfile.group(name, channels=g.channels, members=g.members)
-    if sfile.baseline is None:
-        start = time.perf_counter()
-        baseline = metric(max_batches=max_batches)
-        sfile.set_baseline(baseline, time.perf_counter() - start)
-        sfile.save()
+    _baseline(sfile, metric, max_batches, check_baseline)
     work = plan_work(sfile, groups, ratios, cap)
     progress = Progress(len(work), "sensitivity", enabled=show_progress)
     for name, ratio in work:
@@ -457,8 +473,30 @@ def analyze(prunable, metric, sfile, *, groups, ratios=DEFAULT_RATIOS, cap=None,
 
 
 # -------------------------------------------------------------------------------- in parallel
+STALL_FACTOR = 20  # default worker stall timeout: this many baseline evaluations ...
+MIN_STALL_SECONDS = 300  # ... and never less than this
+
+
+def _pin_inherited_loaders():
+    """Paddle DataLoader iterators this forked child inherited. Each holds a reader thread that
+    only exists in the parent; freeing one here (Paddle frees the previous iterator whenever a new
+    one is made) joins or closes that thread's queue forever. Keeping a reference to every
+    inherited iterator means the child never frees them: it ends with ``os._exit``."""
+    import gc
+
+    try:
+        from paddle.io.dataloader.dataloader_iter import _DataLoaderIterBase
+    except ImportError:
+        return []
+    return [o for o in gc.get_objects() if isinstance(o, _DataLoaderIterBase)]
+
+
 def _worker_loop(conn, prunable, metric, cap, max_batches, threads):
-    """Forked worker: evaluate the groups the parent sends, report each result."""
+    """Forked worker: evaluate the groups the parent sends, report each result.
+
+    Says which (group, ratio) it starts before each evaluation, so that the parent can name it
+    if this process dies or stalls; a slim-plugins error (e.g. an evaluation that saw no batch)
+    goes to the parent as it is, any other failure of the worker itself as one line."""
     import signal
 
     try:  # die with the parent (SIGKILL included) instead of computing for nobody
@@ -468,39 +506,72 @@ def _worker_loop(conn, prunable, metric, cap, max_batches, threads):
     except Exception:
         pass
     from slim_plugins import compat
+    from slim_plugins.errors import SlimPluginsError
 
+    pinned = _pin_inherited_loaders()  # noqa: F841  (kept alive until os._exit)
     if threads:
         compat.set_num_threads(threads)
     local = SensitivityFile(None, {"metric": {"baseline": None}, "groups": {}})
-    while True:
-        task = conn.recv()
-        if task is None:
-            break
-        name, ratios, baseline, done = task
-        local.data["metric"]["baseline"] = baseline
-        local.data["groups"][name] = {"ratios": done}
-        for ratio in ratios:
-            if _skipped(local, name, ratio, cap):
-                conn.send(("skip", name, ratio))
-                continue
-            try:
-                value, seconds = evaluate_group(prunable, metric, name, ratio, max_batches)
-            except GroupBreaksModel as exc:
-                local.record_failure(name, ratio, exc)
-                conn.send(("failed", name, ratio, str(exc)))
-                continue
-            local.record(name, ratio, value, seconds)
-            conn.send(("result", name, ratio, value, seconds))
-        conn.send(("done", name))
+    name = ratio = None
+    try:
+        while True:
+            task = conn.recv()
+            if task is None:
+                break
+            name, ratios, baseline, done = task
+            local.data["metric"]["baseline"] = baseline
+            local.data["groups"][name] = {"ratios": done}
+            for ratio in ratios:
+                if _skipped(local, name, ratio, cap):
+                    conn.send(("skip", name, ratio))
+                    continue
+                conn.send(("start", name, ratio))
+                try:
+                    value, seconds = evaluate_group(prunable, metric, name, ratio, max_batches)
+                except GroupBreaksModel as exc:
+                    local.record_failure(name, ratio, exc)
+                    conn.send(("failed", name, ratio, str(exc)))
+                    continue
+                local.record(name, ratio, value, seconds)
+                conn.send(("result", name, ratio, value, seconds))
+            conn.send(("done", name))
+    except SlimPluginsError as exc:
+        conn.send(("error", name, ratio, exc))
+    except Exception as exc:  # the worker itself broke: the parent names it and stops
+        conn.send(("crash", name, ratio, exception_line(exc)))
     conn.close()
 
 
+class _Worker:
+    """The parent's view of one worker: its process, pipe and the evaluation in flight."""
+
+    def __init__(self, index, proc, conn):
+        self.index, self.proc, self.conn = index, proc, conn
+        self.group = self.ratio = None
+        self.since = time.monotonic()
+
+    def describe(self):
+        where = f" at group {self.group} ratio {self.ratio:g}" if self.group is not None and self.ratio is not None \
+            else (f" on group {self.group}" if self.group is not None else "")
+        return f"sensitivity worker {self.index} (pid {self.proc.pid}){where}"
+
+
+def _worker_error(message):
+    from slim_plugins.errors import SlimPluginsError
+
+    return SlimPluginsError(message, plugin="prune",
+                            hint="the sensitivity file keeps every result so far: run again to resume, "
+                                 "or with --prune.sen_workers 1 to see the failure in this process")
+
+
 def analyze_parallel(prunable, metric, sfile, *, groups, ratios=DEFAULT_RATIOS, cap=None, max_batches=None,
-                     workers=2, show_progress=True, on_record=None):
+                     workers=2, show_progress=True, on_record=None, stall_timeout=None, check_baseline=None):
     """Like :func:`analyze`, with ``workers`` forked processes taking whole groups from a queue.
 
     Only this (parent) process writes the file. The workers inherit the model, the pruner and
-    the evaluation function by ``fork``, so any adapter's metric works unchanged.
+    the evaluation function by ``fork``, so any adapter's metric works unchanged. A worker that
+    dies, or sends nothing for ``stall_timeout`` seconds during one evaluation (default: 20
+    baseline evaluations, at least 5 minutes), ends the analysis with an error naming it.
     """
     import multiprocessing as mp
     from multiprocessing.connection import wait
@@ -508,10 +579,7 @@ def analyze_parallel(prunable, metric, sfile, *, groups, ratios=DEFAULT_RATIOS, 
     for name in groups:
         g = prunable.groups[name]
         sfile.group(name, channels=g.channels, members=g.members)
-    if sfile.baseline is None:
-        start = time.perf_counter()
-        sfile.set_baseline(metric(max_batches=max_batches), time.perf_counter() - start)
-        sfile.save()
+    _baseline(sfile, metric, max_batches, check_baseline)
     work = plan_work(sfile, groups, ratios, cap)
     queue = []
     for name, ratio in work:
@@ -522,38 +590,57 @@ def analyze_parallel(prunable, metric, sfile, *, groups, ratios=DEFAULT_RATIOS, 
     progress = Progress(len(work), f"sensitivity ({workers} workers)", enabled=show_progress)
     if not queue:
         return sfile
+    if stall_timeout is None:
+        stall_timeout = max(MIN_STALL_SECONDS, STALL_FACTOR * (sfile.data["metric"].get("seconds") or 0))
     ctx = mp.get_context("fork")
     threads = max(1, (os.cpu_count() or 1) // workers)
-    conns, procs = [], []
-    for _ in range(min(workers, len(queue))):
+    active = {}
+    for index in range(min(workers, len(queue))):
         parent_end, child_end = ctx.Pipe()
         proc = ctx.Process(target=_worker_loop, args=(child_end, prunable, metric, cap, max_batches, threads),
                            daemon=True)
         proc.start()
         child_end.close()
-        conns.append(parent_end)
-        procs.append(proc)
+        active[parent_end] = _Worker(index, proc, parent_end)
+    procs = [w.proc for w in active.values()]
 
-    def give(conn):
+    def give(worker):
+        worker.since = time.monotonic()
+        worker.ratio = None
         if queue:
             name, todo = queue.pop(0)
+            worker.group = name
             done = sfile.data["groups"].get(name, {}).get("ratios", {})
-            conn.send((name, todo, sfile.baseline, done))
+            worker.conn.send((name, todo, sfile.baseline, done))
         else:
-            conn.send(None)
-            conns.remove(conn)
+            worker.group = None
+            worker.conn.send(None)
+            del active[worker.conn]
 
+    finished = False
     try:
-        for conn in list(conns):
-            give(conn)
-        while conns:
-            for conn in wait(conns):
+        for worker in list(active.values()):
+            give(worker)
+        while active:
+            now = time.monotonic()
+            timeout = max(0.0, min(w.since + stall_timeout for w in active.values()) - now)
+            ready = wait(list(active), timeout=min(timeout, 5.0) if timeout > 0 else 0)
+            for worker in active.values():
+                if worker.conn not in ready and time.monotonic() - worker.since > stall_timeout:
+                    raise _worker_error(f"{worker.describe()} sent nothing for {stall_timeout:g} s: stalled")
+            for conn in ready:
+                worker = active[conn]
                 try:
                     msg = conn.recv()
                 except EOFError:
-                    raise RuntimeError("a sensitivity worker died; the file keeps every result so far, "
-                                       "run again to resume") from None
-                if msg[0] == "result":
+                    worker.proc.join(timeout=5)
+                    code = worker.proc.exitcode
+                    how = f"was killed by signal {-code}" if code is not None and code < 0 else f"exited ({code})"
+                    raise _worker_error(f"{worker.describe()} {how}") from None
+                worker.since = time.monotonic()
+                if msg[0] == "start":
+                    _, worker.group, worker.ratio = msg
+                elif msg[0] == "result":
                     _, name, ratio, value, seconds = msg
                     entry = sfile.record(name, ratio, value, seconds)
                     sfile.save()
@@ -567,13 +654,20 @@ def analyze_parallel(prunable, metric, sfile, *, groups, ratios=DEFAULT_RATIOS, 
                     progress.step(f"{name} @ {ratio:g}: breaks the model, group skipped ({error})")
                 elif msg[0] == "skip":
                     progress.skip()
+                elif msg[0] == "error":  # a slim-plugins error: the same one as in one process
+                    raise msg[3]
+                elif msg[0] == "crash":
+                    raise _worker_error(f"{worker.describe()} failed: {msg[3]}")
                 else:
-                    give(conn)
+                    give(worker)
+        finished = True
     finally:
-        for proc in procs:
-            proc.join(timeout=5)
+        for proc in procs:  # after an error, a worker may be stuck: do not wait for it
+            if proc.is_alive():
+                proc.join(timeout=5 if finished else 0)
             if proc.is_alive():
                 proc.kill()
+                proc.join(timeout=5)
     return sfile
 
 
@@ -584,7 +678,8 @@ def part_path(path, rank, world_size):
 
 
 def analyze_sharded(prunable, metric, path, identity, *, groups, rank, world_size, ratios=DEFAULT_RATIOS,
-                    cap=None, max_batches=None, workers=1, show_progress=True, poll=0.5, timeout=86400):
+                    cap=None, max_batches=None, workers=1, show_progress=True, poll=0.5, timeout=86400,
+                    check_baseline=None, stall_timeout=None):
     """Each rank analyses every ``world_size``-th group into its own part file; rank 0 merges
     the parts into ``path`` once all are complete, and every rank returns the merged file.
 
@@ -608,9 +703,9 @@ def analyze_sharded(prunable, metric, path, identity, *, groups, rank, world_siz
     if part.baseline is None and main.baseline is not None:
         part.set_baseline(main.baseline, main.data["metric"].get("seconds") or 0.0)
     run = analyze_parallel if workers > 1 else analyze
-    extra = {"workers": workers} if workers > 1 else {}
+    extra = {"workers": workers, "stall_timeout": stall_timeout} if workers > 1 else {}
     run(prunable, metric, part, groups=mine, ratios=ratios, cap=cap, max_batches=max_batches,
-        show_progress=show_progress, **extra)
+        show_progress=show_progress, check_baseline=check_baseline, **extra)
     part.data["complete"] = True
     part.save()
 

@@ -1,4 +1,5 @@
 """The prune workflow as one object, run from ``slim_before_train``."""
+import functools
 import os
 import sys
 import time
@@ -21,6 +22,20 @@ from slim_plugins.plugins.prune.sensitivity import (
 def log(message):
     sys.stderr.write(f"[slim-plugins prune] {message}\n")
     sys.stderr.flush()
+
+
+def check_trained(metric, baseline):
+    """Refuse a metric-driven analysis of a model that has learned nothing: every loss would be
+    noise around chance, and the ratios chosen from it arbitrary."""
+    if not metric.untrained(baseline):
+        return
+    chance = metric.chance or 0.0
+    level = f", at chance ({chance:.4g})" if chance > 0 else ""
+    raise OptionError(
+        f"the model's baseline {metric.name} is {baseline:.4g}{level}: it looks untrained, and "
+        "sensitivities measured on it are noise", plugin="prune",
+        hint=(metric.weights_hint or "load trained weights before the training starts")
+        + "; or prune with fixed --prune.ratios")
 
 
 def replay_for_checkpoint(run, path):
@@ -180,7 +195,9 @@ class PruneWorkflow:
                         weights=weights_fingerprint(self.model), metric=metric.name, criterion=cfg.criterion,
                         max_batches=cfg.sen_batches)
         rank, world_size = self.run.world
-        common = dict(groups=groups, ratios=cfg.sen_ratios, cap=cap, max_batches=cfg.sen_batches)
+        check = functools.partial(check_trained, metric)
+        common = dict(groups=groups, ratios=cfg.sen_ratios, cap=cap, max_batches=cfg.sen_batches,
+                      check_baseline=check)
         if cfg.sen_analyze:
             log(f"sensitivity analysis of {len(groups)} groups x {len(cfg.sen_ratios)} ratios -> {path}"
                 + (f" (rank {rank} of {world_size} analyses its share)" if world_size > 1 else "")
@@ -196,14 +213,18 @@ class PruneWorkflow:
                 "sensitivities there and stay unpruned")
         elif world_size > 1:
             sfile = analyze_sharded(prunable, metric, path, identity, rank=rank, world_size=world_size,
-                                    workers=cfg.sen_workers, show_progress=True, **common)
+                                    workers=cfg.sen_workers, stall_timeout=cfg.sen_worker_timeout,
+                                    show_progress=True, **common)
         else:
             sfile = SensitivityFile.open(path, **identity)
             sfile.adopt_legacy_names(prunable.structured)
             if cfg.sen_workers > 1:
-                analyze_parallel(prunable, metric, sfile, workers=cfg.sen_workers, **common)
+                analyze_parallel(prunable, metric, sfile, workers=cfg.sen_workers,
+                                 stall_timeout=cfg.sen_worker_timeout, **common)
             else:
                 analyze(prunable, metric, sfile, **common)
+        if cfg.sen_analyze and sfile.baseline is not None:  # also a finished file, analysed before
+            check(sfile.baseline)
         self.report["baseline_metric"] = sfile.baseline
         self.report["metric_name"] = metric.name
         failed = {g: sfile.failure(g) for g in groups if sfile.failure(g)}
