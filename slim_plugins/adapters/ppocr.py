@@ -25,7 +25,7 @@ import weakref
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from slim_plugins.adapters import Adapter, fixed_order_loader, user_errors as _user_errors
+from slim_plugins.adapters import Adapter, fixed_order_loader
 from slim_plugins.errors import AdapterError, ShapeMismatchError, exception_line
 from slim_plugins.hooks import hookimpl
 from slim_plugins.run import EvalBatches, Metric
