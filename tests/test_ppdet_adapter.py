@@ -198,7 +198,8 @@ def test_analyze_only_writes_the_sensitivities_and_leaves_no_temporary_files(wor
 def test_legacy_slim_pruner_config_becomes_fixed_ratios(work, baseline):
     slim = work / "picodet_prune_fpgm.yml"
     slim.write_text(f"pretrain_weights: {baseline}\nepoch: 1\nslim: Pruner\nPruner:\n  criterion: fpgm\n"
-                    "  pruned_params: ['backbone.blocks5.2.pw_conv.conv.weight', 'neck.top_down_blocks.1.0.pw_conv.*']\n"
+                    "  pruned_params: ['backbone.blocks5.2.pw_conv.conv.weight',"
+                    " 'neck.top_down_blocks.1.0.pw_conv.*']\n"
                     "  pruned_ratios: [0.5, 0.25]\n")
     tools(["train", "-c", config(PICO), "--slim_config", str(slim), "-o", "save_dir=legacy"], work)
     plan = json.loads((work / "legacy" / "picodet_prune_fpgm" / "model_final.prune.json").read_text())

@@ -5,8 +5,8 @@ channels, residual partners) and picks the channels to drop. Applying and undoin
 done here, vectorised and without the ``*_backup`` buffers PaddleSlim leaves in the model.
 """
 import contextlib
-import os
 import fnmatch
+import os
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Dict, List
