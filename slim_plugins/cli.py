@@ -32,6 +32,8 @@ def script_imports(path):
 def _default_text(value):
     if value is None:
         return "-"
+    if isinstance(value, bool):
+        return str(value).lower()
     if isinstance(value, (list, tuple)):
         return ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value) or "[]"
     return str(value)
@@ -75,8 +77,10 @@ def cmd_list(args):
         options = session.options.declared[plugin]
         rows = []
         for option in options.values():
-            kind = getattr(option.type, "__name__", str(option.type))
-            help_text = option.help + (f" (one of {', '.join(map(str, option.choices))})" if option.choices else "")
+            kind = getattr(option.type, "__name__", str(option.type)).replace("to_bool", "bool")
+            help_text = option.help
+            if option.choices and not all(str(c) in help_text for c in option.choices):
+                help_text += f" (one of {', '.join(map(str, option.choices))})"
             rows.append([f"--{plugin}.{option.name}", kind, _default_text(option.default), help_text])
         print(f"\noptions of {plugin} (--{plugin}.KEY VALUE, or plugins: {{{plugin}: {{KEY: VALUE}}}} in YAML):")
         print(table(rows, ["option", "type", "default", "help"]))
