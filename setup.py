@@ -13,6 +13,7 @@ import base64
 import glob
 import hashlib
 import os
+import warnings
 import zipfile
 
 from setuptools import setup
@@ -49,7 +50,9 @@ def add_to_wheel(wheel, name, data):
 
 class EditableWithStartupHook(editable_wheel):
     def run(self):
-        super().run()
+        with warnings.catch_warnings():  # setuptools' general advice on every editable install
+            warnings.filterwarnings("ignore", message=r"\s*Editable installation")
+            super().run()
         with open(os.path.join(HERE, PTH), "rb") as f:
             data = f.read()
         for wheel in glob.glob(os.path.join(self.dist_dir, "slim_plugins-*.whl")):
