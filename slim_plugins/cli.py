@@ -60,12 +60,12 @@ def cmd_list(args):
     for name, adapter in sorted(session.adapters.items()):
         suite = environment.suite_of(adapter)
         if suite is None:
-            found, ok = ("not installed" if adapter.distributions else "-"), "-"
+            found, ok = ("not installed" if getattr(adapter, "distributions", ()) else "-"), "-"
         else:
             found = f"{suite[0]} {suite[1]}"
             ok = {True: "yes", False: "no", None: "unknown"}[environment.supported(adapter, suite[1])]
             if ok == "no":
-                ok += f" (tested: {', '.join(p + '*' for p in adapter.supported)})"
+                ok += f" (tested: {', '.join(p + '*' for p in getattr(adapter, 'supported', ()))})"
         patch = patches.get(name, "not checked" if not args.suites else "-")
         if patch == "not installed" and not hook_ok:
             patch += " (start-up hook: see above)"

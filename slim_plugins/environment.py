@@ -36,8 +36,8 @@ def hook_status(environ=None):
         lines = [line.strip() for line in f if line.strip() and not line.startswith("#")]
     if lines != [HOOK_LINE]:
         return False, f"stale: {path} holds {' / '.join(lines)!r}, this version needs {HOOK_LINE!r}; fix: {REINSTALL}"
-    if _boot._truthy(environ.get(_boot.ENV_DISABLE, "")):
-        return False, f"disabled: {path} is installed, {_boot.ENV_DISABLE}=1 switches it off"
+    if _boot._truthy(environ.get(_boot.ENV_DISABLE, "")):  # on purpose: not an installation fault
+        return True, f"disabled: {path} is installed, {_boot.ENV_DISABLE}=1 switches it off"
     if not _boot._booted:
         return False, f"inactive: {path} is installed but did not run in this interpreter (python -S?)"
     return True, f"ok ({path})"
@@ -89,6 +89,8 @@ def _probe():
     result = {}
     for name, adapter in get_session().adapters.items():
         if suite_of(adapter) is None and getattr(adapter, "distributions", ()):
+            continue
+        if not hasattr(adapter, "patched"):  # an adapter that does not subclass Adapter
             continue
         try:
             adapter.import_suite()
