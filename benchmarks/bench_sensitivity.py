@@ -14,18 +14,23 @@ import os
 import sys
 import tempfile
 import time
-
-from slim_plugins import compat
+import zlib  # noqa: F401  before paddle (Paddle 2.6 exports an old zlib)
 
 import numpy as np
 import paddle
 import paddle.nn as nn
 
+from slim_plugins import compat
 from slim_plugins.demo import DigitsNet, digits_datasets, hapi_model
 from slim_plugins.plugins.prune.model import PrunableModel
 from slim_plugins.plugins.prune.ratios import ratios_by_loss
 from slim_plugins.plugins.prune.sensitivity import (
-    SensitivityFile, analyze, analyze_parallel, architecture_fingerprint, weights_fingerprint)
+    SensitivityFile,
+    analyze,
+    analyze_parallel,
+    architecture_fingerprint,
+    weights_fingerprint,
+)
 from slim_plugins.run import Metric
 
 BUDGETS = (0.01, 0.02, 0.05, 0.1)

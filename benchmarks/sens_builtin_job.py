@@ -24,7 +24,7 @@ def train(argv):
     parser.add_argument("--pretrain")
     args = parser.parse_args(argv)
 
-    from slim_plugins import compat  # noqa: F401  (zlib before paddle on Paddle 2.6)
+    import zlib  # noqa: F401  before paddle (Paddle 2.6 exports an old zlib)
 
     import paddle
     import paddle.nn as nn

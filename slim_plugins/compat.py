@@ -10,7 +10,7 @@
 """
 import contextlib
 import logging
-
+import warnings
 import zlib  # noqa: F401  must precede the first `import paddle` on Paddle 2.6
 
 import paddle
@@ -45,6 +45,20 @@ def quiet_paddleslim():
     finally:
         for lg, level in zip(loggers, levels):
             lg.setLevel(level)
+
+
+# Paddle 3's BatchNorm warns at every training forward (paddle/nn/layer/norm.py), and anything that
+# touches the warning filters makes Python show it again: twice per epoch of a hapi fit.
+BATCH_NORM_WARNING = "When training, we now always track global mean and variance"
+
+
+@contextlib.contextmanager
+def quiet_batch_norm_warning():
+    """Hide that one BatchNorm warning (by message and module) while our training runs."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=BATCH_NORM_WARNING, category=UserWarning,
+                                module=r"paddle\.nn\.layer\.norm")
+        yield
 
 
 # Paddle 3 functions that call a PIR-only kernel directly, with the old-IR op that does the same
@@ -233,7 +247,8 @@ def dummy_inputs(input_spec, batch_size=1):
 def trace_shapes(input_spec):
     """Shapes for PaddleSlim's tracer: a batch of 1."""
     shapes = []
-    for spec in input_spec if isinstance(input_spec, (list, tuple)) and not isinstance(input_spec[0], int) else [input_spec]:
+    several = isinstance(input_spec, (list, tuple)) and not isinstance(input_spec[0], int)
+    for spec in input_spec if several else [input_spec]:
         shape = list(getattr(spec, "shape", spec))
         shapes.append([1 if (d is None or d < 0) else int(d) for d in shape])
     return shapes[0] if len(shapes) == 1 else shapes

@@ -9,8 +9,7 @@ import os
 import sys
 import tempfile
 import time
-
-from slim_plugins import compat  # noqa: F401  (zlib before paddle)
+import zlib  # noqa: F401  before paddle (Paddle 2.6 exports an old zlib)
 
 import numpy as np
 import paddle
@@ -99,6 +98,13 @@ def figures(model, test, batch_size=LATENCY_BATCH):
 
 
 def run_demo(report_path=None, quick=False, budget=None, workdir=None, seed=0):
+    from slim_plugins import compat
+
+    with compat.quiet_batch_norm_warning():
+        return _run_demo(report_path, quick, budget, workdir, seed)
+
+
+def _run_demo(report_path, quick, budget, workdir, seed):
     started = time.perf_counter()
     import slim_plugins
 
@@ -151,10 +157,11 @@ def run_demo(report_path=None, quick=False, budget=None, workdir=None, seed=0):
     if report_path:
         from slim_plugins.plugins.prune.sensitivity import SensitivityFile, write_json_atomic
 
-        plot = os.path.splitext(report_path)[0] + ".png"
-        sens = SensitivityFile.load(sen_file).losses()
-        report.plot_sensitivities(sens, plot, "accuracy", budget=budget)
+        missing = report.plotting_unavailable()
+        plot = None if missing else os.path.splitext(report_path)[0] + ".png"
+        if plot:
+            report.plot_sensitivities(SensitivityFile.load(sen_file).losses(), plot, "accuracy", budget=budget)
         result["plot"] = plot
         write_json_atomic(report_path, result)
-        print(f"report: {report_path}\nsensitivity curves: {plot}")
+        print(f"report: {report_path}\n" + (f"sensitivity curves: {plot}" if plot else missing))
     return result

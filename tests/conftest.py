@@ -5,12 +5,35 @@ import sys
 
 import pytest
 
+import slim_plugins
 from slim_plugins import compat  # noqa: F401  zlib before paddle (Paddle 2.6)
 
 pytest_plugins = ["slim_plugins.testing"]
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SCRIPTS = os.path.join(HERE, "scripts")
+REPO = os.path.dirname(HERE)
+
+
+def foreign_slim_plugins():
+    """Where this process and a child process import slim_plugins from, if not this working tree:
+    with a wheel installed, the start-up hook loads the installed copy before pytest runs, and
+    the tests would test it instead of the edits."""
+    child = subprocess.run([sys.executable, "-c", "import slim_plugins; print(slim_plugins.__file__)"],
+                           cwd=os.path.dirname(REPO), capture_output=True, text=True, timeout=120)
+    found = {"this process": slim_plugins.__file__, "a child process": child.stdout.strip() or child.stderr.strip()}
+    return {who: path for who, path in found.items()
+            if not os.path.realpath(path).startswith(os.path.realpath(REPO) + os.sep)}
+
+
+def pytest_configure(config):
+    foreign = foreign_slim_plugins()
+    if foreign:
+        raise pytest.UsageError(
+            f"the tests would test a slim_plugins outside this working tree ({REPO}): "
+            + "; ".join(f"{who} imports {path}" for who, path in foreign.items())
+            + ". Install the tree editable (`pip install -e .`, as scripts/test-env.sh does) or run with "
+              f"PYTHONPATH={REPO}")
 
 
 def clean_env(extra=None):
@@ -29,7 +52,8 @@ def run_python(args, cwd, env=None, timeout=600):
     full_env.update(env or {})
     proc = subprocess.run([sys.executable] + list(args), cwd=cwd, env=full_env, capture_output=True,
                           text=True, timeout=timeout)
-    assert proc.returncode == 0, f"exit {proc.returncode}\nSTDOUT:\n{proc.stdout[-3000:]}\nSTDERR:\n{proc.stderr[-6000:]}"
+    assert proc.returncode == 0, (f"exit {proc.returncode}\nSTDOUT:\n{proc.stdout[-3000:]}\n"
+                                  f"STDERR:\n{proc.stderr[-6000:]}")
     return proc
 
 

@@ -1,6 +1,9 @@
 """`slim-plugins list` and `slim-plugins sens ...` on real files."""
+import importlib.util
 import json
 import pickle
+import re
+from importlib import metadata
 
 from slim_plugins.cli import main
 from slim_plugins.plugins.prune.sensitivity import SensitivityFile
@@ -20,10 +23,44 @@ def make_file(path, groups, baseline=0.9):
 def test_list_shows_plugins_adapters_and_the_matching_adapter(tmp_path, capsys):
     script = tmp_path / "train.py"
     script.write_text("import paddle\nfrom paddle.static import InputSpec\n")
-    assert main(["list", "--script", str(script)]) == 0
+    assert main(["list", "--script", str(script), "--no-suites"]) == 0
     out = capsys.readouterr().out
     assert "prune" in out and "builtin" in out and "built-in" in out
     assert f"{script}: adapter builtin" in out
+
+
+def row(out, first):
+    """The cells of the table row that starts with ``first``."""
+    line = next(line for line in out.splitlines() if line.split() and line.split()[0] == first)
+    return re.split(r"\s{2,}", line.strip())
+
+
+def test_list_shows_every_option_with_type_default_and_help(capsys):
+    from slim_plugins.plugins.prune import OPTIONS
+
+    assert main(["list", "--no-suites"]) == 0
+    out = capsys.readouterr().out
+    for name, _, _, help_text in OPTIONS:
+        assert row(out, f"--prune.{name}")[-1].startswith(help_text)
+    assert row(out, "--prune.eval_metric_loss")[1:3] == ["float | None", "-"]
+    assert row(out, "--prune.criterion")[1:3] == ["str", "l1_norm"]
+    assert row(out, "--prune.sen_ratios")[1:3] == ["list[float]", "0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9"]
+    assert row(out, "--prune.plot")[1:3] == ["bool", "true"]
+    assert "(one of" not in row(out, "--prune.criterion")[-1]  # the help names the choices already
+
+
+def test_list_shows_each_suite_its_support_and_its_patches(capsys):
+    """The patches column comes from a fresh interpreter that imports each installed suite, as
+    the suite's train command does: the start-up hook must patch it there."""
+    import paddle
+
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("start-up hook: ok (")
+    assert row(out, "builtin")[1:] == [f"paddlepaddle {paddle.__version__}", "yes", "installed"]
+    for adapter, dist in (("ppdet", "paddledet"), ("paddlex", "paddlex")):
+        if importlib.util.find_spec(adapter) is not None:
+            assert row(out, adapter)[1:] == [f"{dist} {metadata.version(dist)}", "yes", "installed"]
 
 
 def test_sens_show_plot_ratios_merge_import(tmp_path, capsys):
@@ -37,7 +74,7 @@ def test_sens_show_plot_ratios_merge_import(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "conv2.weight" in out and "+0.2222" in out  # (0.9 - 0.7) / 0.9
     assert main(["sens", "ratios", str(tmp_path / "m.json"), "--eval-metric-loss", "0.05"]) == 0
-    ratios = json.loads(capsys.readouterr().out)
+    ratios = json.loads(capsys.readouterr().out)["ratios"]
     assert 0.2 < ratios["conv1.weight"] < 0.3
     assert main(["sens", "plot", str(tmp_path / "m.json"), "--out", str(tmp_path / "p.png")]) == 0
     assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"

@@ -10,6 +10,7 @@ from conftest import SCRIPTS, last_json
 
 SCRIPT = os.path.join(SCRIPTS, "hapi_digits.py")
 UNPRUNED = {"0.weight": [32, 1, 3, 3], "3.weight": [64, 32, 3, 3], "7.weight": [64, 64, 3, 3]}
+BATCH_NORM_WARNING = "When training, we now always track global mean and variance"
 
 
 @pytest.fixture(scope="module")
@@ -29,6 +30,7 @@ def test_without_plugin_the_script_is_untouched(tmp_path, python):
         assert shapes[name] == shape
     assert "slim-plugins" not in proc.stderr
     assert not os.path.exists(tmp_path / "final.prune.json")
+    assert BATCH_NORM_WARNING in proc.stderr  # Paddle's, left alone when no plugin is on
 
 
 def test_with_plugin_the_trained_model_is_the_pruned_one(pruned_run):
@@ -45,6 +47,22 @@ def test_with_plugin_the_trained_model_is_the_pruned_one(pruned_run):
     assert os.path.exists(out / "final.prune.json")
     assert "pruned 2 groups" in proc.stderr
     assert result["acc"] > 0.5
+    assert BATCH_NORM_WARNING not in proc.stderr  # the plugin's lines are not drowned in it
+
+
+def test_without_matplotlib_plots_are_skipped_with_one_line(tmp_path, python):
+    """matplotlib is the [plot] extra: a run without it prunes and says once why there is no plot.
+    (PaddleSlim 2.6, still what traces the model, imports matplotlib itself: it is loaded first,
+    then matplotlib is hidden from everything imported after it.)"""
+    blocked = ("import runpy, sys, paddleslim; sys.modules['matplotlib'] = None; sys.argv = sys.argv[1:]; "
+               "runpy.run_path(sys.argv[0], run_name='__main__')")
+    proc = python(["-c", blocked, SCRIPT, str(tmp_path), "--epochs", "1", "--plugin", "prune",
+                   "--prune.eval_metric_loss", "0.5", "--prune.sen_ratios", "0.5", "--prune.sen_batches", "1"],
+                  cwd=str(tmp_path))
+    line = 'plots skipped: matplotlib is not installed (pip install "slim-plugins[plot]")'
+    assert proc.stderr.count(line) == 1
+    assert "pruned" in proc.stderr and list(tmp_path.rglob("sensitivities.json"))
+    assert not list(tmp_path.rglob("*.png"))
 
 
 def test_fresh_process_rebuilds_shapes_before_load(pruned_run, python):

@@ -22,7 +22,9 @@ import pytest
 from conftest import SCRIPTS, last_json, run_python, train_paddlex_script, write_paddlex_lists
 
 HAVE_PADDLEX = importlib.util.find_spec("paddlex") is not None
-needs_paddlex = pytest.mark.skipif(not HAVE_PADDLEX, reason="paddlex is not installed (pip install --no-deps paddlex==2.1.0 and its real needs: see docs/paddlex.md)")
+needs_paddlex = pytest.mark.skipif(
+    not HAVE_PADDLEX,
+    reason="paddlex is not installed (pip install --no-deps paddlex==2.1.0 and its real needs: see docs/paddlex.md)")
 SCRIPT = os.path.join(SCRIPTS, "paddlex_shapes.py")
 CLASSES = ("red", "green", "blue")
 FIRST_CONV = "conv1._conv.weight"
@@ -215,6 +217,7 @@ def test_python_and_config_file_activation(shapes_set, baseline, tmp_path, how):
 def test_hook_order_of_a_paddlex_run(slim_session, hook_recorder, shapes_set, baseline, tmp_path):
     import paddlex as pdx
     from paddlex import transforms as T
+
     from slim_plugins.testing import check_adapter
 
     def dataset(split, transforms):
@@ -243,6 +246,7 @@ def test_hook_order_of_a_paddlex_run(slim_session, hook_recorder, shapes_set, ba
 @needs_paddlex
 def test_sensitivities_file_default_is_refused_with_a_hint(slim_session, shapes_set):
     import paddlex as pdx
+
     from slim_plugins.errors import AdapterError
 
     model = pdx.cls.MobileNetV2(num_classes=3)

@@ -18,7 +18,9 @@ import pytest
 from conftest import SCRIPTS, last_json, run_python, train_paddlex_script, write_paddlex_lists
 
 HAVE_PADDLEX = importlib.util.find_spec("paddlex") is not None
-needs_paddlex = pytest.mark.skipif(not HAVE_PADDLEX, reason="paddlex is not installed (pip install --no-deps paddlex==2.1.0 and its real needs: see docs/paddlex.md)")
+needs_paddlex = pytest.mark.skipif(
+    not HAVE_PADDLEX,
+    reason="paddlex is not installed (pip install --no-deps paddlex==2.1.0 and its real needs: see docs/paddlex.md)")
 SCRIPT = os.path.join(SCRIPTS, "paddlex_boxes.py")
 CLASSES = ("red_box", "green_box")
 FIRST_CONV = "backbone.conv1._conv.weight"

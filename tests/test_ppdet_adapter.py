@@ -211,7 +211,8 @@ def test_analyze_only_writes_the_sensitivities_and_leaves_no_temporary_files(wor
 def test_legacy_slim_pruner_config_becomes_fixed_ratios(work, baseline):
     slim = work / "picodet_prune_fpgm.yml"
     slim.write_text(f"pretrain_weights: {baseline}\nepoch: 1\nslim: Pruner\nPruner:\n  criterion: fpgm\n"
-                    "  pruned_params: ['backbone.blocks5.2.pw_conv.conv.weight', 'neck.top_down_blocks.1.0.pw_conv.*']\n"
+                    "  pruned_params: ['backbone.blocks5.2.pw_conv.conv.weight',"
+                    " 'neck.top_down_blocks.1.0.pw_conv.*']\n"
                     "  pruned_ratios: [0.5, 0.25]\n")
     tools(["train", "-c", config(PICO), "--slim_config", str(slim), "-o", "save_dir=legacy"], work)
     plan = json.loads((work / "legacy" / "picodet_prune_fpgm" / "model_final.prune.json").read_text())
@@ -223,6 +224,38 @@ def test_legacy_slim_pruner_config_becomes_fixed_ratios(work, baseline):
                  check=False)
     assert proc.returncode != 0
     assert "'backbone.nothing.weight' names no parameter of this model" in proc.stderr
+
+
+@needs_ppdet
+def test_sens_ratios_gives_a_slim_config_that_ppdet_trains_into_the_same_shapes(work, baseline, pruned, capsys):
+    """`slim-plugins sens ratios --format ppdet` on the analysis the plugin wrote: ppdet's own
+    --slim_config route trains the same pruned shapes as the plugin with the same budget, and
+    the FLOPs the command printed from the file are those of the trained model."""
+    from slim_plugins.cli import main
+
+    out, _, _ = pruned
+    sens_file = out / "sensitivities.json"
+    sens = json.loads(sens_file.read_text())
+    losses = sorted(g["ratios"]["0.5"]["loss"] for g in sens["groups"].values() if "0.5" in g["ratios"])
+    budget = losses[len(losses) // 2]  # about half the groups pruned at 0.5
+    assert main(["sens", "ratios", str(sens_file), "--eval-metric-loss", str(budget), "--format", "ppdet"]) == 0
+    slim_yaml = capsys.readouterr().out
+    assert "pruned_params: ['conv2d_" in slim_yaml  # PaddleSlim's global names, as ppdet's configs have
+    assert main(["sens", "ratios", str(sens_file), "--eval-metric-loss", str(budget)]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    slim = work / "picodet_sens.yml"
+    slim.write_text(f"pretrain_weights: {baseline}\nepoch: 1\n" + slim_yaml)
+    tools(["train", "-c", config(PICO), "--slim_config", str(slim), "-o", "save_dir=from_yaml"], work)
+    from_yaml = json.loads((work / "from_yaml" / "picodet_sens" / "model_final.prune.json").read_text())
+    tools(["train", "-c", config(PICO), "-o", "epoch=1", "save_dir=from_plugin", f"pretrain_weights={baseline}",
+           "--plugin", "prune", "--prune.eval_metric_loss", str(budget), "--prune.sen_file", str(sens_file),
+           "--prune.sen_analyze", "false", "--prune.sen_batches", "2"], work)  # the analysis's own setting
+    from_plugin = json.loads((work / "from_plugin" / PICO / "model_final.prune.json").read_text())
+    assert from_yaml["shapes"] == from_plugin["shapes"]
+    assert set(from_yaml["ratios"]) == set(printed["ratios"]) == set(from_plugin["ratios"])
+    assert from_yaml["channels"] == {g: [n, kept] for g, (kept, n) in printed["kept_channels"].items()}
+    assert printed["flops"]["before"] == from_yaml["flops"]["before"]
+    assert printed["flops"]["after"] == pytest.approx(from_yaml["flops"]["after"], rel=0.005)
 
 
 @needs_ppdet

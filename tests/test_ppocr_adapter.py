@@ -229,7 +229,8 @@ def run_tool(name, config, opts, cwd, extra=(), expect_rc=0):
     args = [tool(name), "-c", config] + (["-o"] + list(opts) if opts else []) + list(extra)
     if expect_rc == 0:
         return run_python(args, cwd=cwd)
-    proc = subprocess.run([sys.executable] + args, cwd=cwd, env=clean_env(), capture_output=True, text=True, timeout=600)
+    proc = subprocess.run([sys.executable] + args, cwd=cwd, env=clean_env(), capture_output=True, text=True,
+                          timeout=600)
     assert proc.returncode == expect_rc, f"exit {proc.returncode}\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
     return proc
 
@@ -354,7 +355,8 @@ def test_db_export_runs_with_the_pruned_shapes(work, det_pruned):
     out, _ = det_pruned
     infer = work / "det_pruned_infer"
     run_tool("export_model.py", "det.yml",
-             [f"Global.checkpoints={out / 'latest'}", f"Global.save_inference_dir={infer}"] + EXPORT_OPTS, cwd=str(work))
+             [f"Global.checkpoints={out / 'latest'}", f"Global.save_inference_dir={infer}"] + EXPORT_OPTS,
+             cwd=str(work))
     layer = paddle.jit.load(str(infer / "inference"))
     layer.eval()
     maps = layer(paddle.to_tensor(np.random.RandomState(0).rand(1, 3, SIZE, SIZE).astype("float32")))
@@ -439,7 +441,8 @@ def test_rec_yaml_section_with_override_prunes_before_training(rec_pruned):
     out, hooks = rec_pruned
     report = report_of(out)
     assert report["criterion"] == "l2_norm"  # the -o override beat the YAML's l1_norm
-    assert report["ratios"] and all(g.startswith(("backbone.blocks.1.", "backbone.blocks.3.")) for g in report["ratios"])
+    assert report["ratios"]
+    assert all(g.startswith(("backbone.blocks.1.", "backbone.blocks.3.")) for g in report["ratios"])
     assert report["after"]["flops"] < report["before"]["flops"]
     assert hooks[0] == "slim_before_train" and hooks[-1] == "slim_after_train"
     assert hooks.count("slim_on_checkpoint_save") == 3  # `latest` after each epoch

@@ -16,7 +16,11 @@ from slim_plugins.plugins.prune.model import PrunableModel
 from slim_plugins.plugins.prune.plan import find_plan, make_plan, plan_path, replay
 from slim_plugins.plugins.prune.ratios import align_ratios, fixed_ratios, ratios_by_loss, ratios_for_flops
 from slim_plugins.plugins.prune.sensitivity import (
-    SensitivityFile, analyze, architecture_fingerprint, weights_fingerprint)
+    SensitivityFile,
+    analyze,
+    architecture_fingerprint,
+    weights_fingerprint,
+)
 from slim_plugins.run import Metric
 
 SHAPE = [1, 3, 16, 16]

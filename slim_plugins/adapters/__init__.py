@@ -48,15 +48,31 @@ class Adapter:
     :cvar name: unique adapter name; a run with ``run.adapter == name`` belongs to it.
     :cvar modules: suite modules; when one is imported, :meth:`install` runs.
     :cvar description: one line for ``slim-plugins list``.
+    :cvar distributions: pip names of the suite; ``slim-plugins list`` shows the version installed.
+    :cvar supported: version prefixes the adapter is tested with (``("2.6.",)``).
     """
 
     name = "base"
     modules = ()
     description = ""
+    distributions = ()
+    supported = ()
 
     # ---- override these -----------------------------------------------------------------
     def install(self, session):
         """Patch the suite's entry points so they fire the lifecycle hooks."""
+
+    def import_suite(self):
+        """Import the suite as its train command does (``slim-plugins list`` checks the patches)."""
+        import importlib
+
+        for module_name in self.modules:
+            importlib.import_module(module_name)
+
+    def patched(self):
+        """Do the suite's entry points carry this adapter's patches in this process? None: cannot
+        tell. ``slim-plugins list`` asks it in a fresh interpreter after :meth:`import_suite`."""
+        return None
 
     def matches(self, imported_modules):
         """Does a script importing ``imported_modules`` (top-level names) run on this suite?"""

@@ -5,6 +5,7 @@ Patches ``paddle.Model.fit`` (fires ``slim_before_train`` before the first epoch
 (``slim_before_load_weights``). The metric is the first of ``Model.prepare(metrics=...)``,
 evaluated with ``Model.evaluate`` on the ``eval_data`` given to ``fit``.
 """
+import contextlib
 import functools
 import inspect
 
@@ -13,11 +14,26 @@ from slim_plugins.hooks import hookimpl
 from slim_plugins.run import EvalBatches, Metric
 
 
+def _quiet_if_active(run):
+    """With a plugin on, its lines are not drowned in Paddle's BatchNorm warning."""
+    if not run.session.enabled:
+        return contextlib.nullcontext()
+    from slim_plugins import compat
+
+    return compat.quiet_batch_norm_warning()
+
 
 class HapiAdapter(Adapter):
     name = "builtin"
     modules = ("paddle.hapi.model",)
     description = "Paddle high-level API: paddle.Model.fit / evaluate / save / load"
+    distributions = ("paddlepaddle", "paddlepaddle-gpu")
+    supported = ("2.6.", "3.")
+
+    def patched(self):
+        from paddle.hapi.model import Model
+
+        return bool(getattr(Model.fit, "_slim_patched", False))
 
     def matches(self, imported_modules):
         return "paddle" in imported_modules
@@ -40,15 +56,16 @@ class HapiAdapter(Adapter):
             bound.apply_defaults()
             run = adapter.run_for(get_session(), model_self)
             run.state["fit_args"] = dict(bound.arguments)
-            if not run.state.get("before_train_fired"):
-                run.state["before_train_fired"] = True
-                shapes = _shapes(model_self.network)
-                with user_errors():
-                    adapter.fire(run, "slim_before_train")
-                if shapes != _shapes(model_self.network):
-                    _rewrap_data_parallel(model_self)
-            result = fit(model_self, *args, **kwargs)
-            adapter.fire(run, "slim_after_train")
+            with _quiet_if_active(run):
+                if not run.state.get("before_train_fired"):
+                    run.state["before_train_fired"] = True
+                    shapes = _shapes(model_self.network)
+                    with user_errors():
+                        adapter.fire(run, "slim_before_train")
+                    if shapes != _shapes(model_self.network):
+                        _rewrap_data_parallel(model_self)
+                result = fit(model_self, *args, **kwargs)
+                adapter.fire(run, "slim_after_train")
             return result
 
         @functools.wraps(save)

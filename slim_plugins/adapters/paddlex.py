@@ -42,9 +42,9 @@ def install_import_shims():
     """Make PaddleX 2.1 importable on Paddle >= 2.6: ``paddle.fluid`` aliases onto ``paddle.base``
     for the modules PaddleX imports, and ``core.ops`` (the legacy op table ppdet calls at run
     time) onto ``paddle._legacy_C_ops``. Does nothing on a Paddle that still has ``fluid``."""
-    import zlib  # noqa: F401  Paddle 2.6 exports an old zlib: Python's must load first
     import importlib
     import types
+    import zlib  # noqa: F401  Paddle 2.6 exports an old zlib: Python's must load first
 
     import paddle
 
@@ -81,6 +81,13 @@ class PaddleXAdapter(Adapter):
     name = "paddlex"
     modules = ("paddlex",)
     description = "PaddleX 2.x: model.train / save / pdx.load_model / export"
+    distributions = ("paddlex",)
+    supported = ("2.1.",)
+
+    def patched(self):
+        from paddlex.cv.models.base import BaseModel
+
+        return bool(getattr(BaseModel.net_initialize, "_slim_patched", False))
 
     def install(self, session):
         import paddlex

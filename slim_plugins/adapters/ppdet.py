@@ -43,6 +43,13 @@ class PPDetAdapter(Adapter):
     name = "ppdet"
     modules = ("ppdet.engine.trainer",)
     description = "PaddleDetection 2.6: ppdet.engine.Trainer train / eval / export / resume"
+    distributions = ("paddledet",)
+    supported = ("2.6.",)
+
+    def patched(self):
+        from ppdet.engine.trainer import Trainer
+
+        return bool(getattr(Trainer.train, "_slim_patched", False))
 
     def __init__(self):
         self.current_run = None  # the run of the latest Trainer: save_model gets no trainer

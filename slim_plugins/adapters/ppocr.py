@@ -110,6 +110,28 @@ class PaddleOCRAdapter(Adapter):
     name = "ppocr"
     modules = (SAVE_LOAD,)
     description = "PaddleOCR 2.x tools/train.py, tools/eval.py, tools/export_model.py"
+    distributions = ("unstructured-paddleocr", "paddleocr")
+    supported = ("2.10.",)
+
+    def import_suite(self):
+        """PaddleOCR's tools put the folder holding ``ppocr/`` on ``sys.path``: so does this."""
+        import importlib.util
+
+        if importlib.util.find_spec("ppocr") is None:
+            from importlib import metadata
+
+            for dist, folder in (("unstructured-paddleocr", "unstructured_paddleocr"), ("paddleocr", "paddleocr")):
+                try:
+                    root = str(metadata.distribution(dist).locate_file(folder))
+                except metadata.PackageNotFoundError:
+                    continue
+                if os.path.isdir(os.path.join(root, "ppocr")):
+                    sys.path.append(root)
+                    break
+        super().import_suite()
+
+    def patched(self):
+        return bool(getattr(sys.modules[SAVE_LOAD].load_model, "_slim_patched", False))
 
     def __init__(self):
         self._runs = weakref.WeakKeyDictionary()  # model -> run (a deep copy does not carry it)

@@ -4,8 +4,8 @@ usage: paddlex_boxes.py DATA OUT [--epochs N] [--size PX] [--pretrain FILE]
        paddlex_boxes.py DATA OUT --load DIR
 Trains YOLOv3 + MobileNetV1 from scratch (pretrain_weights=None: offline) on DATA (a VOC set)
 into OUT, or loads DIR with paddlex.load_model. Prints the VOC bbox_map, the conv FLOPs of one
-forward pass, the sum of its raw head outputs, the parameter shapes and the boxes predicted for the first val image as JSON on
-its last line.
+forward pass, the sum of its raw head outputs, the parameter shapes and the boxes predicted for
+the first val image as JSON on its last line.
 """
 import argparse
 import json
@@ -52,9 +52,11 @@ def main():
     parser.add_argument("--load")
     args = parser.parse_args()
 
+    # isort: off
     import paddlex as pdx  # first, as PaddleX scripts do
     import paddle
     from paddlex import transforms as T
+    # isort: on
 
     import random
 

@@ -32,9 +32,11 @@ def main():
 
         slim_plugins.enable("prune", **json.loads(args.enable_prune))
 
+    # isort: off
     import paddlex as pdx  # first, as PaddleX scripts do: paddle is imported while paddlex executes
     import paddle
     from paddlex import transforms as T
+    # isort: on
 
     import random
 

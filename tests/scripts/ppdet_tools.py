@@ -14,6 +14,7 @@ import warnings
 warnings.filterwarnings("ignore")  # as tools/train.py does
 
 import paddle  # noqa: E402
+import ppdet.utils.check as check  # noqa: E402
 
 
 def save_best_model_as_develop_does():
@@ -45,7 +46,6 @@ from ppdet.core.workspace import load_config, merge_config  # noqa: E402
 from ppdet.engine import Trainer, init_parallel_env  # noqa: E402
 from ppdet.slim import build_slim_model  # noqa: E402
 from ppdet.utils.cli import ArgsParser, merge_args  # noqa: E402
-import ppdet.utils.check as check  # noqa: E402
 
 
 def fix_assigners_for_paddle3():

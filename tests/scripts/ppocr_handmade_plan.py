@@ -8,12 +8,12 @@ tools/export_model.py replay it like any other.
 """
 import json
 import sys
-
-from slim_plugins import compat
+import zlib  # noqa: F401  before paddle (Paddle 2.6 exports an old zlib)
 
 import paddle
 import yaml
 
+from slim_plugins import compat
 from slim_plugins.plugins.prune.plan import PrunePlan
 from slim_plugins.plugins.prune.sensitivity import architecture_fingerprint
 

@@ -1,11 +1,11 @@
 """A sensitivity analysis job for the crash tests: sens_job.py FILE [--workers N].
 
-Deterministic model and metric (similarity to the unpruned model's outputs on fixed inputs), so a resumed run must reproduce an uninterrupted one exactly.
+Deterministic model and metric (similarity to the unpruned model's outputs on fixed inputs), so
+a resumed run must reproduce an uninterrupted one exactly.
 """
 import argparse
 import os
-
-from slim_plugins import compat  # noqa: F401
+import zlib  # noqa: F401  before paddle (Paddle 2.6 exports an old zlib)
 
 import numpy as np
 import paddle
@@ -13,7 +13,13 @@ import paddle.nn as nn
 
 from slim_plugins.plugins.prune.model import PrunableModel
 from slim_plugins.plugins.prune.sensitivity import (
-    SensitivityFile, analyze, analyze_parallel, analyze_sharded, architecture_fingerprint, weights_fingerprint)
+    SensitivityFile,
+    analyze,
+    analyze_parallel,
+    analyze_sharded,
+    architecture_fingerprint,
+    weights_fingerprint,
+)
 from slim_plugins.run import Metric
 
 

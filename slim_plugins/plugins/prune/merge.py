@@ -22,6 +22,8 @@ def merge_documents(docs, labels):
             if doc["metric"].get(key) != first["metric"].get(key):
                 raise SensitivityFileError(
                     f"cannot merge {label} into {first_label}: metric {key} differs", plugin="prune")
+        if doc.get("flops") and not merged.get("flops"):
+            merged["flops"] = doc["flops"]
         if merged["metric"].get("baseline") is None:
             merged["metric"]["baseline"] = doc["metric"].get("baseline")
             merged["metric"]["seconds"] = doc["metric"].get("seconds")

@@ -27,6 +27,15 @@ def before_after_table(before, after, metric_name):
     return table(rows, ["", "before", "after", "change"])
 
 
+def plotting_unavailable():
+    """None if plots can be drawn, else the one line that says they are skipped and how to get them."""
+    import importlib.util
+
+    if importlib.util.find_spec("matplotlib") is None:
+        return 'plots skipped: matplotlib is not installed (pip install "slim-plugins[plot]")'
+    return None
+
+
 def _pyplot():
     import matplotlib
 

@@ -291,10 +291,14 @@ class SensitivityFile:
         self.data["metric"]["baseline"] = float(value)
         self.data["metric"]["seconds"] = round(float(seconds), 4)
 
-    def group(self, name, channels=None, members=None):
+    def group(self, name, channels=None, members=None, legacy_name=None):
+        """The record of group ``name``; ``legacy_name`` is the PaddleSlim global name of its master
+        weight (``conv2d_3.w_0``), what ppdet's ``slim: Pruner`` and PaddleSlim's ``prune_vars`` take."""
         g = self.data["groups"].setdefault(name, {"channels": channels, "members": members or [], "ratios": {}})
         if channels is not None:
             g["channels"] = channels
+        if legacy_name is not None:
+            g["legacy_name"] = legacy_name
         return g
 
     def record(self, name, ratio, metric, seconds):
@@ -338,7 +342,8 @@ class SensitivityFile:
         model's structured names. Global names depend on layer creation order: only a model
         built the same way as the one analysed maps correctly."""
         groups = self.data["groups"]
-        for name in [n for n, g in groups.items() if g.get("legacy_name")]:
+        # imported groups carry legacy_name True (older imports) or their own name
+        for name in [n for n, g in groups.items() if g.get("legacy_name") in (True, n)]:
             if name in structured:
                 entry = groups.pop(name)
                 entry.pop("legacy_name", None)
@@ -381,6 +386,11 @@ class SensitivityFile:
 
 def _now():
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def legacy_names(prunable):
+    """Structured parameter name -> Paddle's global name (PaddleSlim's name for it)."""
+    return {sname: param.name for sname, param in prunable.model.named_parameters()}
 
 
 def plan_work(sfile, groups, ratios, cap):
@@ -447,9 +457,10 @@ def analyze(prunable, metric, sfile, *, groups, ratios=DEFAULT_RATIOS, cap=None,
     ``check_baseline(value)`` may raise to refuse the unpruned model's metric before anything is
     analysed or written.
     """
+    legacy = legacy_names(prunable)
     for name in groups:
         g = prunable.groups[name]
-        sfile.group(name, channels=g.channels, members=g.members)
+        sfile.group(name, channels=g.channels, members=g.members, legacy_name=legacy.get(name))
     _baseline(sfile, metric, max_batches, check_baseline)
     work = plan_work(sfile, groups, ratios, cap)
     progress = Progress(len(work), "sensitivity", enabled=show_progress)
@@ -576,9 +587,10 @@ def analyze_parallel(prunable, metric, sfile, *, groups, ratios=DEFAULT_RATIOS, 
     import multiprocessing as mp
     from multiprocessing.connection import wait
 
+    legacy = legacy_names(prunable)
     for name in groups:
         g = prunable.groups[name]
-        sfile.group(name, channels=g.channels, members=g.members)
+        sfile.group(name, channels=g.channels, members=g.members, legacy_name=legacy.get(name))
     _baseline(sfile, metric, max_batches, check_baseline)
     work = plan_work(sfile, groups, ratios, cap)
     queue = []

@@ -3,20 +3,23 @@ import functools
 import os
 import sys
 import time
-
-from slim_plugins.errors import AdapterError, OptionError
 from dataclasses import asdict
 
-from slim_plugins.plugins.prune import measure, report
+from slim_plugins.errors import AdapterError, OptionError
+from slim_plugins.plugins.prune import flops_model, measure, report
 from slim_plugins.plugins.prune.inventory import inventory, summary, table_text
 from slim_plugins.plugins.prune.model import PrunableModel
-from slim_plugins.plugins.prune.plan import (
-    attach, attached, find_plan, make_plan, plan_path, replay, PrunePlan)
-from slim_plugins.plugins.prune.ratios import (
-    align_ratios, fixed_ratios, ratios_by_loss, ratios_for_flops)
+from slim_plugins.plugins.prune.plan import PrunePlan, attach, attached, find_plan, make_plan, plan_path, replay
+from slim_plugins.plugins.prune.ratios import align_ratios, fixed_ratios, ratios_by_loss, ratios_for_flops
 from slim_plugins.plugins.prune.sensitivity import (
-    SensitivityFile, analyze, analyze_parallel, analyze_sharded, architecture_fingerprint, weights_fingerprint,
-    write_json_atomic)
+    SensitivityFile,
+    analyze,
+    analyze_parallel,
+    analyze_sharded,
+    architecture_fingerprint,
+    weights_fingerprint,
+    write_json_atomic,
+)
 
 
 def log(message):
@@ -225,6 +228,10 @@ class PruneWorkflow:
                 analyze(prunable, metric, sfile, **common)
         if cfg.sen_analyze and sfile.baseline is not None:  # also a finished file, analysed before
             check(sfile.baseline)
+        if cfg.sen_analyze and self.run.is_main_process and not sfile.data.get("flops"):
+            # what `slim-plugins sens ratios` needs to tell the FLOPs of a choice without the model
+            sfile.data["flops"] = flops_model.record(prunable, self.check_inputs, groups)
+            sfile.save()
         self.report["baseline_metric"] = sfile.baseline
         self.report["metric_name"] = metric.name
         failed = {g: sfile.failure(g) for g in groups if sfile.failure(g)}
@@ -259,7 +266,11 @@ class PruneWorkflow:
             ratios = align_ratios(ratios, channels, cfg.align)
             self.report["chosen_budget"] = cfg.eval_metric_loss
         if cfg.plot and self.run.is_main_process:
-            self._plots(prunable, sfile, sens)
+            missing = report.plotting_unavailable()
+            if missing:
+                log(missing)
+            else:
+                self._plots(prunable, sfile, sens)
         return ratios
 
     def _plots(self, prunable, sfile, sens):
