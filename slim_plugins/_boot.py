@@ -117,7 +117,7 @@ def inherited_options(environ):
         from slim_plugins.errors import OptionError
 
         raise OptionError(f"{ENV_OPTIONS}={raw!r} {problem}",
-                          hint=f'write it as {{"prune": {{"eval_metric_loss": 0.05}}}}, or unset it')
+                          hint='write it as {"prune": {"eval_metric_loss": 0.05}}, or unset it')
     return value
 
 

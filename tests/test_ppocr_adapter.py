@@ -331,7 +331,8 @@ def test_metric_scores_the_same_batches_every_time(work, det_base):
 def test_sensitivity_workers_finish_and_equal_one_process(work, det_base):
     records = []
     for workers in (1, 2):
-        run_tool("train.py", "det.yml", [f"Global.pretrained_model={det_base}", f"Global.save_model_dir=./det_w{workers}"],
+        run_tool("train.py", "det.yml",
+                 [f"Global.pretrained_model={det_base}", f"Global.save_model_dir=./det_w{workers}"],
                  cwd=str(work), extra=["--plugin", "prune", "--prune.action", "analyze", "--prune.sen_ratios", "0.3",
                                        "--prune.sen_batches", "2", "--prune.skip", "head.*",
                                        "--prune.sen_workers", str(workers)])

@@ -134,8 +134,9 @@ class PPDetAdapter(Adapter):
             before = _weights_files(save_dir)
             result = save_model(model, optimizer, save_dir, save_name, *args, **kwargs)
             if run is not None:  # any other weights file the call wrote gets its plan too
+                covered = {os.path.normpath(f) for f in first}
                 for path in sorted(p for p, stamp in _weights_files(save_dir).items()
-                                   if before.get(p) != stamp and os.path.normpath(p) not in {os.path.normpath(f) for f in first}):
+                                   if before.get(p) != stamp and os.path.normpath(p) not in covered):
                     adapter.fire(run, "slim_on_checkpoint_save", path=path)
             return result
 

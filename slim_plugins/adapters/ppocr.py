@@ -307,9 +307,7 @@ class PaddleOCRAdapter(Adapter):
         if not bad:
             return
         key, got, shape = bad[0]
-        from slim_plugins.plugins.prune.plan import find_plan
-
-        from slim_plugins.plugins.prune.plan import plan_path
+        from slim_plugins.plugins.prune.plan import find_plan, plan_path
 
         plan = find_plan(path)
         hint = ("slim-plugins rebuilt the pruned shapes from the plan " + plan + ", but they still differ: "

@@ -1,7 +1,8 @@
 """A plain hapi training script that knows nothing of slim-plugins (used by the tests).
 
 usage: hapi_digits.py OUT_DIR [--epochs N] [--init WEIGHTS | --finetune WEIGHTS] [--load [--export]]
-Trains a small CNN (from WEIGHTS, loaded with ``Model.load`` before ``fit``, if given) on scikit-learn's digits, saves OUT_DIR/final(.pdparams) and prints the
+Trains a small CNN (from WEIGHTS, loaded with ``Model.load`` before ``fit``, if given) on
+scikit-learn's digits, saves OUT_DIR/final(.pdparams) and prints the
 accuracy and the parameter shapes as JSON on its last line.
 """
 import argparse

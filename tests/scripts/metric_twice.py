@@ -22,7 +22,8 @@ class MetricTwice:
         metric = run.metric
         limited = [metric(max_batches=self.batches), metric(max_batches=self.batches)]
         full = [metric(), metric()]
-        print(json.dumps({"name": metric.name, "limited": limited, "all": full, "chance": getattr(metric, "chance", None)}))
+        chance = getattr(metric, "chance", None)
+        print(json.dumps({"name": metric.name, "limited": limited, "all": full, "chance": chance}))
         sys.stdout.flush()
         raise SystemExit(0)
 

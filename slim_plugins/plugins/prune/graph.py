@@ -405,7 +405,7 @@ class Walker:
         axes = [axis] if isinstance(axis, (int, float)) else list(axis)
         axes = sorted(_norm_axis(a, len(shape)) for a in axes)
         if any(a in chan.axes for a in axes):
-            raise _Unsupported(f"reduces over a channel axis")
+            raise _Unsupported("reduces over a channel axis")
         keep = op.attrs.get("keepdim", op.attrs.get("keep_dim", False))
         if keep:
             self.set_out(op, chan)

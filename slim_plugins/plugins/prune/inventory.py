@@ -97,7 +97,8 @@ def inventory(prunable, inputs):
         elif weight in prunable.blocked:
             row.reason = prunable.blocked[weight]
         elif prunable.producer_of.get(weight) in prunable.blocked:
-            row.reason = f"coupled with {prunable.producer_of[weight]}: {prunable.blocked[prunable.producer_of[weight]]}"
+            owner = prunable.producer_of[weight]
+            row.reason = f"coupled with {owner}: {prunable.blocked[owner]}"
         elif not traced:
             row.reason = "not in the traced program" + (f" ({conditional})" if conditional else
                                                         " (never run by forward())" if calls and not any(calls) else "")

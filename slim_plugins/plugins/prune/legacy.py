@@ -63,7 +63,8 @@ def load_legacy(path):
             raw = f.read()
     except OSError as exc:
         raise SensitivityFileError(f"cannot read {path}: {exc.strerror}", plugin="prune",
-                                   hint="give a PaddleSlim/PaddleX sensitivity pickle (*.sensi.data, *.pickle)") from None
+                                   hint="give a PaddleSlim/PaddleX sensitivity pickle (*.sensi.data, *.pickle)",
+                                   ) from None
     try:
         obj = loads_legacy(raw)
     except SensitivityFileError:

@@ -143,7 +143,6 @@ class PrunableModel:
     # ------------------------------------------------------------------ tracing
     def _trace(self, examples):
         from slim_plugins.plugins.prune.graph import Walker
-        from slim_plugins.plugins.prune.program import read_program
 
         param_shapes = {g: [int(d) for d in p.shape] for g, p in self.params.items()}
         first = self.mode or ("train" if self.model.training else "eval")
