@@ -249,6 +249,16 @@ def write_config(name, directory, size=None):
 
 
 # ---------------------------------------------------------------------- building
+def suite_fixes():
+    """The fixes the tests' ppdet driver applies to the paddledet 2.6.0 wheel on today's Paddle
+    (int64 assigner labels on Paddle 3, 1-D RoI counts for R-CNN): a user's checkout has them."""
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests", "scripts"))
+    import ppdet_tools
+
+    ppdet_tools.fix_assigners_for_paddle3()
+    ppdet_tools.fix_rpn_for_0d_shapes()
+
+
 def build_ppdet(name, directory, size=None):
     """model, run (what the adapter sees), eval inputs, a train batch maker."""
     import paddle
@@ -282,8 +292,8 @@ def ppdet_train_batch(name, model, cfg, eval_batch):
         batch["gt_bbox"] = boxes / paddle.to_tensor([w, h, w, h], dtype="float32")
         for i, stride in enumerate((32, 16, 8)):
             batch[f"target{i}"] = paddle.zeros([1, 3, 6 + 80, h // stride, w // stride])
-    else:  # int64 labels: ppdet 2.6.0's assigners add int32 labels to int64 indices, refused on Paddle 3
-        batch.update(gt_bbox=boxes, gt_class=classes.astype("int64"), pad_gt_mask=paddle.ones([1, 2, 1]), is_crowd=paddle.zeros(
+    else:
+        batch.update(gt_bbox=boxes, gt_class=classes, im_id=paddle.zeros([1, 1], "int64"), pad_gt_mask=paddle.ones([1, 2, 1]), is_crowd=paddle.zeros(
             [1, 2, 1], "int32"), epoch_id=0, curr_iter=0)
     return [batch]
 
@@ -419,6 +429,7 @@ def measure_model(name, directory, ratios, train=True, compare=True, size=None):
     import paddle
 
     if name in CONFIGS:
+        suite_fixes()
         model, inputs, context, train_batch = build_ppdet(name, directory, size)
     else:
         model, inputs, context, train_batch = build_paddlex(name, size)
