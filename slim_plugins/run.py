@@ -161,6 +161,13 @@ class TrainingRun:
         """``"train"``, ``"eval"`` or None (trace in the model's current mode)."""
         return self._ask("slim_trace_mode")
 
+    def trace_context(self):
+        """The adapter's context for tracing the model (see
+        :func:`~slim_plugins.hooks.spec.slim_trace_context`); a no-op one when it gives none."""
+        import contextlib
+
+        return self._ask("slim_trace_context") or contextlib.nullcontext()
+
     @property
     def save_dir(self):
         return self._ask("slim_save_dir") or "output"

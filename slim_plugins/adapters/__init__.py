@@ -108,6 +108,9 @@ class Adapter:
     def trace_mode(self, run):
         return None
 
+    def trace_context(self, run):
+        return None
+
     def world(self, run):
         return None
 
@@ -153,6 +156,10 @@ class Adapter:
     @hookimpl
     def slim_trace_mode(self, run):
         return self.trace_mode(run) if self._owns(run) else None
+
+    @hookimpl
+    def slim_trace_context(self, run):
+        return self.trace_context(run) if self._owns(run) else None
 
     @hookimpl
     def slim_save_dir(self, run):

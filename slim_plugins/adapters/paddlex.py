@@ -307,6 +307,15 @@ class PaddleXAdapter(Adapter):
         shape = _sample_shape(model, self.eval_loader(run) or self.train_loader(run))
         return [[None] + shape] if shape else None
 
+    def trace_context(self, run):
+        if run.handle.model_type != "detector":
+            return None
+        import paddlex.ppdet.modeling.ops as ops
+
+        from slim_plugins.adapters.ppdet import tracing_detector
+
+        return tracing_detector(self.model(run), ops)  # PaddleX 2 ships its own copy of ppdet
+
     def forward_inputs(self, run, batch_size):
         model = run.handle
         if model.model_type != "detector":

@@ -213,6 +213,11 @@ class PPDetAdapter(Adapter):
         # PaddleSlim feeds every value of the dict as a static input and calls model(dict)
         return self.forward_inputs(run, 1)
 
+    def trace_context(self, run):
+        import ppdet.modeling.ops as ops
+
+        return tracing_detector(run.handle.model, ops)
+
     def save_dir(self, run):
         cfg = run.handle.cfg
         return os.path.join(cfg.get("save_dir", "output"), cfg.get("filename", "model"))
@@ -457,6 +462,120 @@ def _full_graph_to_static():
         yield
     finally:
         paddle.jit.to_static = to_static
+
+
+# RPNHead.export_onnx is left alone: its single-image path indexes a 0-D shape (fails on Paddle >= 2.6)
+_SINGLE_IMAGE_FLAGS = {"RCNNBox": ("export_onnx",), "BBoxPostProcess": ("export_eb",)}
+
+
+@contextlib.contextmanager
+def tracing_detector(model, ops):
+    """What a ppdet-style detector (paddledet 2.6, PaddleX 2's copy of it) needs to become a
+    program on both Paddle versions, without changing what the network computes up to NMS: the
+    detection ops through Paddle's PIR API (:func:`pir_detection_ops`), and the suite's own
+    export paths where Paddle 3 cannot convert the default one (a Python loop over the images of a
+    batch): ``RCNNBox.export_onnx`` decodes the boxes of one image (we trace one image), and
+    ``BBoxPostProcess.export_eb`` leaves out the rescaling of the boxes NMS kept. Both read boxes,
+    never channels. The training forward needs ground truth the trace inputs lack: ``get_loss``
+    fails at once instead of after seconds of conversion."""
+    flags, seen = [], set()
+
+    def visit(owner, depth):  # layers, and the plain objects they hold (post_process.decode ...)
+        if id(owner) in seen or depth > 3:
+            return
+        seen.add(id(owner))
+        for name in _SINGLE_IMAGE_FLAGS.get(type(owner).__name__, ()):
+            if isinstance(getattr(owner, name, None), bool):
+                flags.append((owner, name))
+        for value in vars(owner).values():
+            if hasattr(value, "__dict__") and not callable(getattr(value, "numpy", None)) and not isinstance(
+                    value, type) and type(value).__module__.split(".")[0] in ("ppdet", "paddlex"):
+                visit(value, depth + 1)
+
+    for layer in model.sublayers(include_self=True):
+        visit(layer, 0)
+    saved = [(owner, name, getattr(owner, name)) for owner, name in flags]
+    own = vars(model).get("get_loss")
+
+    def get_loss(*_args, **_kwargs):  # fail at once, not after converting the whole network
+        raise RuntimeError("a detector's training forward needs ground-truth boxes, which tracing does not have")
+
+    try:
+        for owner, name in flags:
+            setattr(owner, name, True)
+        if hasattr(model, "get_loss"):
+            model.get_loss = get_loss
+        with pir_detection_ops(ops):
+            yield
+    finally:
+        for owner, name, value in saved:
+            setattr(owner, name, value)
+        vars(model).pop("get_loss", None)
+        if own is not None:
+            model.get_loss = own
+
+
+@contextlib.contextmanager
+def pir_detection_ops(ops):
+    """paddledet 2.6.0's ``ops.multiclass_nms`` / ``ops.matrix_nms`` (and PaddleX 2's copy, with
+    ``ops.yolo_box``) build their op with the old static API only (``LayerHelper.append_op``),
+    which Paddle 3's PIR programs refuse: ``to_static`` fails on every detector's eval forward.
+    While the model is traced, ``ops`` (the suite's ``modeling/ops.py`` module) builds the same ops
+    through Paddle's PIR API, as later PaddleDetection releases do; the program is the inference
+    program, NMS included. Nothing changes on the old IR (Paddle 2.6) or in dygraph."""
+    import paddle
+
+    in_pir = getattr(paddle.framework, "in_pir_mode", None)
+    saved = {name: getattr(ops, name, None) for name in ("multiclass_nms", "matrix_nms", "yolo_box")}
+    if in_pir is None or saved["multiclass_nms"] is None:
+        yield
+        return
+    multiclass, matrix, yolo = saved["multiclass_nms"], saved["matrix_nms"], saved["yolo_box"]
+
+    @paddle.jit.not_to_static
+    def multiclass_nms(bboxes, scores, score_threshold, nms_top_k, keep_top_k, nms_threshold=0.3,
+                       normalized=True, nms_eta=1.0, background_label=-1, return_index=False,
+                       return_rois_num=True, rois_num=None, name=None):
+        if not in_pir():
+            return multiclass(bboxes, scores, score_threshold, nms_top_k, keep_top_k, nms_threshold, normalized,
+                              nms_eta, background_label, return_index, return_rois_num, rois_num, name)
+        out, index, nms_rois_num = paddle._C_ops.multiclass_nms3(
+            bboxes, scores, rois_num, score_threshold, nms_top_k, keep_top_k, nms_threshold, normalized, nms_eta,
+            background_label)
+        return out, nms_rois_num if return_rois_num else None, index if return_index else None
+
+    @paddle.jit.not_to_static
+    def matrix_nms(bboxes, scores, score_threshold, post_threshold, nms_top_k, keep_top_k, use_gaussian=False,
+                   gaussian_sigma=2.0, background_label=0, normalized=True, return_index=False,
+                   return_rois_num=True, name=None):
+        if not in_pir() or matrix is None:
+            return matrix(bboxes, scores, score_threshold, post_threshold, nms_top_k, keep_top_k, use_gaussian,
+                          gaussian_sigma, background_label, normalized, return_index, return_rois_num, name)
+        out, index, rois_num = paddle.vision.ops.matrix_nms(
+            bboxes, scores, score_threshold, post_threshold, nms_top_k, keep_top_k, use_gaussian, gaussian_sigma,
+            background_label, normalized, return_index=True, return_rois_num=True)
+        return out, rois_num if return_rois_num else None, index if return_index else None
+
+    @paddle.jit.not_to_static
+    def yolo_box(x, origin_shape, anchors, class_num, conf_thresh, downsample_ratio, clip_bbox=True, scale_x_y=1.0,
+                 name=None):
+        if not in_pir():
+            return yolo(x, origin_shape, anchors, class_num, conf_thresh, downsample_ratio, clip_bbox, scale_x_y,
+                        name)
+        return paddle.vision.ops.yolo_box(x, origin_shape, anchors, class_num, conf_thresh, downsample_ratio,
+                                          clip_bbox=clip_bbox, scale_x_y=scale_x_y)
+
+    ops.multiclass_nms = multiclass_nms
+    if matrix is not None:
+        ops.matrix_nms = matrix_nms
+    if yolo is not None:
+        ops.yolo_box = yolo_box
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is not None:
+                setattr(ops, name, value)
 
 
 # ---------------------------------------------------------------------- evaluation

@@ -134,6 +134,19 @@ def slim_trace_mode(run):
 
 
 @hookspec(firstresult=True)
+def slim_trace_context(run):
+    """A context manager the prune plugin enters while it turns the model into a program
+    (``paddle.jit.to_static``) to find the prunable groups: the adapter makes its suite's inference
+    code traceable there without changing what the network computes, e.g. post-processing ops the
+    suite builds only through the old static API (paddledet 2.6's ``multiclass_nms`` under PIR).
+
+    :param run: the training run.
+    :returns: a context manager, or None when the model traces as it is. Stops at the first
+        non-None result.
+    """
+
+
+@hookspec(firstresult=True)
 def slim_save_dir(run):
     """Where the run writes checkpoints; plugins write their artifacts here.
 

@@ -74,6 +74,37 @@ def fix_assigners_for_paddle3():
         cls.forward = int64_labels
 
 
+def fix_rpn_for_0d_shapes():
+    """paddledet 2.6.0's RPN head, RoI sampling and ``BBoxPostProcess.get_pred`` concatenate per-image counts
+    (``paddle.shape(rois)[0]``, ``bbox_num[i]``), 0-D tensors since Paddle 2.5, which
+    ``paddle.concat`` refuses: every Faster / Mask / Cascade R-CNN forward fails (RPN: train and
+    eval) on Paddle 2.6 and 3. PaddleDetection's sources keep them 1-D; this driver gives those
+    modules of the wheel a ``paddle`` whose ``concat`` does the same."""
+    import types
+
+    from ppdet.modeling import post_process
+    from ppdet.modeling.proposal_generator import rpn_head, target
+
+    if getattr(rpn_head.paddle, "_fixed_0d", False):
+        return
+
+    class Paddle(types.ModuleType):
+        _fixed_0d = True
+
+        def __getattr__(self, name):
+            return getattr(paddle, name)
+
+    def concat(x, axis=0, name=None):
+        if isinstance(x, (list, tuple)):
+            x = [t.reshape([1]) if len(t.shape) == 0 else t for t in x]
+        out = paddle.concat(x, axis=axis, name=name)  # a static loop's tensor array of 0-D counts gives 0-D
+        return out.reshape([-1]) if len(out.shape) == 0 else out
+
+    proxy = Paddle("paddle")
+    proxy.concat = concat
+    rpn_head.paddle = post_process.paddle = target.paddle = proxy
+
+
 def parse_args(command, argv):
     parser = ArgsParser()
     parser.add_argument("--slim_config", default=None, type=str)
@@ -88,6 +119,7 @@ def parse_args(command, argv):
 def main(argv):
     command, rest = argv[0], argv[1:]
     fix_assigners_for_paddle3()
+    fix_rpn_for_0d_shapes()
     flags = parse_args(command, rest)
     cfg = load_config(flags.config)
     merge_args(cfg, flags)

@@ -158,7 +158,8 @@ class Walker:
         return self.view.shapes.get(key)
 
     def param_of(self, key):
-        return self.view.params.get(key)
+        name = self.view.params.get(key)
+        return name if name in self.param_ids else None  # PIR also lists captured tensors (eager_tmp_*)
 
     def get(self, key) -> Optional[Chan]:
         if key in self.chan:
@@ -715,6 +716,27 @@ class Walker:
         self.set_out(op, Chan(tuple(axes), np.ascontiguousarray(out[picker])))
         del index
 
+    def op_reshape(self, op):
+        """A dynamic leading dimension (batch, number of RoIs) that the reshape keeps, e.g. RoI
+        features ``[-1, 256, 7, 7]`` flattened into ``[-1, 12544]`` for a Linear, moves no channel:
+        read it as 1."""
+        key, out = op.first("x"), op.outputs[0]
+        in_shape, out_shape = self.shape(key), self.shape(out)
+        chan = self.get(key)
+        if (chan is None or not in_shape or not out_shape or in_shape[0] >= 0 or out_shape[0] >= 0
+                or any(d < 0 for d in in_shape[1:]) or any(d < 0 for d in out_shape[1:])
+                or _prod(in_shape[1:]) != _prod(out_shape[1:]) or 0 in chan.axes):
+            self.reshape(op)
+            return
+        shapes = self.view.shapes
+        shapes[key], shapes[out] = (1,) + tuple(in_shape[1:]), (1,) + tuple(out_shape[1:])
+        try:
+            self.reshape(op)
+        finally:
+            shapes[key], shapes[out] = in_shape, out_shape
+
+    op_flatten = op_squeeze = op_unsqueeze = op_reshape
+
     def op_expand(self, op):
         self.passthrough_same_rank(op)
 
@@ -749,6 +771,57 @@ class Walker:
             if out_shape is None or len(out_shape) != len(shape):
                 raise _Unsupported("gather that changes rank")
         self.set_out(op, chan)
+
+    # ------------------------------------------------------------------ detection post-processing
+    def post_processing(self, op):
+        """NMS and box decoding keep or drop whole boxes by score: the classes and box coordinates
+        they read are fixed by the task (``num_classes``, anchors, 4 or ``reg_max`` bins)."""
+        reason = self.reason(op, "reaches detection post-processing")
+        for key in self.data_inputs(op):
+            self.block_key(key, reason)
+        for key in op.outputs:
+            if key is not None:
+                self.chan[key] = None
+
+    op_multiclass_nms3 = op_multiclass_nms = op_multiclass_nms2 = op_matrix_nms = post_processing
+    op_nms = op_box_coder = op_yolo_box = op_generate_proposals = op_generate_proposals_v2 = post_processing
+
+    def shape_only(self, op):
+        """Anchors and prior boxes read a feature map's size only, never its values."""
+        for key in op.outputs:
+            if key is not None:
+                self.chan[key] = None
+
+    op_prior_box = op_density_prior_box = op_anchor_generator = shape_only
+
+    # ------------------------------------------------------------------ conditionals (inlined)
+    def op_if(self, op):
+        """PIR ``if``: result ``i`` is what either branch yields at ``i``."""
+        true, false = op.inputs.get("true", []), op.inputs.get("false", [])
+        for i in range(len(op.outputs)):
+            self._merge_branches(op, [b[i] for b in (true, false) if i < len(b)], i)
+
+    def op_select_input(self, op):
+        """Old-IR ``select_input``: the result is one of the branch values in ``x``."""
+        self._merge_branches(op, op.inputs.get("x", []), 0)
+
+    def _merge_branches(self, op, keys, index):
+        chans = [self.get(k) for k in keys]
+        present = [c for c in chans if c is not None]
+        if not present:
+            self.set_out(op, None, index)
+            return
+        first = present[0]
+        if any(c.axes != first.axes or c.ids.shape != first.ids.shape for c in present[1:]):
+            for c in present:
+                self.block(c, self.reason(op, "branches of a conditional give channels in different layouts"))
+            self.set_out(op, None, index)
+            return
+        for c in present[1:]:
+            self.uf.union_arrays(first.ids, c.ids)
+        if len(present) < len(chans):  # the other branch gives a fixed number of channels
+            self.block(first, self.reason(op, "a branch of a conditional gives a value of fixed channels"))
+        self.set_out(op, first, index)
 
     def op_pixel_shuffle(self, op):
         raise _Unsupported("pixel_shuffle mixes channels into space")

@@ -104,6 +104,8 @@ def inventory(prunable, inputs):
                                                         " (never run by forward())" if calls and not any(calls) else "")
         elif groups > 1 and shape[1] == 1:
             row.reason = "depthwise conv following a channel set that cannot be pruned"
+        elif shape[1 if isinstance(layer, TRANSPOSED) else 0] == 1:
+            row.reason = "has a single output channel"
         else:
             row.reason = "its output channels belong to no prunable group"
         rows.append(row)

@@ -68,7 +68,8 @@ def _where(callstack):
     lines = [str(s) for s in callstack]
     for line in reversed(lines):
         text = line.strip()
-        if text.startswith("File ") and f"{os.sep}paddle{os.sep}" not in text:
+        if text.startswith("File ") and f"{os.sep}paddle{os.sep}" not in text and (
+                f"{os.sep}slim_plugins{os.sep}adapters{os.sep}" not in text):  # an adapter's stand-in
             try:
                 path = text.split('"')[1]
                 lineno = text.split("line ")[1].split(",")[0]
@@ -92,7 +93,7 @@ def _read_old_ir(program, outputs, param_names):
     block = program.global_block()
 
     def shape_of(name):
-        var = block._find_var_recursive(name)
+        var = block._find_var_recursive(name) or _sub_block_var(program, name)
         if var is None:
             return None
         try:
@@ -100,7 +101,7 @@ def _read_old_ir(program, outputs, param_names):
         except Exception:
             return None
 
-    for index, op in enumerate(block.ops):
+    for index, op in enumerate(_inline_old_ir_conditionals(program, block.ops)):
         kind = _OLD_NAMES.get(op.type, op.type)
         inputs = {}
         for slot in op.input_names:
@@ -141,6 +142,8 @@ def _read_old_ir(program, outputs, param_names):
                     view.params[name] = name
         if op.type in ("feed", "fetch"):
             continue
+        if op.type == "conditional_block" and _inlinable(program, op):
+            continue  # its ops came before it; select_input merges what the branches give
         if op.has_attr("sub_block"):
             view.nested.append(OpRecord(kind, inputs, outs, {}, where, index))
             continue
@@ -172,7 +175,7 @@ def _read_pir(program, outputs):
     vectors = {}  # key of a builtin.combine result -> member keys
     producers = {}  # key of a vector result -> the OpRecord that made it
     block = program.global_block()
-    for index, op in enumerate(block.ops):
+    for index, op in enumerate(_inline_pir_ifs(block.ops)):
         name = op.name()
         attrs = {}
         try:
@@ -202,6 +205,8 @@ def _read_pir(program, outputs):
             view.shapes[key] = _pir_shape(results[0])
             continue
         operands = list(op.operands_source())
+        if name == "cf.yield":  # the end of an inlined branch: its ``if`` reads the operands
+            continue
         if name == "builtin.combine":
             vectors[_pir_key(results[0])] = [_pir_key(v) for v in operands]
             continue
@@ -243,6 +248,11 @@ def _read_pir(program, outputs):
         for key, r in zip(outs, results):
             view.shapes[key] = _pir_shape(r)
         record = OpRecord(kind, inputs, outs, attrs, _where(callstack), index)
+        if name == "pd_op.if" and _pir_branches(op) is not None:  # its branches' ops came before it
+            true, false = _pir_branches(op)
+            record.inputs = {"cond": [k for keys in inputs.values() for k in keys], "true": true, "false": false}
+            view.ops.append(record)
+            continue
         if hasattr(op, "num_regions") and op.num_regions():
             record.inputs.update(_nested_operands(op, vectors))
             view.nested.append(record)
@@ -275,6 +285,58 @@ def _nested_operands(op, vectors):
                 if key not in seen_defined:
                     outer.setdefault("nested", []).append(key)
     return outer
+
+
+# ------------------------------------------------------------------------------ conditionals
+# A Python ``if`` on a tensor (``if self.alpha:`` in PP-YOLOE's RepVGG blocks) becomes a
+# conditional op whose branches are blocks of their own. Their ops are read as if they ran one
+# after the other, before the conditional; the conditional's results then hold what either branch
+# gives (old IR: ``select_input``; PIR: the ``if`` op with the ``cf.yield`` operands of each branch).
+def _sub_block_var(program, name):
+    for sub in program.blocks[1:]:
+        var = sub.vars.get(name)
+        if var is not None:
+            return var
+    return None
+
+
+def _inlinable(program, op):
+    try:
+        sub = op.attr("sub_block")
+        return program.block(sub.id if hasattr(sub, "id") else int(sub)) is not None
+    except Exception:
+        return False
+
+
+def _inline_old_ir_conditionals(program, ops):
+    for op in ops:
+        if op.type == "conditional_block" and _inlinable(program, op):
+            sub = op.attr("sub_block")
+            yield from _inline_old_ir_conditionals(program, program.block(sub.id if hasattr(sub, "id") else int(sub)).ops)
+        yield op
+
+
+def _pir_branches(op):
+    """The keys each branch of a PIR ``if`` yields, as ``(true, false)``; None if unreadable."""
+    try:
+        blocks = list(op.blocks())
+        yields = []
+        for block in blocks:
+            last = list(block.ops)[-1]
+            if last.name() != "cf.yield":
+                return None
+            yields.append([_pir_key(v) for v in last.operands_source()])
+    except Exception:
+        return None
+    return tuple(yields) if len(yields) == 2 else None
+
+
+def _inline_pir_ifs(ops):
+    for op in ops:
+        if op.name() == "pd_op.if" and _pir_branches(op) is not None:
+            for block in op.blocks():
+                yield from _inline_pir_ifs(block.ops)
+        yield op
 
 
 # ---------------------------------------------------------------------------------------- tracing

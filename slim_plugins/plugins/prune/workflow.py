@@ -109,8 +109,9 @@ class PruneWorkflow:
         base_fp = architecture_fingerprint(self.model)
         self.before = self._measure()
         log(f"tracing {type(self.model).__name__} ({cfg.criterion})")
-        prunable = PrunableModel(self.model, trace_inputs, criterion=cfg.criterion, skip=cfg.skip,
-                                 mode=self.run.trace_mode)
+        with self.run.trace_context():
+            prunable = PrunableModel(self.model, trace_inputs, criterion=cfg.criterion, skip=cfg.skip,
+                                     mode=self.run.trace_mode)
         rows = inventory(prunable, self.check_inputs)
         if cfg.action != "show":
             self._check_training_branches(prunable, rows)

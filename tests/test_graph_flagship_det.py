@@ -1,0 +1,273 @@
+"""Our pruning graph on today's flagship detectors (issue 11), on whichever Paddle runs the tests.
+
+PP-YOLOE+-s (CSPResNet whose RepVGG blocks branch on ``if self.alpha``, CustomCSPPAN, PPYOLOEHead
+with DFL) and Faster R-CNN R50-FPN (RPN, RoIAlign, TwoFCHead) are built as ``tools/train.py``
+builds them (``load_config`` + ``create``) from configs written here, small, and traced inside the
+ppdet adapter's trace context with the adapter's inputs. The end-to-end test runs ``--prune.action
+show`` through the tests' ppdet driver: there the prune plugin enters the context itself.
+"""
+import importlib.util
+import os
+import sys
+import types
+
+import pytest
+
+from conftest import SCRIPTS
+
+needs_ppdet = pytest.mark.skipif(
+    importlib.util.find_spec("ppdet") is None,
+    reason="paddledet is not installed (pip install --no-deps paddledet==2.6.0 and its imports: see docs/ppdet.md)")
+
+SIZE = 160
+
+PPYOLOE = f"""
+architecture: PPYOLOE
+norm_type: bn
+num_classes: 4
+depth_mult: 0.33
+width_mult: 0.25
+eval_size: [{SIZE}, {SIZE}]
+PPYOLOE:
+  backbone: CSPResNet
+  neck: CustomCSPPAN
+  yolo_head: PPYOLOEHead
+  post_process: ~
+CSPResNet:
+  layers: [3, 6, 6, 3]
+  channels: [64, 128, 256, 512, 1024]
+  return_idx: [1, 2, 3]
+  use_large_stem: True
+  use_alpha: True
+CustomCSPPAN:
+  out_channels: [768, 384, 192]
+  stage_num: 1
+  block_num: 3
+  act: 'swish'
+  spp: true
+PPYOLOEHead:
+  fpn_strides: [32, 16, 8]
+  grid_cell_scale: 5.0
+  grid_cell_offset: 0.5
+  static_assigner_epoch: 30
+  use_varifocal_loss: True
+  loss_weight: {{class: 1.0, iou: 2.5, dfl: 0.5}}
+  static_assigner:
+    name: ATSSAssigner
+    topk: 9
+  assigner:
+    name: TaskAlignedAssigner
+    topk: 13
+    alpha: 1.0
+    beta: 6.0
+  nms:
+    name: MultiClassNMS
+    nms_top_k: 1000
+    keep_top_k: 100
+    score_threshold: 0.01
+    nms_threshold: 0.7
+"""
+
+FASTER_RCNN = """
+architecture: FasterRCNN
+norm_type: bn
+num_classes: 4
+FasterRCNN:
+  backbone: ResNet
+  neck: FPN
+  rpn_head: RPNHead
+  bbox_head: BBoxHead
+  bbox_post_process: BBoxPostProcess
+ResNet:
+  depth: 50
+  norm_type: bn
+  freeze_at: 0
+  return_idx: [0, 1, 2, 3]
+  num_stages: 4
+FPN:
+  out_channel: 64
+RPNHead:
+  anchor_generator:
+    aspect_ratios: [0.5, 1.0, 2.0]
+    anchor_sizes: [[32], [64], [128], [256], [512]]
+    strides: [4, 8, 16, 32, 64]
+  rpn_target_assign:
+    batch_size_per_im: 256
+    fg_fraction: 0.5
+    negative_overlap: 0.3
+    positive_overlap: 0.7
+    use_random: True
+  train_proposal:
+    min_size: 0.0
+    nms_thresh: 0.7
+    pre_nms_top_n: 2000
+    post_nms_top_n: 1000
+    topk_after_collect: True
+  test_proposal:
+    min_size: 0.0
+    nms_thresh: 0.7
+    pre_nms_top_n: 200
+    post_nms_top_n: 100
+BBoxHead:
+  head: TwoFCHead
+  roi_extractor:
+    resolution: 7
+    sampling_ratio: 0
+    aligned: True
+  bbox_assigner: BBoxAssigner
+BBoxAssigner:
+  batch_size_per_im: 512
+  bg_thresh: 0.5
+  fg_thresh: 0.5
+  fg_fraction: 0.25
+  use_random: True
+TwoFCHead:
+  out_channel: 128
+BBoxPostProcess:
+  decode: RCNNBox
+  nms:
+    name: MultiClassNMS
+    keep_top_k: 100
+    score_threshold: 0.05
+    nms_threshold: 0.5
+"""
+
+READER = f"""
+EvalReader:
+  sample_transforms:
+  - Decode: {{}}
+  - Resize: {{interp: 2, target_size: [{SIZE}, {SIZE}], keep_ratio: False}}
+  - NormalizeImage: {{is_scale: true, mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225]}}
+  - Permute: {{}}
+  batch_transforms:
+  - PadBatch: {{pad_to_stride: 32}}
+  batch_size: 1
+"""
+
+
+def build(tmp_path, text):
+    """The model as tools/train.py builds it, in eval mode; the adapter's run view, its inputs and
+    its trace context."""
+    import paddle
+    from ppdet.core.workspace import create, load_config
+
+    sys.path.insert(0, SCRIPTS)
+    import ppdet_tools  # the wheel fixes a user's PaddleDetection checkout has (R-CNN's 0-D RoI counts)
+
+    ppdet_tools.fix_assigners_for_paddle3()
+    ppdet_tools.fix_rpn_for_0d_shapes()
+    from slim_plugins.adapters.ppdet import adapter
+
+    path = tmp_path / "model.yml"
+    path.write_text(text + READER)
+    cfg = load_config(str(path))
+    paddle.seed(0)
+    model = create(cfg.architecture)
+    model.eval()
+    run = types.SimpleNamespace(adapter="ppdet", handle=types.SimpleNamespace(cfg=cfg, model=model), state={})
+    inputs = adapter.forward_inputs(run, 1)
+    assert list(inputs[0]["image"].shape) == [1, 3, SIZE, SIZE]
+    return model, inputs, adapter.trace_context(run)
+
+
+def analyse(model, inputs, context):
+    from slim_plugins.plugins.prune.inventory import inventory
+    from slim_plugins.plugins.prune.model import PrunableModel
+
+    with context:
+        prunable = PrunableModel(model, inputs, mode="eval")
+    rows = {r.weight: r for r in inventory(prunable, inputs)}
+    return prunable, rows
+
+
+def prune_everything(prunable, inputs, ratio=0.5):
+    """Every group at ``ratio``; PrunableModel.prune runs the eval forward and restores the model
+    (naming the group) if it breaks."""
+    groups = prunable.selected_groups()
+    before = {n: list(p.shape) for n, p in prunable.model.named_parameters()}
+    prunable.prune({g: ratio for g in groups}, check_inputs=inputs)
+    after = {n: list(p.shape) for n, p in prunable.model.named_parameters()}
+    return before, after
+
+
+@needs_ppdet
+def test_ppyoloe_plus_csp_stages_prune_and_the_head_says_why_not(tmp_path):
+    import paddle
+
+    model, inputs, context = build(tmp_path, PPYOLOE)
+    prunable, rows = analyse(model, inputs, context)
+    assert prunable.traced_modes[0] == "eval"
+    # CSP stages: conv1 and conv2 feed a concat (then the ESE attention and conv3)
+    for stage in range(4):
+        for conv in ("conv1", "conv2"):
+            assert rows[f"backbone.stages.{stage}.{conv}.conv.weight"].status == "prunable", stage
+    assert rows["neck.fpn_stages.0.0.conv1.conv.weight"].status == "prunable"
+    # the RepVGG branch (inside ``if self.alpha``) is pruned with the stage's channels it adds to
+    repvgg = rows["backbone.stages.1.blocks.0.conv2.conv1.conv.weight"]
+    assert repvgg.status == "follows" and repvgg.group == "backbone.stages.1.conv2.conv.weight", repvgg
+    # head: classes reach NMS, the DFL bins a softmax; both fixed by the task
+    assert "post-processing" in rows["yolo_head.pred_cls.0.weight"].reason
+    assert "multiclass_nms" in rows["yolo_head.pred_cls.0.weight"].reason
+    assert "softmax" in rows["yolo_head.pred_reg.0.weight"].reason
+    assert rows["yolo_head.proj_conv.weight"].reason == "has a single output channel"
+    assert len(prunable.groups) >= 40
+
+    before, after = prune_everything(prunable, inputs)
+    assert after["backbone.stages.1.conv2.conv.weight"][0] == before["backbone.stages.1.conv2.conv.weight"][0] // 2
+    assert after["yolo_head.pred_cls.0.weight"][0] == 4
+    with paddle.no_grad():
+        out = model(*inputs)
+    assert out["bbox"].shape[-1] == 6
+
+
+@needs_ppdet
+def test_faster_rcnn_fpn_outputs_prune_into_the_roi_head(tmp_path):
+    import paddle
+
+    model, inputs, context = build(tmp_path, FASTER_RCNN)
+    prunable, rows = analyse(model, inputs, context)
+    assert prunable.traced_modes[0] == "eval"
+    # the FPN outputs (one channel set over all levels) reach RoIAlign, then a flatten into fc6
+    fpn = [w for w in rows if w.startswith("neck.fpn_res") and w.endswith("_sum.weight")]
+    assert len(fpn) == 4 and all(rows[w].status in ("prunable", "follows") for w in fpn), [rows[w] for w in fpn]
+    group = prunable.groups[rows[fpn[0]].group]
+    assert "bbox_head.head.fc6.weight" in group.members
+    assert "rpn_head.rpn_feat.rpn_conv.weight" in group.members or rows["rpn_head.rpn_feat.rpn_conv.weight"].status == "prunable"
+    assert rows["backbone.res2.res2a.branch2a.conv.weight"].status == "prunable"
+    # the RPN's objectness and box deltas: fixed by the anchors, they reach proposal generation
+    for name in ("rpn_head.rpn_rois_score.weight", "rpn_head.rpn_rois_delta.weight"):
+        assert rows[name].status == "skipped" and rows[name].reason, rows[name]
+
+    before, after = prune_everything(prunable, inputs)
+    assert after["bbox_head.head.fc6.weight"][0] < before["bbox_head.head.fc6.weight"][0]
+    assert after[fpn[0]][0] == before[fpn[0]][0] // 2
+    with paddle.no_grad():
+        out = model(*inputs)
+    assert out["bbox"].shape[-1] == 6
+
+
+@needs_ppdet
+def test_train_command_shows_ppyoloe_plus_groups_through_the_adapter(tmp_path):
+    """``--prune.action show`` on the unchanged train command: the prune plugin traces inside the
+    adapter's context (on Paddle 3, paddledet 2.6.0's NMS does not trace without it)."""
+    import subprocess
+
+    from conftest import HERE, clean_env
+
+    subprocess.run([sys.executable, os.path.join(SCRIPTS, "ppdet_shapes.py"), str(tmp_path / "data" / "shapes")],
+                   check=True, timeout=120)
+    pico = open(os.path.join(HERE, "data", "ppdet", "picodet_s_shapes.yml")).read()
+    model_sections = PPYOLOE.split("PPYOLOE:", 1)[1]
+    text = (pico.split("PicoDet:", 1)[0].replace("architecture: PicoDet", "architecture: PPYOLOE")
+            + "depth_mult: 0.33\nwidth_mult: 0.25\n\nPPYOLOE:" + model_sections + "\nLearningRate:"
+            + pico.split("LearningRate:", 1)[1])
+    (tmp_path / "ppyoloe_shapes.yml").write_text(text)
+    proc = subprocess.run(
+        [sys.executable, os.path.join(SCRIPTS, "ppdet_tools.py"), "train", "-c", "ppyoloe_shapes.yml",
+         "--plugin", "prune", "--prune.action", "show"],
+        cwd=str(tmp_path), env=clean_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    lines = {line.split()[0]: line for line in proc.stdout.splitlines() if line.strip()}
+    assert "prunable" in lines["backbone.stages.0.conv1.conv.weight"]
+    assert "post-processing" in lines["yolo_head.pred_cls.0.weight"]
+    assert "prunable groups" in proc.stdout
