@@ -750,6 +750,22 @@ class Walker:
                 raise _Unsupported("gather that changes rank")
         self.set_out(op, chan)
 
+    # old-IR names of elementwise tests (DB head's ``fix_nan``: ``where(isnan(x), 0, x)``)
+    op_isnan_v2 = passthrough
+    op_isinf_v2 = passthrough
+    op_isfinite_v2 = passthrough
+
+    def op_rnn(self, op):
+        """LSTM / GRU / simple RNN (Paddle's fused ``rnn`` op): the input's channels meet the
+        flattened, coalesced cell weights, which are not pruned; the hidden state starts no group."""
+        reason = self.reason(op, "feeds an LSTM/GRU (rnn op), whose input weights are not pruned")
+        self.block(self.get(op.first("x", "input")), reason)
+        for slot in ("pre_state", "prestate", "weight_list", "weightlist"):
+            for key in op.inputs.get(slot, []):
+                self.block_key(key, reason)
+        for i in range(len(op.outputs)):
+            self.set_out(op, None, i)
+
     def op_pixel_shuffle(self, op):
         raise _Unsupported("pixel_shuffle mixes channels into space")
 
