@@ -754,6 +754,9 @@ class Walker:
     op_isnan_v2 = passthrough
     op_isinf_v2 = passthrough
     op_isfinite_v2 = passthrough
+    # old-IR ``zeros_like`` / ``ones_like`` / ``full_like`` (PIR: full_like)
+    op_fill_any_like = passthrough
+    op_fill_zeros_like = passthrough
 
     def op_rnn(self, op):
         """LSTM / GRU / simple RNN (Paddle's fused ``rnn`` op): the input's channels meet the
