@@ -12,7 +12,6 @@ import os
 import sys
 from types import SimpleNamespace
 
-import numpy as np
 import pytest
 
 
@@ -175,9 +174,11 @@ def rec():
 
 
 def _rec_targets(batch):
-    from slim_plugins.adapters.ppocr import PaddleOCRAdapter
+    """``batch[1:]`` of a training batch: label_ctc, label_gtc, length, valid_ratio."""
+    import paddle
 
-    return PaddleOCRAdapter.train_targets(REC_CONFIG, batch)
+    return [paddle.randint(1, 30, [batch, MAX_TEXT]), paddle.randint(1, 30, [batch, MAX_TEXT]),
+            paddle.full([batch], 4, dtype="int64"), paddle.ones([batch])]
 
 
 def test_v4_rec_is_traced_in_train_mode_with_labels(rec):
@@ -203,14 +204,14 @@ def test_v4_rec_pruned_model_trains_both_heads(rec):
     import paddle
 
     model, prunable = rec
-    last = next(g for g in prunable.groups.values() if "head.before_gtc.1.fc.weight" in g.members)
+    fc = model.head.before_gtc[1].fc.weight
+    rows = fc.shape[0]
     applied = _prune_all(prunable, 0.5)
     try:
-        fc = model.head.before_gtc[1].fc.weight
-        assert fc.shape[0] == int(np.ceil(last.channels / 2)) or fc.shape[0] == last.channels - round(
-            last.channels * 0.5)
+        # an eval-mode trace leaves NRTR's input projection at the unpruned width: matmul fails
         out = _train_step(model, paddle.rand([2] + REC_SHAPE), _rec_targets(2))
         assert set(out) >= {"ctc", "gtc"}
+        assert fc.shape[0] < rows  # pruned with the last backbone conv
         model.eval()
         with paddle.no_grad():
             assert model(paddle.rand([1] + REC_SHAPE)).shape[0] == 1
