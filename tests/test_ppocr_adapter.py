@@ -479,6 +479,8 @@ def test_rec_eval_and_export_of_the_pruned_checkpoint(work, rec_pruned):
 # ------------------------------------------------------------------ SVTR-LCNet (PP-OCRv3 rec), --plugin prune
 SVTR_RATIOS = "backbone.block_list.1.*=0.5,backbone.block_list.1?._pointwise_conv.*=0.25"
 SVTR_GROUPS = {  # the groups those globs select: ratio, channels before and after
+    # block_list.1's depthwise conv follows block_list.0's pointwise conv: the glob takes that group too
+    "backbone.block_list.0._pointwise_conv._conv.weight": (0.5, 32, 16),
     "backbone.block_list.1._pointwise_conv._conv.weight": (0.5, 64, 32),
     "backbone.block_list.10._pointwise_conv._conv.weight": (0.25, 256, 192),
     "backbone.block_list.11._pointwise_conv._conv.weight": (0.25, 512, 384)}
@@ -487,8 +489,8 @@ SVTR_GROUPS = {  # the groups those globs select: ratio, channels before and aft
 @pytest.fixture(scope="module")
 def svtr_pruned(work):
     """A mechanics run (2 training steps: acc stays 0, so the metric is norm_edit_dis): MultiHead's
-    training forward needs the labels, so the adapter traces it in eval mode, where the SAR head
-    does not run."""
+    training forward needs the labels, so the adapter traces it in train mode with dummy labels,
+    and the graph sees what the SAR head reads."""
     make_rec_set(str(work / "svtr"), "train", 16, random.Random(1))
     make_rec_set(str(work / "svtr"), "test", 8, random.Random(2))
     config = svtr_config(str(work / "svtr"))
@@ -533,18 +535,18 @@ def test_svtr_lcnet_log_says_which_convs_were_skipped_and_why(svtr_pruned):
     out, proc = svtr_pruned
     skipped = dict(re.findall(r"\[slim-plugins prune\] skip (\S+): (.+)", proc.stderr))
     neck = "head.ctc_encoder.encoder."
-    # the last backbone conv feeds the SAR head, which runs only with labels: no traced program
-    # shows it, the training forward on a real batch does
-    reason = skipped["backbone.block_list.12._pointwise_conv._conv.weight"]
-    assert "breaks the training forward" in reason and "traced programs miss" in reason
-    # the SAR head only runs in training with labels
-    assert "never run" in skipped["head.sar_head.decoder.conv3x3_1.weight"]
+    # the last backbone conv feeds the SAR head's LSTM (seen because the trace runs in train mode)
+    assert "LSTM" in skipped["backbone.block_list.12._pointwise_conv._conv.weight"]
+    # in training MultiHead returns the neck's output (ctc_neck) next to the heads' outputs
+    assert "model output" in skipped[neck + "conv1x1.conv.weight"]
     rows = {row["weight"]: row for row in report_of(out)["convs"]}
     assert {w for w, row in rows.items() if row["status"] == "skipped"} == set(skipped)
-    # the SVTR neck is ours to prune: conv2 feeds the transformer (LayerNorm, Linear rows,
-    # residual adds), conv3 the concat with the shortcut
-    for conv in ("conv1", "conv2", "conv3", "conv4", "conv1x1"):
+    # the neck's other convs are groups of their own, left alone by the backbone globs: conv2's
+    # channels are the SVTR block's tokens (layer_norm, FC rows), conv3's are concatenated with
+    # the shortcut; the SAR head's conv is traced in train mode
+    for conv in ("conv1", "conv2", "conv3", "conv4"):
         assert rows[neck + conv + ".conv.weight"]["status"] == "prunable", conv
+    assert rows["head.sar_head.decoder.conv3x3_1.weight"]["status"] == "prunable"
     assert not any(name.startswith("head.") for name in report_of(out)["ratios"])
 
 

@@ -332,8 +332,36 @@ class PaddleOCRAdapter(Adapter):
         return (run.handle.config.get("Global") or {}).get("save_model_dir")
 
     def trace_mode(self, run):
-        algorithm = run.handle.config["Architecture"].get("algorithm")
-        return "eval" if algorithm in EXTRA_INPUT_ALGORITHMS else "train"
+        config = run.handle.config
+        algorithm = config["Architecture"].get("algorithm")
+        if algorithm in EXTRA_INPUT_ALGORITHMS and self.train_targets(config) is None:
+            return "eval"
+        return "train"
+
+    def trace_inputs(self, run):
+        """An image, plus dummy labels for a multi-head recogniser: its SAR / NRTR branch reads
+        the backbone's output only in training, so only a train-mode trace shows what it couples."""
+        config = run.handle.config
+        targets = self.train_targets(config)
+        if targets is None:
+            return None
+        import paddle
+
+        return [paddle.zeros([1] + self.image_shape(config), dtype="float32"), targets]
+
+    @staticmethod
+    def train_targets(config, batch_size=1):
+        """``batch[1:]`` of a ``MultiHead`` recogniser's training batch (``label_ctc``, the SAR or
+        NRTR label, ``length``, ``valid_ratio``), as zeros/ones of the right dtypes; None for
+        other models, whose labels this adapter does not make."""
+        arch = config["Architecture"]
+        if arch.get("algorithm") not in EXTRA_INPUT_ALGORITHMS or (arch.get("Head") or {}).get("name") != "MultiHead":
+            return None
+        import paddle
+
+        length = int((config.get("Global") or {}).get("max_text_length") or 25)
+        return [paddle.zeros([batch_size, length], dtype="int64"), paddle.zeros([batch_size, length], dtype="int64"),
+                paddle.ones([batch_size], dtype="int64"), paddle.ones([batch_size], dtype="float32")]
 
     def input_spec(self, run):
         from paddle.static import InputSpec

@@ -822,6 +822,24 @@ class Walker:
         if len(present) < len(chans):  # the other branch gives a fixed number of channels
             self.block(first, self.reason(op, "a branch of a conditional gives a value of fixed channels"))
         self.set_out(op, first, index)
+    # old-IR names of elementwise tests (DB head's ``fix_nan``: ``where(isnan(x), 0, x)``)
+    op_isnan_v2 = passthrough
+    op_isinf_v2 = passthrough
+    op_isfinite_v2 = passthrough
+    # old-IR ``zeros_like`` / ``ones_like`` / ``full_like`` (PIR: full_like)
+    op_fill_any_like = passthrough
+    op_fill_zeros_like = passthrough
+
+    def op_rnn(self, op):
+        """LSTM / GRU / simple RNN (Paddle's fused ``rnn`` op): the input's channels meet the
+        flattened, coalesced cell weights, which are not pruned; the hidden state starts no group."""
+        reason = self.reason(op, "feeds an LSTM/GRU (rnn op), whose input weights are not pruned")
+        self.block(self.get(op.first("x", "input")), reason)
+        for slot in ("pre_state", "prestate", "weight_list", "weightlist"):
+            for key in op.inputs.get(slot, []):
+                self.block_key(key, reason)
+        for i in range(len(op.outputs)):
+            self.set_out(op, None, i)
 
     def op_pixel_shuffle(self, op):
         raise _Unsupported("pixel_shuffle mixes channels into space")

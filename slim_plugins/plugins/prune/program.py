@@ -354,15 +354,19 @@ def _spec_of(value, name):
 
 @contextlib.contextmanager
 def _restored_forward(model):
-    had = "forward" in model.__dict__
-    saved = model.__dict__.get("forward")
+    """Every layer's ``forward`` as it was: Paddle 2.6's dy2st replaces each sublayer's
+    ``forward`` with its converted code while tracing and leaves it there (an ``assert`` in it
+    then fails in dygraph, e.g. PaddleOCR's SAR decoder)."""
+    saved = [(layer, "forward" in layer.__dict__, layer.__dict__.get("forward"))
+             for layer in model.sublayers(include_self=True)]
     try:
         yield
     finally:
-        if had:
-            model.__dict__["forward"] = saved
-        else:
-            model.__dict__.pop("forward", None)
+        for layer, had, forward in saved:
+            if had:
+                layer.__dict__["forward"] = forward
+            else:
+                layer.__dict__.pop("forward", None)
 
 
 def read_program(model, inputs):
