@@ -262,9 +262,9 @@ def suite_fixes():
 def build_ppdet(name, directory, size=None):
     """model, run (what the adapter sees), eval inputs, a train batch maker."""
     import paddle
+    import ppdet.modeling  # noqa: F401  registers the modules, as tools/train.py's imports do
     from ppdet.core.workspace import create, load_config
 
-    import ppdet.modeling  # noqa: F401  registers the modules, as tools/train.py's imports do
     from slim_plugins.adapters.ppdet import adapter
 
     path = write_config(name, directory, size)
@@ -300,7 +300,6 @@ def ppdet_train_batch(name, model, cfg, eval_batch):
 
 def build_paddlex(name, size=None):
     import paddle
-
     import paddlex as pdx
 
     paddle.seed(0)
