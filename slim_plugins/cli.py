@@ -128,8 +128,8 @@ def cmd_sens_plot(args):
     return 0
 
 
-NO_FLOPS_HINT = ("run the train command once with --prune.action analyze and this file as --prune.sen_file: it adds "
-                 "them without evaluating anything again")
+NO_FLOPS_HINT = ("run the train command once more with --prune.sen_file FILE --prune.sen_analyze false "
+                 "--prune.action analyze (and the analysis's --prune.sen_batches): it adds them and evaluates nothing")
 
 
 def plan_from_file(sfile, eval_metric_loss=None, pruned_flops=None):

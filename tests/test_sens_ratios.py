@@ -92,7 +92,7 @@ def test_sens_ratios_on_files_without_flops_or_names(analysed, tmp_path, capsys)
     assert main(["sens", "ratios", sfile.path, "--pruned-flops", "0.3"]) == 2
     err = capsys.readouterr().err
     assert "records no per-layer FLOPs, so --pruned-flops needs the model" in err
-    assert "--prune.action analyze" in err
+    assert "--prune.sen_analyze false --prune.action analyze" in err
     assert main(["sens", "ratios", sfile.path, "--eval-metric-loss", "0.5"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["ratios"] and out["flops"] is None and "the model is needed" in out["flops_note"]

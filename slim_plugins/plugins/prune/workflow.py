@@ -17,6 +17,7 @@ from slim_plugins.plugins.prune.sensitivity import (
     analyze_parallel,
     analyze_sharded,
     architecture_fingerprint,
+    legacy_names,
     weights_fingerprint,
     write_json_atomic,
 )
@@ -229,10 +230,8 @@ class PruneWorkflow:
                 analyze(prunable, metric, sfile, **common)
         if cfg.sen_analyze and sfile.baseline is not None:  # also a finished file, analysed before
             check(sfile.baseline)
-        if cfg.sen_analyze and self.run.is_main_process and not sfile.data.get("flops"):
-            # what `slim-plugins sens ratios` needs to tell the FLOPs of a choice without the model
-            sfile.data["flops"] = flops_model.record(prunable, self.check_inputs, groups)
-            sfile.save()
+        if self.run.is_main_process:
+            self._record_for_sens_ratios(prunable, sfile, groups)
         self.report["baseline_metric"] = sfile.baseline
         self.report["metric_name"] = metric.name
         failed = {g: sfile.failure(g) for g in groups if sfile.failure(g)}
@@ -243,6 +242,22 @@ class PruneWorkflow:
         if failed:
             self.report["broken_groups"] = failed
         return sfile
+
+    def _record_for_sens_ratios(self, prunable, sfile, groups):
+        """What `slim-plugins sens ratios` needs without the model: per-layer FLOPs data and the
+        PaddleSlim names of the groups (added to files that lack them, sen_analyze=false too)."""
+        changed = False
+        if not sfile.data.get("flops"):
+            sfile.data["flops"] = flops_model.record(prunable, self.check_inputs, groups)
+            changed = True
+        names = legacy_names(prunable)
+        for group in groups:
+            entry = sfile.data["groups"].get(group)
+            if entry is not None and not isinstance(entry.get("legacy_name"), str) and group in names:
+                entry["legacy_name"] = names[group]
+                changed = True
+        if changed:
+            sfile.save()
 
     def _choose(self, prunable, sfile, groups):
         cfg = self.config
