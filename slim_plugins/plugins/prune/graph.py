@@ -206,31 +206,17 @@ class Walker:
                 self.chan[key] = Chan((1,), ids)
                 for i in ids.tolist():
                     self.blocked[int(i)] = "model input"
+        families = ((UNARY, self.passthrough), (ELEMENTWISE, self.elementwise), (SPATIAL, self.spatial),
+                    (NORMS, self.norm), (CONVS, self.conv), (TRANSPOSED_CONVS, self.conv_transpose),
+                    (REDUCTIONS, self.reduction), (SHAPE_OPS, self.reshape), (IGNORED, lambda op: None))
         for op in self.view.ops:
-            handler = getattr(self, "op_" + op.kind, None)
+            handler = getattr(self, "op_" + op.kind, None) or next(
+                (rule for kinds, rule in families if op.kind in kinds), None)
             try:
-                if handler is not None:
-                    handler(op)
-                elif op.kind in UNARY:
-                    self.passthrough(op)
-                elif op.kind in ELEMENTWISE:
-                    self.elementwise(op)
-                elif op.kind in SPATIAL:
-                    self.spatial(op)
-                elif op.kind in NORMS:
-                    self.norm(op)
-                elif op.kind in CONVS:
-                    self.conv(op)
-                elif op.kind in TRANSPOSED_CONVS:
-                    self.conv_transpose(op)
-                elif op.kind in REDUCTIONS:
-                    self.reduction(op)
-                elif op.kind in SHAPE_OPS:
-                    self.reshape(op)
-                elif op.kind in IGNORED:
-                    pass
-                else:
+                if handler is None:
                     self.unsupported(op, f"unsupported op {op.kind}")
+                else:
+                    handler(op)
             except _Unsupported as exc:
                 self.unsupported(op, str(exc))
         for op in self.view.nested:

@@ -45,17 +45,25 @@ def flops_by_layer(model, inputs):
             if isinstance(layer, types):
                 handles.append(layer.register_forward_post_hook(hook_for(name, fn)))
                 break
+    forward_once(model, inputs, handles, mode="eval")
+    return counts
+
+
+def forward_once(model, inputs, handles=(), mode=None):
+    """One forward pass without gradients, in ``mode`` ("eval", "train" or None: as it is); the
+    hook ``handles`` are removed and the model's mode restored afterwards."""
     was_training = model.training
-    model.eval()
+    if mode == "eval":
+        model.eval()
+    elif mode == "train":
+        model.train()
     try:
         with paddle.no_grad():
-            model(*inputs)
+            return model(*inputs)
     finally:
         for h in handles:
             h.remove()
-        if was_training:
-            model.train()
-    return counts
+        model.train() if was_training else model.eval()
 
 
 def flops(model, inputs):

@@ -553,14 +553,10 @@ def _opaque(model, names, inputs):
         return
     layers = dict(model.named_sublayers())
     outputs = {}
-    handles = [layers[n].register_forward_post_hook(
-        lambda layer, _i, out, n=n: outputs.setdefault(n, out)) for n in names]
-    try:
-        with paddle.no_grad():
-            model(*inputs)
-    finally:
-        for h in handles:
-            h.remove()
+    from slim_plugins.plugins.prune.measure import forward_once
+
+    forward_once(model, inputs, [layers[n].register_forward_post_hook(
+        lambda layer, _i, out, n=n: outputs.setdefault(n, out)) for n in names])
 
     def stand_in(name):
         recorded = outputs.get(name)
