@@ -1,5 +1,4 @@
 """The plugin manager: built-in plugins and adapters, entry points, blocking."""
-import importlib
 import os
 from dataclasses import dataclass
 
@@ -54,7 +53,3 @@ def entry_points():
 def autoload_disabled(environ=None):
     environ = os.environ if environ is None else environ
     return _boot._truthy(environ.get(_boot.ENV_NO_AUTOLOAD, ""))
-
-
-def import_module(dotted):
-    return importlib.import_module(dotted)

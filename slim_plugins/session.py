@@ -1,4 +1,5 @@
 """The per-process session: plugin manager, enabled plugins and their options, adapters."""
+import importlib
 import json
 import os
 import threading
@@ -12,7 +13,6 @@ from slim_plugins.manager import (
     PluginInfo,
     autoload_disabled,
     entry_points,
-    import_module,
     new_plugin_manager,
 )
 
@@ -41,9 +41,11 @@ class Session:
 
         requested = [p for p in environ.get(_boot.ENV_PLUGINS, "").split(",") if p.strip()]
         self.blocked = {p[3:] for p in requested if p.startswith("no:")}
+        for name in self.blocked:  # pluggy refuses to register a blocked name, and unregisters it
+            self.pm.set_blocked(name)
         if autoload is None:
             autoload = not autoload_disabled(environ)
-        self._load_plugins(autoload)
+        self._load_plugins(autoload, named={p for p in requested if not p.startswith("no:")})
         self.pm.hook.slim_add_options.call_historic(kwargs=dict(register=self.options.register))
         self.pm.hook.slim_register_adapters.call_historic(kwargs=dict(register=self.register_adapter))
         self.pm.check_pending()
@@ -59,15 +61,15 @@ class Session:
                 self.give_options(plugin, {key: value}, "command line", f"--{plugin}.{key}")
 
     # ---------------------------------------------------------------- registration
-    def _load_plugins(self, autoload):
+    def _load_plugins(self, autoload, named=()):
+        """Built-ins, then the ``slim_plugins`` entry points: all of them, or with autoload off
+        only those named on the command line (pytest's ``-p NAME``)."""
         for name, module in DEFAULT_PLUGINS.items():
             self._register_module(name, module, "plugin", "built-in")
         for name, module in DEFAULT_ADAPTERS.items():
             self._register_module(name, module, "adapter", "built-in")
-        if not autoload:
-            return
         for name, value, dist, version, load in entry_points():
-            if name in self.infos:
+            if name in self.infos or (not autoload and name not in named):
                 continue
             origin = f"entry point of {dist} {version}"
             if name in self.blocked:
@@ -83,10 +85,10 @@ class Session:
         return any(hasattr(obj, h) for h in ("slim_before_train", "slim_add_options"))
 
     def _register_module(self, name, module, kind, origin):
-        if name in self.blocked:
+        if self.pm.is_blocked(name):
             self.infos[name] = PluginInfo(name, kind, origin, module, blocked=True)
             return
-        self.pm.register(import_module(module), name=name)
+        self.pm.register(importlib.import_module(module), name=name)
         self.infos[name] = PluginInfo(name, kind, origin, module)
 
     def register_adapter(self, adapter):
@@ -138,8 +140,12 @@ class Session:
             self.give_options(name, options, source, source)
 
     def disable(self, name):
+        """Block ``name``: it is unregistered, so none of its hooks fire (plan replay included)."""
         self.enabled.pop(name, None)
         self.blocked.add(name)
+        self.pm.set_blocked(name)
+        if name in self.infos:
+            self.infos[name].blocked = True
 
     def is_enabled(self, name):
         return name in self.enabled and name not in self.blocked

@@ -15,9 +15,6 @@ import pytest
 
 from slim_plugins.hooks import hookimpl
 
-LIFECYCLE = ("slim_before_load_weights", "slim_before_train", "slim_on_checkpoint_save",
-             "slim_before_export", "slim_after_train")
-
 
 class HookRecorder:
     """A plugin that records every lifecycle hook call: ``(hook name, run, kwargs)``."""

@@ -131,8 +131,17 @@ def test_unknown_plugin_lists_known_ones():
 def test_blocking_with_no_prefix():
     session = Session(environ={_boot.ENV_PLUGINS: "no:prune"}, autoload=False)
     assert session.infos["prune"].blocked
-    assert session.pm.get_plugin("prune") is None
+    assert session.pm.get_plugin("prune") is None and session.pm.is_blocked("prune")
     assert not session.is_enabled("prune")
+
+
+def test_disabling_a_plugin_stops_every_hook_of_it():
+    """A disabled plugin's plan keeping must not fire either (it did with a private blocked set)."""
+    session = Session(environ={}, autoload=False)
+    assert any(impl.plugin_name == "prune" for impl in session.pm.hook.slim_before_load_weights.get_hookimpls())
+    session.disable("prune")
+    assert not any(impl.plugin_name == "prune" for impl in session.pm.hook.slim_before_load_weights.get_hookimpls())
+    assert session.infos["prune"].blocked
 
 
 def test_unknown_and_invalid_options_name_value_and_choices(slim_session):
@@ -213,8 +222,15 @@ def test_entry_point_plugins_and_adapters_are_discovered(monkeypatch):
     blocked = Session(environ={_boot.ENV_PLUGINS: "no:quant"})
     assert blocked.infos["quant"].blocked and blocked.pm.get_plugin("quant") is None
 
+    assert blocked.pm.is_blocked("quant")  # pluggy's own blocking: none of its hooks can fire
+
     no_autoload = Session(environ={_boot.ENV_NO_AUTOLOAD: "1"})
     assert "quant" not in no_autoload.infos
+    # like pytest's -p NAME: a plugin named on the command line loads from its entry point even
+    # with autoload off; the others stay out
+    named = Session(environ={_boot.ENV_NO_AUTOLOAD: "1", _boot.ENV_PLUGINS: "quant"})
+    assert named.is_enabled("quant") and named.pm.get_plugin("quant") is not None
+    assert "third" not in named.infos
     _boot.watcher.callbacks.pop("third_suite.engine", None)
 
 
