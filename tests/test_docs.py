@@ -27,6 +27,15 @@ class Trainer:
 '''
 
 
+def test_every_hook_has_type_annotations():
+    hooks = [(n, f) for n, f in vars(spec).items() if n.startswith("slim_") and callable(f)]
+    for name, func in hooks:
+        signature = inspect.signature(func)
+        assert signature.return_annotation is not inspect.Signature.empty, f"{name}: no return annotation"
+        for param in signature.parameters.values():
+            assert param.annotation is not inspect.Parameter.empty, f"{name}: {param.name} has no annotation"
+
+
 def test_every_hook_is_documented():
     hooks = [(n, f) for n, f in vars(spec).items() if n.startswith("slim_") and callable(f)]
     assert len(hooks) >= 15

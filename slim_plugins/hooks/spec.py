@@ -10,14 +10,21 @@ Two kinds of hooks:
 
 Call every hook with keyword arguments. Implementations may take a subset of the arguments.
 """
+from typing import TYPE_CHECKING, Any, Callable, ContextManager, Iterable, List, Optional, Tuple
+
 from slim_plugins.hooks import hookspec
+
+if TYPE_CHECKING:  # annotations only: importing paddle here would make the start-up hook heavy
+    import paddle
+
+    from slim_plugins.run import Metric, TrainingRun
 
 # --------------------------------------------------------------------------------------------
 # set-up
 
 
 @hookspec(historic=True)
-def slim_add_options(register):
+def slim_add_options(register: Callable[..., Any]) -> None:
     """Declare the configuration keys of a plugin.
 
     :param register: ``register(plugin, name, type, default, help, choices=None)``. ``type`` is a
@@ -30,7 +37,7 @@ def slim_add_options(register):
 
 
 @hookspec(historic=True)
-def slim_register_adapters(register):
+def slim_register_adapters(register: Callable[..., Any]) -> None:
     """Contribute adapters.
 
     :param register: ``register(adapter)`` with an :class:`slim_plugins.adapters.Adapter`.
@@ -44,7 +51,7 @@ def slim_register_adapters(register):
 
 
 @hookspec(firstresult=True)
-def slim_model(run):
+def slim_model(run: "TrainingRun") -> Optional["paddle.nn.Layer"]:
     """The network being trained: a ``paddle.nn.Layer``, not a ``DataParallel`` wrapper.
 
     :param run: the training run.
@@ -55,7 +62,7 @@ def slim_model(run):
 
 
 @hookspec(firstresult=True)
-def slim_optimizer(run):
+def slim_optimizer(run: "TrainingRun") -> Optional["paddle.optimizer.Optimizer"]:
     """The optimizer of the run, if it exists yet (pruning prunes its accumulators too).
 
     :returns: a ``paddle.optimizer.Optimizer`` or None. Stops at the first non-None result.
@@ -63,7 +70,7 @@ def slim_optimizer(run):
 
 
 @hookspec(firstresult=True)
-def slim_train_loader(run):
+def slim_train_loader(run: "TrainingRun") -> Optional[Iterable]:
     """The training data: an iterable of batches in the suite's own format.
 
     :returns: the loader or None. Stops at the first non-None result.
@@ -71,7 +78,7 @@ def slim_train_loader(run):
 
 
 @hookspec(firstresult=True)
-def slim_eval_loader(run):
+def slim_eval_loader(run: "TrainingRun") -> Optional[Iterable]:
     """The evaluation data: an iterable of batches in the suite's own format.
 
     :returns: the loader or None. Stops at the first non-None result.
@@ -79,7 +86,7 @@ def slim_eval_loader(run):
 
 
 @hookspec(firstresult=True)
-def slim_metric(run):
+def slim_metric(run: "TrainingRun") -> Optional["Metric"]:
     """How to score the current model with the suite's own metric.
 
     :returns: a :class:`slim_plugins.run.Metric` whose ``evaluate(max_batches=None)`` returns a
@@ -89,7 +96,7 @@ def slim_metric(run):
 
 
 @hookspec(firstresult=True)
-def slim_input_spec(run):
+def slim_input_spec(run: "TrainingRun") -> Optional[List[Any]]:
     """The inputs the model is traced with.
 
     :returns: a list of ``paddle.static.InputSpec`` (batch dimension may be None/-1) or None.
@@ -98,7 +105,7 @@ def slim_input_spec(run):
 
 
 @hookspec(firstresult=True)
-def slim_forward_inputs(run, batch_size):
+def slim_forward_inputs(run: "TrainingRun", batch_size: int) -> Optional[List[Any]]:
     """Dummy inputs for one forward pass, for models whose ``forward`` takes no plain tensor list
     (e.g. a dict of image, scale factor and image shape).
 
@@ -109,7 +116,7 @@ def slim_forward_inputs(run, batch_size):
 
 
 @hookspec(firstresult=True)
-def slim_trace_inputs(run):
+def slim_trace_inputs(run: "TrainingRun") -> Optional[List[Any]]:
     """What PaddleSlim's tracer receives to turn the model into a static graph, for models that
     cannot be traced from shapes alone (a ``forward`` taking a dict of tensors).
 
@@ -123,7 +130,7 @@ def slim_trace_inputs(run):
 
 
 @hookspec(firstresult=True)
-def slim_trace_mode(run):
+def slim_trace_mode(run: "TrainingRun") -> Optional[str]:
     """The mode the model must be in while PaddleSlim traces it to find prunable groups.
 
     :param run: the training run.
@@ -134,7 +141,7 @@ def slim_trace_mode(run):
 
 
 @hookspec(firstresult=True)
-def slim_trace_context(run):
+def slim_trace_context(run: "TrainingRun") -> Optional[ContextManager]:
     """A context manager the prune plugin enters while it turns the model into a program
     (``paddle.jit.to_static``) to find the prunable groups: the adapter makes its suite's inference
     code traceable there without changing what the network computes, e.g. post-processing ops the
@@ -147,7 +154,7 @@ def slim_trace_context(run):
 
 
 @hookspec(firstresult=True)
-def slim_save_dir(run):
+def slim_save_dir(run: "TrainingRun") -> Optional[str]:
     """Where the run writes checkpoints; plugins write their artifacts here.
 
     :returns: a directory path or None. Stops at the first non-None result.
@@ -155,7 +162,7 @@ def slim_save_dir(run):
 
 
 @hookspec(firstresult=True)
-def slim_world(run):
+def slim_world(run: "TrainingRun") -> Optional[Tuple[int, int]]:
     """The process's place in a distributed run.
 
     :returns: ``(rank, world_size)`` or None. Stops at the first non-None result; the default
@@ -164,7 +171,7 @@ def slim_world(run):
 
 
 @hookspec(firstresult=True)
-def slim_train_forward(run):
+def slim_train_forward(run: "TrainingRun") -> Optional[Callable[[], Any]]:
     """One training-mode forward pass on a real batch, for branches the traced programs miss
     (e.g. a head that runs only when given labels, such as PaddleOCR's SAR head in MultiHead).
 
@@ -181,7 +188,7 @@ def slim_train_forward(run):
 
 
 @hookspec
-def slim_before_load_weights(run, path):
+def slim_before_load_weights(run: "TrainingRun", path: str) -> None:
     """Weights are about to be loaded into ``run.model`` from ``path`` (train resume, eval,
     export, or plain load). Plugins that change shapes rebuild them here.
 
@@ -192,7 +199,7 @@ def slim_before_load_weights(run, path):
 
 
 @hookspec
-def slim_before_train(run):
+def slim_before_train(run: "TrainingRun") -> None:
     """:param run: the training run.
 
     The model, optimizer and data exist and training is about to start: the place to change
@@ -202,7 +209,7 @@ def slim_before_train(run):
 
 
 @hookspec
-def slim_on_checkpoint_save(run, path):
+def slim_on_checkpoint_save(run: "TrainingRun", path: str) -> None:
     """The suite is about to save a checkpoint; plugins write their side files next to it.
 
     :param path: the checkpoint prefix (``output/model_final``) or file the suite writes.
@@ -214,7 +221,7 @@ def slim_on_checkpoint_save(run, path):
 
 
 @hookspec
-def slim_before_export(run, path):
+def slim_before_export(run: "TrainingRun", path: str) -> None:
     """The model is about to be exported for inference.
 
     :param path: the export prefix or directory.
@@ -224,5 +231,5 @@ def slim_before_export(run, path):
 
 
 @hookspec
-def slim_after_train(run):
+def slim_after_train(run: "TrainingRun") -> None:
     """Training returned normally. Plugins write their reports here."""
