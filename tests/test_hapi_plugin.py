@@ -365,3 +365,19 @@ def test_untrained_model_is_refused_before_the_analysis_but_fixed_ratios_prune(t
     proc = python([SCRIPT, str(tmp_path / "fixed"), "--epochs", "1", "--plugin", "prune",
                    "--prune.ratios", "0.weight=0.5"], cwd=str(tmp_path))
     assert last_json(proc.stdout)["shapes"]["0.weight"] == [16, 1, 3, 3]
+
+
+@pytest.mark.parametrize("ratio, kept", [(0.9, [3, 6, 6]), (0.99, [1, 1, 1])])
+def test_every_group_at_high_ratios_replays_in_a_fresh_process(tmp_path, python, ratio, kept):
+    """Every group pruned hard (0.99 leaves one channel), trained, then loaded, evaluated and
+    exported by a fresh process from the plan alone."""
+    proc = python([SCRIPT, str(tmp_path), "--epochs", "1", "--plugin", "prune", "--prune.ratios", f"*={ratio}"],
+                  cwd=str(tmp_path))
+    trained = last_json(proc.stdout)
+    assert [trained["shapes"][k][0] for k in ("0.weight", "3.weight", "7.weight")] == kept
+    loaded = python([SCRIPT, str(tmp_path), "--load", "--export"], cwd=str(tmp_path))
+    result = last_json(loaded.stdout)
+    assert result["shapes"] == trained["shapes"]
+    assert result["acc"] == pytest.approx(trained["acc"], abs=1e-9)
+    layer = paddle.jit.load(str(tmp_path / "inference"))
+    assert list(layer(paddle.zeros([2, 1, 8, 8])).shape) == [2, 10]
