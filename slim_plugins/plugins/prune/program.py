@@ -354,15 +354,19 @@ def _spec_of(value, name):
 
 @contextlib.contextmanager
 def _restored_forward(model):
-    had = "forward" in model.__dict__
-    saved = model.__dict__.get("forward")
+    """Every layer's ``forward`` as it was: Paddle 2.6's dy2st leaves each sublayer it converted
+    with its converted ``forward``, which later dygraph calls run (and fail in, e.g. Faster R-CNN's
+    training branch: ``'UndefinedVar' object has no attribute 'stop_gradient'``)."""
+    layers = [model] + list(model.sublayers())
+    saved = [(layer, "forward" in layer.__dict__, layer.__dict__.get("forward")) for layer in layers]
     try:
         yield
     finally:
-        if had:
-            model.__dict__["forward"] = saved
-        else:
-            model.__dict__.pop("forward", None)
+        for layer, had, value in saved:
+            if had:
+                layer.__dict__["forward"] = value
+            else:
+                layer.__dict__.pop("forward", None)
 
 
 def read_program(model, inputs):
