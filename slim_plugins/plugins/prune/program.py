@@ -312,7 +312,8 @@ def _inline_old_ir_conditionals(program, ops):
     for op in ops:
         if op.type == "conditional_block" and _inlinable(program, op):
             sub = op.attr("sub_block")
-            yield from _inline_old_ir_conditionals(program, program.block(sub.id if hasattr(sub, "id") else int(sub)).ops)
+            block = program.block(sub.id if hasattr(sub, "id") else int(sub))
+            yield from _inline_old_ir_conditionals(program, block.ops)
         yield op
 
 
