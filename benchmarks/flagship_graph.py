@@ -293,8 +293,9 @@ def ppdet_train_batch(name, model, cfg, eval_batch):
         for i, stride in enumerate((32, 16, 8)):
             batch[f"target{i}"] = paddle.zeros([1, 3, 6 + 80, h // stride, w // stride])
     else:
-        batch.update(gt_bbox=boxes, gt_class=classes, im_id=paddle.zeros([1, 1], "int64"), pad_gt_mask=paddle.ones([1, 2, 1]), is_crowd=paddle.zeros(
-            [1, 2, 1], "int32"), epoch_id=0, curr_iter=0)
+        batch.update(gt_bbox=boxes, gt_class=classes, im_id=paddle.zeros([1, 1], "int64"),
+                     pad_gt_mask=paddle.ones([1, 2, 1]), is_crowd=paddle.zeros([1, 2, 1], "int32"), epoch_id=0,
+                     curr_iter=0)
     return [batch]
 
 
@@ -374,7 +375,8 @@ def paddleslim(model, inputs, prunable):
         with compat.tracing():
             pruner = pruner_cls(model, inputs)
     except Exception as exc:  # noqa: BLE001
-        return None, None, f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1][:160] if str(exc).strip() else ''}"
+        text = str(exc).strip()
+        return None, None, f"{type(exc).__name__}: {text.splitlines()[-1][:160] if text else ''}"
     finally:
         model.eval()
     convs = set()

@@ -232,11 +232,15 @@ def test_faster_rcnn_fpn_outputs_prune_into_the_roi_head(tmp_path):
     assert len(fpn) == 4 and all(rows[w].status in ("prunable", "follows") for w in fpn), [rows[w] for w in fpn]
     group = prunable.groups[rows[fpn[0]].group]
     assert "bbox_head.head.fc6.weight" in group.members
-    assert "rpn_head.rpn_feat.rpn_conv.weight" in group.members or rows["rpn_head.rpn_feat.rpn_conv.weight"].status == "prunable"
+    rpn_conv = "rpn_head.rpn_feat.rpn_conv.weight"
+    assert rpn_conv in group.members or rows[rpn_conv].status == "prunable"
     assert rows["backbone.res2.res2a.branch2a.conv.weight"].status == "prunable"
     # the RPN's objectness and box deltas: fixed by the anchors, they reach proposal generation
     for name in ("rpn_head.rpn_rois_score.weight", "rpn_head.rpn_rois_delta.weight"):
         assert rows[name].status == "skipped" and rows[name].reason, rows[name]
+
+    # tracing leaves every layer's forward as it was (Paddle 2.6's dy2st replaced the sublayers')
+    assert not [n for n, layer in model.named_sublayers() if "forward" in vars(layer)]
 
     before, after = prune_everything(prunable, inputs)
     assert after["bbox_head.head.fc6.weight"][0] < before["bbox_head.head.fc6.weight"][0]
@@ -244,6 +248,12 @@ def test_faster_rcnn_fpn_outputs_prune_into_the_roi_head(tmp_path):
     with paddle.no_grad():
         out = model(*inputs)
     assert out["bbox"].shape[-1] == 6
+    model.train()  # the pruned model trains: RPN and RoI head losses, backward
+    batch = dict(inputs[0], gt_bbox=[paddle.to_tensor([[16.0, 16.0, 80.0, 96.0], [60.0, 40.0, 150.0, 120.0]])],
+                 gt_class=[paddle.to_tensor([[1], [3]], dtype="int32")], is_crowd=[paddle.zeros([2, 1], "int32")])
+    loss = model(batch)["loss"]
+    loss.backward()
+    assert bool(paddle.isfinite(loss))
 
 
 @needs_ppdet
@@ -271,3 +281,37 @@ def test_train_command_shows_ppyoloe_plus_groups_through_the_adapter(tmp_path):
     assert "prunable" in lines["backbone.stages.0.conv1.conv.weight"]
     assert "post-processing" in lines["yolo_head.pred_cls.0.weight"]
     assert "prunable groups" in proc.stdout
+
+
+def test_both_branches_of_a_tensor_conditional_are_coupled():
+    """``if <parameter>:`` becomes a conditional op (old IR: conditional_block + select_input; PIR:
+    if + cf.yield): the channels either branch gives are one set, and the convs inside are pruned
+    with it (PP-YOLOE's RepVGG blocks). Without paddledet."""
+    import paddle
+    import paddle.nn as nn
+
+    from slim_plugins.plugins.prune.model import PrunableModel
+
+    class RepVGGLike(nn.Layer):
+        def __init__(self):
+            super().__init__()
+            self.stem = nn.Conv2D(3, 8, 3)
+            self.conv1, self.conv2 = nn.Conv2D(8, 8, 3, padding=1), nn.Conv2D(8, 8, 1)
+            self.alpha = self.create_parameter([1], default_initializer=nn.initializer.Constant(1.0))
+            self.out = nn.Conv2D(8, 4, 1)
+
+        def forward(self, x):
+            x = self.stem(x)
+            if self.alpha:
+                y = self.conv1(x) + self.alpha * self.conv2(x)
+            else:
+                y = self.conv1(x) + self.conv2(x)
+            return self.out(y)
+
+    model = RepVGGLike()
+    model.eval()
+    prunable = PrunableModel(model, [1, 3, 16, 16], mode="eval")
+    assert set(prunable.groups) == {"stem.weight", "conv1.weight"}, prunable.blocked
+    assert "conv2.weight" in prunable.groups["conv1.weight"].followers
+    prunable.prune({g: 0.5 for g in prunable.groups}, check_inputs=[paddle.ones([1, 3, 16, 16])])
+    assert list(model.conv2.weight.shape) == [4, 4, 1, 1]

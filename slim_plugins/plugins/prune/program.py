@@ -355,9 +355,10 @@ def _spec_of(value, name):
 
 @contextlib.contextmanager
 def _restored_forward(model):
-    """Every layer's ``forward`` as it was: Paddle 2.6's dy2st replaces each sublayer's
-    ``forward`` with its converted code while tracing and leaves it there (an ``assert`` in it
-    then fails in dygraph, e.g. PaddleOCR's SAR decoder)."""
+    """Every layer's ``forward`` as it was: Paddle 2.6's dy2st leaves each sublayer it converted
+    with its converted ``forward``, which later dygraph calls run (and fail in: Faster R-CNN's
+    training branch, ``'UndefinedVar' object has no attribute 'stop_gradient'``; PaddleOCR's SAR
+    decoder, an ``assert``)."""
     saved = [(layer, "forward" in layer.__dict__, layer.__dict__.get("forward"))
              for layer in model.sublayers(include_self=True)]
     try:
@@ -366,6 +367,8 @@ def _restored_forward(model):
         for layer, had, forward in saved:
             if had:
                 layer.__dict__["forward"] = forward
+            else:
+                layer.__dict__.pop("forward", None)
             else:
                 layer.__dict__.pop("forward", None)
 
