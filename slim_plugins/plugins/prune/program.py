@@ -369,8 +369,6 @@ def _restored_forward(model):
                 layer.__dict__["forward"] = forward
             else:
                 layer.__dict__.pop("forward", None)
-            else:
-                layer.__dict__.pop("forward", None)
 
 
 def read_program(model, inputs):
