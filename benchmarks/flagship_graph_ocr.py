@@ -103,7 +103,8 @@ def config_of(name, image_shape=None):
         shape = image_shape or spec["image_shape"]
         config["Eval"] = {"dataset": {"transforms": [{"RecResizeImg": {"image_shape": list(shape)}}]}}
         if spec.get("gtc"):
-            config["Loss"] = {"name": "MultiLoss", "loss_config_list": [{"CTCLoss": None}, {spec["gtc"] + "Loss": None}]}
+            losses = [{"CTCLoss": None}, {spec["gtc"] + "Loss": None}]
+            config["Loss"] = {"name": "MultiLoss", "loss_config_list": losses}
     else:
         config["PostProcess"] = {"name": "DBPostProcess"}
         config["Eval"] = {"dataset": {"transforms": [{"DetResizeForTest": None}]}}

@@ -27,7 +27,8 @@ def _ppocr_root():
 
 
 ROOT = _ppocr_root()
-_MISSING = [m for m in ("pyclipper", "shapely", "skimage", "cv2") if importlib.machinery.PathFinder.find_spec(m) is None]
+_MISSING = [m for m in ("pyclipper", "shapely", "skimage", "cv2")
+            if importlib.machinery.PathFinder.find_spec(m) is None]
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(ROOT is None, reason="PaddleOCR's ppocr not importable: "

@@ -296,15 +296,16 @@ def test_db_sensitivities_use_hmean_and_the_plan_lowers_flops(det_pruned):
     assert report["metric_name"] == "hmean"
     assert report["after"]["flops"] < report["before"]["flops"]
     assert report["after"]["params"] < report["before"]["params"]
-    # found by the graph, not by name: the FPN outputs that feed concat, DB's conv-transposes and
-    # the threshold branch that only runs in training (traced in train mode) are all prunable
+    # found by the graph and the inventory, not by name: only the two one-channel DB outputs
+    # (conv-transposes) are skipped; the FPN outputs feeding concat are groups; the threshold
+    # branch runs only in training, where it is traced: a group marked conditional
     rows = {row["weight"]: row for row in report["convs"]}
-    for conv in ("neck.p5_conv.weight", "neck.p2_conv.weight", "head.binarize.conv2.weight",
-                 "head.thresh.conv1.weight", "head.thresh.conv2.weight"):
-        assert rows[conv]["status"] == "prunable", (conv, rows[conv])
+    assert {w for w, row in rows.items() if row["status"] == "skipped"} == {
+        "head.binarize.conv3.weight", "head.thresh.conv3.weight"}
+    assert all(rows[f"neck.p{i}_conv.weight"]["status"] == "prunable" for i in range(2, 6))
+    assert rows["head.thresh.conv1.weight"]["status"] == "prunable"
     assert "conditional" in rows["head.thresh.conv1.weight"]["reason"]
-    # the one-channel probability maps are the model's outputs
-    assert rows["head.binarize.conv3.weight"]["status"] == "skipped"
+    assert rows["head.binarize.conv2.weight"]["status"] == "prunable"  # a conv-transpose as producer
     assert rows["head.binarize.conv3.weight"]["reason"] == "has a single output channel"
     prunable_share = sum(row["flops_share"] for row in report["convs"] if row["status"] != "skipped")
     assert prunable_share > 0.95  # PaddleSlim could reach 55% of DB-MobileNetV3's FLOPs
