@@ -26,8 +26,9 @@ class ConvRow:
     reason: str = ""
 
 
-def _call_counts(model, passes):
-    """Calls of every conv layer in each forward pass that succeeds."""
+def _call_counts(model, passes, keep_failed=False):
+    """Calls of every conv layer in each forward pass that succeeds (with ``keep_failed``, None
+    stands for a pass that failed)."""
     layers = {name: layer for name, layer in model.named_sublayers() if isinstance(layer, CONVS)}
     counts = []
     current = {}
@@ -44,6 +45,8 @@ def _call_counts(model, passes):
                 with paddle.no_grad():
                     model(*inputs)
             except Exception:  # e.g. train mode wants labels, or a fixed input size
+                if keep_failed:
+                    counts.append(None)
                 continue
             counts.append(dict(current))
     finally:
