@@ -258,10 +258,12 @@ def evaluate_group(prunable, metric, name, ratio, max_batches):
 
 
 def analyze(prunable, metric, sfile, *, groups, ratios=DEFAULT_RATIOS, cap=None, max_batches=None,
-            show_progress=True, on_record=None):
+            show_progress=True, on_record=None, search=False):
     """Fill ``sfile`` for ``groups`` x ``ratios``, one evaluation at a time, in this process.
 
-    Ratios of a group above the first one whose loss exceeds ``cap`` are skipped.
+    Ratios of a group above the first one whose loss exceeds ``cap`` are skipped. With
+    ``search`` (and a ``cap``), each group is searched for its cap crossing instead: see
+    :func:`search_crossing`.
     """
     for name in groups:
         g = prunable.groups[name]
@@ -271,6 +273,12 @@ def analyze(prunable, metric, sfile, *, groups, ratios=DEFAULT_RATIOS, cap=None,
         baseline = metric(max_batches=max_batches)
         sfile.set_baseline(baseline, time.perf_counter() - start)
         sfile.save()
+    if search and cap is not None:
+        per_group = crossing_evaluations(len(ratios))
+        progress = Progress(per_group * len(groups), "sensitivity (crossing search)", enabled=show_progress)
+        for name in groups:
+            search_crossing(prunable, metric, sfile, name, ratios, cap, max_batches, progress, on_record)
+        return sfile
     work = plan_work(sfile, groups, ratios, cap)
     progress = Progress(len(work), "sensitivity", enabled=show_progress)
     for name, ratio in work:
@@ -290,6 +298,56 @@ def analyze(prunable, metric, sfile, *, groups, ratios=DEFAULT_RATIOS, cap=None,
             on_record(name, ratio, entry)
         progress.step(f"{name} @ {ratio:g}: {metric.name} {value:.4f} loss {entry['loss']:+.4f}")
     return sfile
+
+
+def crossing_evaluations(n):
+    """The most evaluations :func:`search_crossing` makes on ``n`` ratios: ceil(log2(n + 1))."""
+    return max(1, int(n).bit_length()) if n else 0
+
+
+def search_crossing(prunable, metric, sfile, name, ratios, cap, max_batches=None, progress=None,
+                    on_record=None):
+    """Bisection over the sorted ``ratios`` of one group for the largest ratio whose loss is
+    within ``cap``, assuming the loss grows with the ratio: ceil(log2(n + 1)) evaluations
+    instead of up to n. Both ratios around the crossing are measured, so the ratio chosen for
+    ``cap`` (interpolated between them) is the one an every-ratio scan chooses. Recorded points
+    are read from the file, not evaluated again; a ratio that breaks the model counts as over.
+
+    :returns: the largest measured ratio within ``cap`` (0.0 if none).
+    """
+    grid = sorted(float(r) for r in ratios)
+    low, high = -1, len(grid)  # grid[low] within the cap (-1: ratio 0), grid[high] over it
+    evaluated = 0
+    while high - low > 1:
+        mid = (low + high) // 2
+        ratio = grid[mid]
+        if sfile.broken(name, ratio):
+            high = mid
+            continue
+        if not sfile.has(name, ratio):
+            evaluated += 1
+            try:
+                value, seconds = evaluate_group(prunable, metric, name, ratio, max_batches)
+            except GroupBreaksModel as exc:
+                sfile.record_failure(name, ratio, exc)
+                sfile.save()
+                if progress:
+                    progress.step(f"{name} @ {ratio:g}: breaks the model, treated as over the cap ({exc})")
+                high = mid
+                continue
+            entry = sfile.record(name, ratio, value, seconds)
+            sfile.save()
+            if on_record:
+                on_record(name, ratio, entry)
+            if progress:
+                progress.step(f"{name} @ {ratio:g}: {metric.name} {value:.4f} loss {entry['loss']:+.4f}")
+        if sfile.data["groups"][name]["ratios"][ratio_key(ratio)]["loss"] <= cap:
+            low = mid
+        else:
+            high = mid
+    if progress:
+        progress.skip(crossing_evaluations(len(grid)) - evaluated)
+    return grid[low] if low >= 0 else 0.0
 
 
 # -------------------------------------------------------------------------------- in parallel
