@@ -189,7 +189,8 @@ def ratio_within(losses, budget):
 
 
 def back_off(sensitivities, budget, loss_of, channels=None, align=None, max_evals=8, tolerance=0.02):
-    """Per-group ratios for ``s * budget`` with the largest common scale ``s`` in (0, 1] whose
+    """Per-group ratios for ``s * budget`` (PaddleSlim's at ``s = 1``; groups it leaves out stay
+    out) with the largest common scale ``s`` in (0, 1] whose
     whole pruned model's measured relative loss is within ``budget`` (bisection on ``s``).
 
     Per-group losses add up: each group alone within the budget says little about all of them
@@ -201,10 +202,11 @@ def back_off(sensitivities, budget, loss_of, channels=None, align=None, max_eval
     """
     evaluate = _Evaluations(loss_of)
 
-    def plan(scale):
-        return _prepared({g: ratio_within(l, scale * budget) for g, l in sensitivities.items()}, channels, align)
+    start = _prepared(ratios_by_loss(sensitivities, budget), channels, align)
 
-    start = plan(1.0)
+    def plan(scale):  # the groups the per-group rule prunes, each less
+        return _prepared({g: ratio_within(sensitivities[g], scale * budget) for g in start}, channels, align)
+
     loss = evaluate(start, "s=1")
     if loss <= budget or not start:
         return start, loss, 1.0, evaluate.log

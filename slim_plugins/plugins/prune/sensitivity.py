@@ -319,7 +319,10 @@ def search_crossing(prunable, metric, sfile, name, ratios, cap, max_batches=None
     low, high = -1, len(grid)  # grid[low] within the cap (-1: ratio 0), grid[high] over it
     evaluated = 0
     while high - low > 1:
-        mid = (low + high) // 2
+        # the lowest probe that keeps the worst case at ceil(log2(options)): tight budgets cross
+        # at low ratios, and there this costs about what a scan from the bottom costs
+        left = (high - low - 1).bit_length() - 1 if high - low > 2 else 0
+        mid = max(low + 1, high - (1 << left))
         ratio = grid[mid]
         if sfile.broken(name, ratio):
             high = mid
