@@ -12,11 +12,10 @@ from slim_plugins.plugins.prune.model import PrunableModel
 from slim_plugins.plugins.prune.plan import (
     attach, attached, find_plan, make_plan, plan_path, replay, PrunePlan)
 from slim_plugins.plugins.prune.ratios import (
-    align_ratios, back_off, fixed_ratios, loss_at_ratio, plans_for_flops, ratios_by_loss, ratios_for_flops,
-    scale_to_flops)
+    align_ratios, back_off, fixed_ratios, loss_at_ratio, plans_for_flops, ratios_by_loss, ratios_for_flops)
 from slim_plugins.plugins.prune.sensitivity import (
-    SensitivityFile, analyze, analyze_parallel, analyze_sharded, architecture_fingerprint, relative_loss,
-    weights_fingerprint, write_json_atomic)
+    SensitivityFile, analyze, analyze_parallel, analyze_sharded, architecture_fingerprint, cap_for_flops,
+    relative_loss, weights_fingerprint, write_json_atomic)
 
 
 def log(message):
@@ -234,24 +233,12 @@ class PruneWorkflow:
         return relative_loss(baseline, value)
 
     def _cap_for_flops(self, prunable, sfile, groups, run_analysis):
-        """A loss cap that bounds a ``pruned_flops`` analysis: every group is evaluated at the
-        analysed ratio at or above the uniform ratio that reaches the target; no plan the
-        loss-budget bisection can choose needs a budget above the largest of those losses
-        (at that budget every group is pruned at least that far)."""
         cfg = self.config
-        grid = sorted(cfg.sen_ratios)
-        found = scale_to_flops({g: 1.0 for g in groups}, cfg.pruned_flops,
-                               lambda r: self._pruned_fraction(prunable, r), limits={g: grid[-1] for g in groups})
+        found = cap_for_flops(sfile, groups, cfg.sen_ratios, cfg.pruned_flops,
+                              lambda r: self._pruned_fraction(prunable, r), run_analysis)
         if found is None:
             return None  # unreachable: the analysis runs uncapped and the choice says why
-        uniform = max(found[0].values())
-        probe = next((r for r in grid if r >= uniform - 1e-9), grid[-1])
-        run_analysis(ratios=[probe], cap=None)
-        losses = [sfile.losses(g).get(float(f"{probe:.4g}")) for g in groups]
-        losses = [l for l in losses if l is not None]
-        if not losses:
-            return None
-        cap = max(max(losses), 0.0)
+        cap, uniform, probe = found
         log(f"pruned_flops={cfg.pruned_flops}: uniform ratio {uniform:.3f} reaches it; every group evaluated "
             f"at {probe:g}; loss cap for the analysis {cap:.4f}")
         self.report["derived_loss_cap"] = cap
