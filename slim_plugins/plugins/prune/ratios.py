@@ -195,7 +195,8 @@ def back_off(sensitivities, budget, loss_of, channels=None, align=None, max_eval
 
     Per-group losses add up: each group alone within the budget says little about all of them
     pruned together, and users read ``eval_metric_loss`` as a promise for the model. Scaling
-    the budget, not the ratios, keeps insensitive groups pruned further than sensitive ones.
+    the budget, not the ratios, keeps insensitive groups pruned further than sensitive ones;
+    no ratio exceeds ``s`` either, so a small enough ``s`` always holds.
 
     :param loss_of: ``loss_of(ratios) -> relative loss`` of the whole model pruned at ``ratios``.
     :returns: ``(ratios, loss, scale, evaluations)``; ``({}, 0.0, 0.0, ...)`` when no scale holds.
@@ -203,9 +204,12 @@ def back_off(sensitivities, budget, loss_of, channels=None, align=None, max_eval
     evaluate = _Evaluations(loss_of)
 
     start = _prepared(ratios_by_loss(sensitivities, budget), channels, align)
+    # a loss of at least budget * ratio: the same plan at s = 1, and at s < 1 no ratio above s,
+    # so groups whose measured losses are 0 or below (noise, an undertrained model) back off too
+    envelope = {g: {r: max(loss, budget * r) for r, loss in sensitivities[g].items()} for g in start}
 
     def plan(scale):  # the groups the per-group rule prunes, each less
-        return _prepared({g: ratio_within(sensitivities[g], scale * budget) for g in start}, channels, align)
+        return _prepared({g: ratio_within(envelope[g], scale * budget) for g in start}, channels, align)
 
     loss = evaluate(start, "s=1")
     if loss <= budget or not start:
