@@ -108,7 +108,10 @@ def test_flops_target_from_a_yaml_plugin_config(tmp_path, python):
     budget = report["budget"]  # the plan with the lowest measured whole-model loss of >= 3 candidates
     assert budget["rule"] == "model" and len(budget["candidates"]) >= 3
     assert all(c["fraction"] >= 0.4 for c in budget["candidates"])
-    assert budget["whole_model_loss_chosen"] == min(c["loss"] for c in budget["candidates"])
+    first, best = budget["candidates"][0], min(budget["candidates"], key=lambda c: c["loss"])
+    assert first["plan"] == "loss-budget bisection"  # replaced only by a plan clearly better (margin 0.05)
+    assert budget["whole_model_loss_chosen"] == (best["loss"] if best["loss"] < first["loss"] - 0.05
+                                                 else first["loss"])
     assert budget["whole_model_loss"] == pytest.approx(budget["whole_model_loss_chosen"], abs=1e-9)
     assert "derived_loss_cap" in report  # the pruned_flops analysis was bounded by a cap
     assert (tmp_path / "output" / "sensitivities.png").exists()

@@ -257,15 +257,21 @@ def scale_to_flops(shape, target, flops_of, limits=None, channels=None, align=No
 
 
 def plans_for_flops(sensitivities, target, flops_of, loss_of, limits=None, channels=None, align=None,
-                    blends=(0.67, 0.33)):
+                    blends=(0.67, 0.33), margin=0.05):
     """Among plans that remove ``target`` of the FLOPs, the one with the lowest measured
     whole-model loss: the loss-budget bisection plan, a uniform ratio over the analysed groups,
-    and ``blends`` of the two (each scaled back to the target). One evaluation per distinct plan.
+    and ``blends`` of the two, each scaled to the target (so all remove about the same FLOPs).
+    One evaluation per distinct plan. Another plan replaces the loss-budget plan only if its loss
+    is lower by at least ``margin``: smaller differences are within the noise of an evaluation
+    (often a few eval batches), and so are differences between collapsed models.
 
     :returns: ``(ratios, fraction, loss, candidates)`` with ``candidates`` a list of
         ``{"plan", "fraction", "loss", "groups"}`` in the order tried.
     """
     by_budget, fraction, budget = ratios_for_flops(sensitivities, target, flops_of, channels, align)
+    trimmed = scale_to_flops(by_budget, target, flops_of, limits, channels, align)  # no overshoot: equal FLOPs
+    if trimmed is not None and trimmed[1] < fraction:
+        by_budget, fraction = trimmed
     found = [("loss-budget bisection", by_budget, fraction)]
     uniform = scale_to_flops({g: 1.0 for g in sensitivities}, target, flops_of, limits, channels, align)
     if uniform is not None:
@@ -281,5 +287,8 @@ def plans_for_flops(sensitivities, target, flops_of, loss_of, limits=None, chann
     for label, ratios, fraction in found:
         candidates.append({"plan": label, "fraction": fraction, "loss": evaluate(ratios, label),
                            "groups": len(ratios), "ratios": ratios})
-    best = min(candidates, key=lambda c: c["loss"])  # the first of equals: the budget plan
+    best = candidates[0]
+    for c in candidates[1:]:
+        if c["loss"] < min(best["loss"], candidates[0]["loss"] - margin):
+            best = c
     return best["ratios"], best["fraction"], best["loss"], candidates
