@@ -261,7 +261,11 @@ class PruneWorkflow:
         sens = {g: l for g, l in sfile.losses().items() if g in groups and l}
         channels = {g: prunable.groups[g].channels for g in sens}
         pruned_fraction = lambda ratios: self._pruned_fraction(prunable, ratios)  # noqa: E731
-        loss_of = lambda ratios: self._whole_loss(prunable, sfile.baseline, ratios)  # noqa: E731
+        baseline = sfile.baseline
+        if baseline is None and cfg.budget_rule == "model":  # an imported legacy file has none
+            baseline = self.run.metric(max_batches=cfg.sen_batches)
+            log(f"the sensitivity file has no baseline metric: measured {baseline:.4f}")
+        loss_of = lambda ratios: self._whole_loss(prunable, baseline, ratios)  # noqa: E731
         budget_report = {"rule": cfg.budget_rule}
         if cfg.pruned_flops is not None and cfg.budget_rule == "per_group":
             ratios, fraction, budget = ratios_for_flops(sens, cfg.pruned_flops, pruned_fraction, channels, cfg.align)
@@ -299,6 +303,8 @@ class PruneWorkflow:
 
     def _report_whole_model_loss(self, baseline, value):
         """The pruned model's measured loss next to the budget it was chosen for."""
+        if baseline is None:  # an imported legacy file without a baseline
+            return
         budget = self.report.setdefault("budget", {"rule": self.config.budget_rule})
         loss = relative_loss(baseline, value)
         budget["whole_model_loss"] = loss
