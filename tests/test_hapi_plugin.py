@@ -125,9 +125,37 @@ def test_flops_target_from_a_yaml_plugin_config(tmp_path, python, trained):
     report = json.loads((tmp_path / "report.json").read_text())
     assert 1 - report["after"]["flops"] / report["before"]["flops"] >= 0.4
     assert report["metric_name"] == "acc" and "after_training" in report
+    budget = report["budget"]  # the plan with the lowest measured whole-model loss of >= 3 candidates
+    assert budget["rule"] == "model" and len(budget["candidates"]) >= 3
+    assert all(c["fraction"] >= 0.4 for c in budget["candidates"])
+    first, best = budget["candidates"][0], min(budget["candidates"], key=lambda c: c["loss"])
+    assert first["plan"] == "loss-budget bisection"  # replaced only by a plan clearly better (margin 0.05)
+    assert budget["whole_model_loss_chosen"] == (best["loss"] if best["loss"] < first["loss"] - 0.05
+                                                 else first["loss"])
+    assert budget["whole_model_loss"] == pytest.approx(budget["whole_model_loss_chosen"], abs=1e-9)
+    assert "derived_loss_cap" in report  # the pruned_flops analysis was bounded by a cap
     assert (tmp_path / "output" / "sensitivities.png").exists()
     assert (tmp_path / "output" / "sensitivities.flops.png").exists()
     assert "ETA" in proc.stderr
+
+
+def test_eval_metric_loss_holds_for_the_whole_model(tmp_path, python):
+    import json
+
+    python([SCRIPT, str(tmp_path / "base"), "--epochs", "3"], cwd=str(tmp_path))
+    reports = {}
+    for rule in ("per_group", "model"):
+        out = tmp_path / rule
+        python([SCRIPT, str(out), "--finetune", str(tmp_path / "base" / "final"), "--epochs", "1",
+                "--plugin", "prune", "--prune.eval_metric_loss", "0.05", "--prune.budget_rule", rule,
+                "--prune.report", str(out / "report.json")], cwd=str(tmp_path))
+        reports[rule] = json.loads((out / "report.json").read_text())
+    per_group, model = reports["per_group"]["budget"], reports["model"]["budget"]
+    assert per_group["whole_model_loss"] > 0.05 and not per_group["within_budget"]  # PaddleSlim's rule overshoots
+    assert model["backoff"][0]["loss"] == pytest.approx(per_group["whole_model_loss"], abs=1e-9)
+    assert model["whole_model_loss"] <= 0.05 and model["within_budget"] and model["scale"] < 1
+    assert all(e["loss"] <= 0.05 for e in model["per_group"].values())
+    assert reports["model"]["after"]["flops"] < reports["model"]["before"]["flops"]
 
 
 def test_show_lists_groups_and_exits_before_training(tmp_path, python):

@@ -14,11 +14,22 @@ from slim_plugins.plugins.prune.legacy import load_legacy, to_sensitivity_json
 from slim_plugins.plugins.prune.merge import merge_files
 from slim_plugins.plugins.prune.model import PrunableModel
 from slim_plugins.plugins.prune.plan import find_plan, make_plan, plan_path, replay
-from slim_plugins.plugins.prune.ratios import align_ratios, fixed_ratios, ratios_by_loss, ratios_for_flops
+from slim_plugins.plugins.prune.ratios import (
+    align_ratios,
+    back_off,
+    fixed_ratios,
+    plans_for_flops,
+    ratio_under_budget,
+    ratios_by_loss,
+    ratios_for_flops,
+)
 from slim_plugins.plugins.prune.sensitivity import (
+    DEFAULT_RATIOS,
     SensitivityFile,
     analyze,
     architecture_fingerprint,
+    crossing_evaluations,
+    relative_loss,
     weights_fingerprint,
 )
 from slim_plugins.run import Metric
@@ -511,3 +522,158 @@ def test_a_worker_that_dies_or_stalls_ends_the_analysis_naming_it(tmp_path, fail
 
 def _channels(net, group):
     return dict(net.named_parameters())[group].shape[0]
+
+
+# ------------------------------------------------------------------ budgets for the whole model (issue 13)
+class ChannelsMetric:
+    """A metric that falls monotonically as the pruned groups lose channels (read off the real,
+    pruned conv weights), with a different steepness per group; counts its evaluations."""
+
+    def __init__(self, net, steepness):
+        self.net = net
+        self.full = {name: getattr(net, name).weight.shape[0] for name in steepness}
+        self.steepness = steepness
+        self.calls = 0
+
+    def __call__(self, max_batches=None):
+        self.calls += 1
+        loss = sum(k * (1 - getattr(self.net, name).weight.shape[0] / self.full[name]) ** 2
+                   for name, k in self.steepness.items())
+        return 1.0 - loss
+
+
+@pytest.mark.parametrize("ratios", [DEFAULT_RATIOS, [round(0.05 * i, 2) for i in range(1, 20)]])
+def test_crossing_search_chooses_the_scan_ratio_with_fewer_evaluations(tmp_path, ratios):
+    net = make_net()
+    counting = ChannelsMetric(net, {"conv1": 0.05, "conv2": 0.3})
+    pm = PrunableModel(net, SHAPE)
+    groups = ["conv1.weight", "conv2.weight"]
+    total = {"every": 0, "scan": 0, "search": 0}
+    for cap in (0.01, 0.02, 0.05, 0.1):
+        calls, chosen = {}, {}
+        for how, search, cap_of_run in (("every", False, None), ("scan", False, cap), ("search", True, cap)):
+            path = tmp_path / f"{how}-{cap}.json"
+            counting.calls = 0
+            analyze(pm, Metric("m", counting), sens_file(path, net, "m"), groups=groups, ratios=ratios,
+                    cap=cap_of_run, show_progress=False, search=search)
+            calls[how] = counting.calls
+            total[how] += calls[how]
+            losses = SensitivityFile.load(str(path)).losses()
+            chosen[how] = {g: ratio_under_budget(losses[g], cap) for g in groups}
+        assert chosen["search"] == chosen["scan"] == chosen["every"], cap
+        assert any(chosen["scan"].values()), cap  # the budget prunes something: the test says something
+        assert calls["search"] <= 1 + len(groups) * crossing_evaluations(len(ratios)), calls
+        assert calls["search"] <= calls["scan"] + len(groups), (cap, calls)  # at most one more per group
+        counting.calls = 0  # resumed: every point is read from the file
+        analyze(pm, Metric("m", counting), sens_file(tmp_path / f"search-{cap}.json", net, "m"), groups=groups,
+                ratios=ratios, cap=cap, show_progress=False, search=True)
+        assert counting.calls == 0
+    assert total["search"] < total["scan"] < total["every"], total
+    data = json.loads((tmp_path / "search-0.1.json").read_text())  # the file format: records per ratio
+    assert all(set(e) >= {"metric", "loss", "seconds"} for g in data["groups"].values() for e in g["ratios"].values())
+
+
+@pytest.fixture(scope="module")
+def trained_digits():
+    """A small CNN trained on all of scikit-learn's digits, its accuracy and its prunable model."""
+    from sklearn.datasets import load_digits
+
+    from slim_plugins.demo import DigitsNet
+
+    paddle.seed(0)
+    digits = load_digits()
+    x = paddle.to_tensor((digits.images.astype("float32") / 16.0)[:, None])
+    y = paddle.to_tensor(digits.target.astype("int64"))
+    net = DigitsNet(width=16)
+    opt = paddle.optimizer.Adam(learning_rate=0.01, parameters=net.parameters())
+    for _ in range(6):
+        for i in range(0, len(digits.target), 64):
+            nn.functional.cross_entropy(net(x[i:i + 64]), y[i:i + 64]).backward()
+            opt.step()
+            opt.clear_grad()
+    net.eval()
+
+    def accuracy(max_batches=None):
+        with paddle.no_grad():
+            return float((net(x).numpy().argmax(1) == digits.target).mean())
+
+    return net, accuracy, PrunableModel(net, [1, 1, 8, 8])
+
+
+def whole_model_loss(pm, accuracy, baseline):
+    def loss_of(ratios):
+        applied = pm.apply(ratios)
+        try:
+            return relative_loss(baseline, accuracy())
+        finally:
+            applied.restore()
+    return loss_of
+
+
+def test_back_off_keeps_the_whole_model_within_the_budget(tmp_path, trained_digits):
+    net, accuracy, pm = trained_digits
+    budget = 0.2
+    sfile = analyze(pm, Metric("acc", accuracy), sens_file(tmp_path / "s.json", net, "acc"), groups=list(pm.groups),
+                    cap=budget, search=True, show_progress=False)
+    sens = {g: l for g, l in sfile.losses().items() if l}
+    loss_of = whole_model_loss(pm, accuracy, sfile.baseline)
+    per_group = ratios_by_loss(sens, budget)
+    assert len(per_group) >= 2 and loss_of(per_group) > budget  # each group alone holds, together they do not
+    ratios, loss, scale, evaluations = back_off(sens, budget, loss_of)
+    assert ratios and 0 < scale < 1 and len(evaluations) <= 8
+    assert loss <= budget and loss_of(ratios) == pytest.approx(loss)  # measured again: the model holds it
+    assert set(ratios) <= set(per_group) and all(ratios[g] <= per_group[g] for g in ratios)
+    assert accuracy() == sfile.baseline  # every trial restored
+
+
+def test_pruned_flops_takes_the_candidate_with_the_lowest_measured_loss(tmp_path, trained_digits):
+    net, accuracy, pm = trained_digits
+    inputs = [paddle.zeros([1, 1, 8, 8])]
+    base = measure.flops(net, inputs)
+    sfile = analyze(pm, Metric("acc", accuracy), sens_file(tmp_path / "s.json", net, "acc"), groups=list(pm.groups),
+                    show_progress=False)
+    sens = sfile.losses()
+
+    def flops_of(ratios):
+        applied = pm.apply(ratios)
+        try:
+            return (base - measure.flops(net, inputs)) / base
+        finally:
+            applied.restore()
+
+    measured = whole_model_loss(pm, accuracy, sfile.baseline)
+    calls = []
+
+    def loss_of(ratios):
+        calls.append(dict(ratios))
+        return measured(ratios)
+
+    ratios, fraction, loss, candidates = plans_for_flops(sens, 0.3, flops_of, loss_of,
+                                                         limits={g: 0.9 for g in sens})
+    assert len(candidates) >= 3 and len(calls) <= 8
+    assert all(c["fraction"] >= 0.3 for c in candidates)
+    assert {c["plan"] for c in candidates} >= {"loss-budget bisection", "uniform"}
+    first = candidates[0]  # the budget plan, replaced only by a plan clearly (margin 0.05) better
+    assert first["plan"] == "loss-budget bisection"
+    best = min(candidates, key=lambda c: c["loss"])
+    assert loss == (best["loss"] if best["loss"] < first["loss"] - 0.05 else first["loss"])
+    assert flops_of(ratios) == pytest.approx(fraction)
+    assert measured(ratios) == pytest.approx(loss)
+
+
+def test_pruned_flops_candidates_beat_a_budget_plan_that_piles_onto_one_group():
+    # per group, "a" looks free; pruned together with the others its loss explodes
+    share = {"a": 0.4, "b": 0.3, "c": 0.3}
+    sens = {g: {0.2: 0.01, 0.4: 0.02, 0.6: 0.04, 0.8: 0.08} for g in ("b", "c")}
+    sens["a"] = {0.2: 0.0, 0.4: 0.0, 0.6: 0.0, 0.8: 0.001}
+
+    def flops_of(ratios):
+        return sum(share[g] * r for g, r in ratios.items())
+
+    def loss_of(ratios):
+        return sum(r ** 3 for r in ratios.values())
+
+    ratios, fraction, loss, candidates = plans_for_flops(sens, 0.3, flops_of, loss_of, limits={g: 0.9 for g in share})
+    by_budget = next(c for c in candidates if c["plan"] == "loss-budget bisection")
+    assert loss < by_budget["loss"] and ratios != by_budget["ratios"]
+    assert fraction >= 0.3 and fraction < 0.31

@@ -368,6 +368,7 @@ def _enable_legacy_pruning(run, legacy, bound):
         options["sen_file"] = _sensitivity_json(str(path), bound.arguments.get("save_dir") or "output")
         options["sen_analyze"] = False
         options.setdefault("eval_metric_loss", 0.05)  # PaddleX 1.3's default
+        options["budget_rule"] = "per_group"  # 1.3's ratios from 1.3's file (budget_rule model to back off)
     if options:
         session.enable("prune", options, source="python")
 

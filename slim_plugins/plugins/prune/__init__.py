@@ -22,6 +22,10 @@ OPTIONS = (
      "choose per group the largest ratio whose relative metric loss stays under this budget"),
     ("pruned_flops", optional(FRACTION), None,
      "choose ratios from the sensitivities so that this fraction of FLOPs is removed"),
+    ("budget_rule", str, "model",
+     "model: eval_metric_loss holds for the whole pruned model (ratios backed off until its measured loss "
+     "is within it) and pruned_flops takes the candidate plan with the lowest measured loss; per_group: "
+     "PaddleSlim's rule, each group alone within the budget"),
     ("criterion", str, "l1_norm", "filter importance: l1_norm, l2_norm or fpgm"),
     ("skip", to_list(str), [], "globs of groups never to prune"),
     ("align", optional(POSITIVE), None, "round kept channels to a multiple of this"),
@@ -33,6 +37,9 @@ OPTIONS = (
     ("sen_loss_cap", optional(bounded(float, 0)), None,
      "stop a group's analysis after the first ratio whose loss exceeds this "
      "(default: eval_metric_loss when that is how ratios are chosen)"),
+    ("sen_search", to_bool, True,
+     "search each group's loss-cap crossing by bisection (about log2 of the ratios evaluated) instead of "
+     "evaluating every ratio up to the cap; a pruned_flops analysis derives its cap from the target"),
     ("sen_batches", optional(POSITIVE), None, "evaluate only the first N eval batches in the analysis"),
     ("sen_workers", POSITIVE, 1, "local worker processes for the analysis (forked; each takes whole groups)"),
     ("sen_worker_timeout", optional(float), None,
@@ -42,7 +49,8 @@ OPTIONS = (
     ("report", optional(str), None, "report JSON path (default: <save_dir>/prune_report.json)"),
     ("plot", to_bool, True, "write PNG plots next to the sensitivity file"),
 )
-CHOICES = {"criterion": ("l1_norm", "l2_norm", "fpgm"), "action": ("prune", "show", "analyze")}
+CHOICES = {"criterion": ("l1_norm", "l2_norm", "fpgm"), "action": ("prune", "show", "analyze"),
+           "budget_rule": ("model", "per_group")}
 
 
 @hookimpl

@@ -141,3 +141,154 @@ def _step_back(sensitivities, ratios, pruned, target, flops_of, channels, align)
             else:
                 closed.add(group)
     return ratios, pruned
+
+
+# ------------------------------------------------------------------ whole-model budget
+def loss_at_ratio(losses, ratio):
+    """A group's loss at ``ratio``, interpolated between its measured ratios (0 below the first)."""
+    points = [(0.0, 0.0)] + sorted(losses.items())
+    for (r0, l0), (r1, l1) in zip(points, points[1:]):
+        if r0 <= ratio <= r1:
+            return float(l0 + (ratio - r0) * (l1 - l0) / (r1 - r0)) if r1 > r0 else float(l1)
+    return float(points[-1][1])
+
+
+def _prepared(ratios, channels, align, limits=None):
+    if limits:
+        ratios = {g: min(r, limits.get(g, r)) for g, r in ratios.items()}
+    ratios = {g: float(r) for g, r in ratios.items() if r > 1e-9}
+    if align and channels:
+        ratios = align_ratios(ratios, channels, align)
+    return ratios
+
+
+class _Evaluations:
+    """``loss_of`` with a cache (equal plans after alignment cost nothing) and a log."""
+
+    def __init__(self, loss_of):
+        self.loss_of = loss_of
+        self.log = []
+        self.cache = {}
+
+    def __call__(self, ratios, label):
+        key = tuple(sorted((g, round(r, 6)) for g, r in ratios.items()))
+        if key not in self.cache:
+            self.cache[key] = 0.0 if not ratios else float(self.loss_of(ratios))
+            self.log.append({"plan": label, "loss": self.cache[key], "groups": len(ratios)})
+        return self.cache[key]
+
+
+def ratio_within(losses, budget):
+    """PaddleSlim's :func:`ratio_under_budget`, and below a group's first measured ratio the
+    line from (0, 0) to it, so that a smaller budget always means a smaller, not a zero, ratio."""
+    ratio = ratio_under_budget(losses, budget)
+    if ratio > 0 or budget <= 0 or not losses:
+        return ratio
+    first, loss = min(losses.items())
+    return float(first * min(1.0, budget / loss)) if loss > 0 else float(first)
+
+
+def back_off(sensitivities, budget, loss_of, channels=None, align=None, max_evals=8, tolerance=0.02):
+    """Per-group ratios for ``s * budget`` (PaddleSlim's at ``s = 1``; groups it leaves out stay
+    out) with the largest common scale ``s`` in (0, 1] whose
+    whole pruned model's measured relative loss is within ``budget`` (bisection on ``s``).
+
+    Per-group losses add up: each group alone within the budget says little about all of them
+    pruned together, and users read ``eval_metric_loss`` as a promise for the model. Scaling
+    the budget, not the ratios, keeps insensitive groups pruned further than sensitive ones;
+    no ratio exceeds ``s`` either, so a small enough ``s`` always holds.
+
+    :param loss_of: ``loss_of(ratios) -> relative loss`` of the whole model pruned at ``ratios``.
+    :returns: ``(ratios, loss, scale, evaluations)``; ``({}, 0.0, 0.0, ...)`` when no scale holds.
+    """
+    evaluate = _Evaluations(loss_of)
+
+    start = _prepared(ratios_by_loss(sensitivities, budget), channels, align)
+    # a loss of at least budget * ratio: the same plan at s = 1, and at s < 1 no ratio above s,
+    # so groups whose measured losses are 0 or below (noise, an undertrained model) back off too
+    envelope = {g: {r: max(loss, budget * r) for r, loss in sensitivities[g].items()} for g in start}
+
+    def plan(scale):  # the groups the per-group rule prunes, each less
+        return _prepared({g: ratio_within(envelope[g], scale * budget) for g in start}, channels, align)
+
+    loss = evaluate(start, "s=1")
+    if loss <= budget or not start:
+        return start, loss, 1.0, evaluate.log
+    low, high = 0.0, 1.0  # low: holds (the unpruned model), high: does not
+    best = ({}, 0.0)
+    while len(evaluate.log) < max_evals and high - low > tolerance:
+        scale = (low + high) / 2
+        trial = plan(scale)
+        loss = evaluate(trial, f"s={scale:.3f}")
+        if loss <= budget:
+            low, best = scale, (trial, loss)
+        else:
+            high = scale
+    return best[0], best[1], low, evaluate.log
+
+
+def scale_to_flops(shape, target, flops_of, limits=None, channels=None, align=None, steps=20, tolerance=2e-3):
+    """``{group: min(k * shape[group], limit)}`` with the smallest common ``k`` whose pruned
+    FLOPs fraction reaches ``target`` (bisection on ``k``), or None if no ``k`` reaches it.
+
+    :returns: ``(ratios, fraction)`` or None.
+    """
+    shape = {g: float(v) for g, v in shape.items() if v > 0}
+    if not shape:
+        return None
+    limits = limits or {}
+    top = max(limits.get(g, 0.9) / v for g, v in shape.items())
+    full = _prepared({g: v * top for g, v in shape.items()}, channels, align, limits)
+    fraction = flops_of(full)
+    if fraction < target:
+        return None
+    low, high, best = 0.0, top, (full, fraction)
+    for _ in range(steps):
+        k = (low + high) / 2
+        trial = _prepared({g: v * k for g, v in shape.items()}, channels, align, limits)
+        fraction = flops_of(trial)
+        if fraction >= target:
+            high, best = k, (trial, fraction)
+            if fraction - target < tolerance:
+                break
+        else:
+            low = k
+    return best
+
+
+def plans_for_flops(sensitivities, target, flops_of, loss_of, limits=None, channels=None, align=None,
+                    blends=(0.67, 0.33), margin=0.05):
+    """Among plans that remove ``target`` of the FLOPs, the one with the lowest measured
+    whole-model loss: the loss-budget bisection plan, a uniform ratio over the analysed groups,
+    and ``blends`` of the two, each scaled to the target (so all remove about the same FLOPs).
+    One evaluation per distinct plan. Another plan replaces the loss-budget plan only if its loss
+    is lower by at least ``margin``: smaller differences are within the noise of an evaluation
+    (often a few eval batches), and so are differences between collapsed models.
+
+    :returns: ``(ratios, fraction, loss, candidates)`` with ``candidates`` a list of
+        ``{"plan", "fraction", "loss", "groups"}`` in the order tried.
+    """
+    by_budget, fraction, budget = ratios_for_flops(sensitivities, target, flops_of, channels, align)
+    trimmed = scale_to_flops(by_budget, target, flops_of, limits, channels, align)  # no overshoot: equal FLOPs
+    if trimmed is not None and trimmed[1] < fraction:
+        by_budget, fraction = trimmed
+    found = [("loss-budget bisection", by_budget, fraction)]
+    uniform = scale_to_flops({g: 1.0 for g in sensitivities}, target, flops_of, limits, channels, align)
+    if uniform is not None:
+        found.append(("uniform", *uniform))
+        for alpha in blends:
+            shape = {g: alpha * by_budget.get(g, 0.0) + (1 - alpha) * uniform[0].get(g, 0.0)
+                     for g in set(by_budget) | set(uniform[0])}
+            blended = scale_to_flops(shape, target, flops_of, limits, channels, align)
+            if blended is not None:
+                found.append((f"blend {alpha:g} budget + {1 - alpha:g} uniform", *blended))
+    evaluate = _Evaluations(loss_of)
+    candidates = []
+    for label, ratios, fraction in found:
+        candidates.append({"plan": label, "fraction": fraction, "loss": evaluate(ratios, label),
+                           "groups": len(ratios), "ratios": ratios})
+    best = candidates[0]
+    for c in candidates[1:]:
+        if c["loss"] < min(best["loss"], candidates[0]["loss"] - margin):
+            best = c
+    return best["ratios"], best["fraction"], best["loss"], candidates

@@ -450,18 +450,28 @@ def _baseline(sfile, metric, max_batches, check_baseline):
 
 
 def analyze(prunable, metric, sfile, *, groups, ratios=DEFAULT_RATIOS, cap=None, max_batches=None,
-            show_progress=True, on_record=None, check_baseline=None):
+            show_progress=True, on_record=None, check_baseline=None, search=False):
     """Fill ``sfile`` for ``groups`` x ``ratios``, one evaluation at a time, in this process.
 
-    Ratios of a group above the first one whose loss exceeds ``cap`` are skipped.
-    ``check_baseline(value)`` may raise to refuse the unpruned model's metric before anything is
-    analysed or written.
+    Ratios of a group above the first one whose loss exceeds ``cap`` are skipped. With
+    ``search`` (and a ``cap``), each group is searched for its cap crossing instead: see
+    :func:`search_crossing`. ``check_baseline(value)`` may raise to refuse the unpruned model's
+    metric before anything is analysed or written.
     """
     legacy = legacy_names(prunable)
     for name in groups:
         g = prunable.groups[name]
         sfile.group(name, channels=g.channels, members=g.members, legacy_name=legacy.get(name))
     _baseline(sfile, metric, max_batches, check_baseline)
+    if search and cap is not None:
+        progress = Progress(len(groups) * max(1, int(len(ratios)).bit_length()), "sensitivity (crossing search)",
+                            enabled=show_progress)
+        found = []
+        for name in groups:  # groups of one model tend to cross alike: the median so far is the first guess
+            prior = sorted(found)[(len(found) - 1) // 2] if found else None
+            found.append(search_crossing(prunable, metric, sfile, name, ratios, cap, max_batches, progress,
+                                         on_record, prior=prior))
+        return sfile
     work = plan_work(sfile, groups, ratios, cap)
     progress = Progress(len(work), "sensitivity", enabled=show_progress)
     for name, ratio in work:
@@ -481,6 +491,105 @@ def analyze(prunable, metric, sfile, *, groups, ratios=DEFAULT_RATIOS, cap=None,
             on_record(name, ratio, entry)
         progress.step(f"{name} @ {ratio:g}: {metric.name} {value:.4f} loss {entry['loss']:+.4f}")
     return sfile
+
+
+NEAR, NEXT_STEPS = 0.3, 3  # simulated on measured curves (small CNNs, MobileNetV2-style): fewest evaluations
+
+
+def crossing_evaluations(n):
+    """The most evaluations :func:`search_crossing` makes on ``n`` ratios: ceil(log2(n + 1)),
+    plus two for the guess, plus ``NEXT_STEPS`` steps to the next ratio near the cap."""
+    return max(1, int(n).bit_length()) + 2 + NEXT_STEPS if n else 0
+
+
+def _loss(sfile, name, ratio):
+    return sfile.data["groups"][name]["ratios"][ratio_key(ratio)]["loss"]
+
+
+def search_crossing(prunable, metric, sfile, name, ratios, cap, max_batches=None, progress=None,
+                    on_record=None, prior=None):
+    """Bisection over the sorted ``ratios`` of one group for the largest ratio whose loss is
+    within ``cap``, assuming the loss grows with the ratio: about log2(n) evaluations instead
+    of up to n. With ``prior`` (a guess of the crossing, e.g. other groups' crossings) the
+    first probes are the ratios just above and at the guess; then probes lean low (tight
+    budgets cross early) and, once a measured loss is near the cap, step to the next ratio (at
+    most ``NEXT_STEPS`` times). Both ratios around the crossing are measured, so the ratio
+    chosen for ``cap`` (interpolated between them) is the one an every-ratio scan chooses.
+    Recorded points are read from the file, not evaluated again; a ratio that breaks the model
+    counts as over the cap.
+
+    :returns: the largest measured ratio within ``cap`` (0.0 if none).
+    """
+    grid = sorted(float(r) for r in ratios)
+    low, high = -1, len(grid)  # grid[low] within the cap (-1: ratio 0), grid[high] over it
+    guess = None if prior is None else max([i for i, r in enumerate(grid) if r <= prior + 1e-9] or [-1])
+    evaluated = steps = probes = 0
+    while high - low > 1:
+        # the lowest probe that keeps the worst case at ceil(log2(options)): tight budgets cross
+        # at low ratios, and there this costs about what a scan from the bottom costs
+        left = (high - low - 1).bit_length() - 1 if high - low > 2 else 0
+        mid = max(low + 1, high - (1 << left))
+        if probes == 0 and guess is not None:
+            mid = min(guess + 1, len(grid) - 1)
+        elif probes == 1 and guess is not None and guess >= 0 and high == guess + 1 and low < guess:
+            mid = guess
+        elif low >= 0 and steps < NEXT_STEPS and mid != low + 1 and _loss(sfile, name, grid[low]) > NEAR * cap:
+            mid, steps = low + 1, steps + 1  # already near the cap: the crossing is likely next
+        probes += 1
+        ratio = grid[mid]
+        if sfile.broken(name, ratio):
+            high = mid
+            continue
+        if not sfile.has(name, ratio):
+            evaluated += 1
+            try:
+                value, seconds = evaluate_group(prunable, metric, name, ratio, max_batches)
+            except GroupBreaksModel as exc:
+                sfile.record_failure(name, ratio, exc)
+                sfile.save()
+                if progress:
+                    progress.step(f"{name} @ {ratio:g}: breaks the model, treated as over the cap ({exc})")
+                high = mid
+                continue
+            entry = sfile.record(name, ratio, value, seconds)
+            sfile.save()
+            if on_record:
+                on_record(name, ratio, entry)
+            if progress:
+                progress.step(f"{name} @ {ratio:g}: {metric.name} {value:.4f} loss {entry['loss']:+.4f}")
+        if _loss(sfile, name, ratio) <= cap:
+            low = mid
+        else:
+            high = mid
+    if progress:
+        progress.skip(max(0, int(len(grid)).bit_length() - evaluated))
+    return grid[low] if low >= 0 else 0.0
+
+
+def cap_for_flops(sfile, groups, ratios, target, flops_of, run_analysis):
+    """A loss cap that bounds a ``pruned_flops`` analysis. Every group is evaluated at the
+    analysed ratio at or above the uniform ratio that reaches ``target``; the loss-budget
+    bisection never needs a budget above the largest of those losses (at that budget every
+    group is pruned at least that far, so the target is met).
+
+    :param run_analysis: ``run_analysis(ratios=[r], cap=None)`` fills ``sfile`` for ``groups``.
+    :returns: ``(cap, uniform_ratio, probed_ratio)``, or None when even the largest ratio for
+        every group misses ``target`` (the choice then says why).
+    """
+    from slim_plugins.plugins.prune.ratios import scale_to_flops
+
+    grid = sorted(float(r) for r in ratios)
+    found = scale_to_flops({g: 1.0 for g in groups}, target, flops_of, limits={g: grid[-1] for g in groups})
+    if found is None:
+        return None
+    uniform = max(found[0].values())
+    probe = next((r for r in grid if r >= uniform - 1e-9), grid[-1])
+    run_analysis(ratios=[probe], cap=None)
+    losses = [entry["loss"] for g in groups
+              for entry in [sfile.data["groups"].get(g, {}).get("ratios", {}).get(ratio_key(probe))] if entry]
+    if not losses:
+        return None
+    return max(max(losses), 0.0), uniform, probe
 
 
 # -------------------------------------------------------------------------------- in parallel

@@ -10,14 +10,24 @@ from slim_plugins.plugins.prune import flops_model, measure, report
 from slim_plugins.plugins.prune.inventory import inventory, summary, table_text
 from slim_plugins.plugins.prune.model import PrunableModel
 from slim_plugins.plugins.prune.plan import PrunePlan, attach, attached, find_plan, make_plan, plan_path, replay
-from slim_plugins.plugins.prune.ratios import align_ratios, fixed_ratios, ratios_by_loss, ratios_for_flops
+from slim_plugins.plugins.prune.ratios import (
+    align_ratios,
+    back_off,
+    fixed_ratios,
+    loss_at_ratio,
+    plans_for_flops,
+    ratios_by_loss,
+    ratios_for_flops,
+)
 from slim_plugins.plugins.prune.sensitivity import (
     SensitivityFile,
     analyze,
     analyze_parallel,
     analyze_sharded,
     architecture_fingerprint,
+    cap_for_flops,
     legacy_names,
+    relative_loss,
     weights_fingerprint,
     write_json_atomic,
 )
@@ -161,6 +171,7 @@ class PruneWorkflow:
             self.before["metric"] = sfile.baseline
             self.after["metric"] = metric(max_batches=cfg.sen_batches)
             self.report["metric_name"] = metric.name
+            self._report_whole_model_loss(sfile.baseline, self.after["metric"])
         self._write_report(plan, sfile, time.perf_counter() - started)
 
     def _check_training_branches(self, prunable, rows):
@@ -223,11 +234,17 @@ class PruneWorkflow:
         else:
             sfile = SensitivityFile.open(path, **identity)
             sfile.adopt_legacy_names(prunable.structured)
-            if cfg.sen_workers > 1:
-                analyze_parallel(prunable, metric, sfile, workers=cfg.sen_workers,
-                                 stall_timeout=cfg.sen_worker_timeout, **common)
-            else:
-                analyze(prunable, metric, sfile, **common)
+
+            def run_analysis(**kwargs):
+                args = dict(common, **kwargs)
+                if cfg.sen_workers > 1:
+                    return analyze_parallel(prunable, metric, sfile, workers=cfg.sen_workers,
+                                            stall_timeout=cfg.sen_worker_timeout, **args)
+                return analyze(prunable, metric, sfile, search=cfg.sen_search, **args)
+
+            if cap is None and cfg.pruned_flops is not None and cfg.sen_search:
+                common["cap"] = self._cap_for_flops(prunable, sfile, groups, run_analysis)
+            run_analysis()
         if cfg.sen_analyze and sfile.baseline is not None:  # also a finished file, analysed before
             check(sfile.baseline)
         if self.run.is_main_process:
@@ -258,29 +275,97 @@ class PruneWorkflow:
                 changed = True
         if changed:
             sfile.save()
+    def _pruned_fraction(self, prunable, ratios):
+        """The fraction of FLOPs pruning ``ratios`` removes, measured on the model (then restored)."""
+        base = self.before["flops"]
+        applied = prunable.apply(ratios)
+        try:
+            return (base - measure.flops(self.model, self.check_inputs)) / base
+        finally:
+            applied.restore()
+
+    def _whole_loss(self, prunable, baseline, ratios):
+        """Relative metric loss of the whole model pruned at ``ratios`` (then restored); a plan
+        that breaks the model counts as an infinite loss."""
+        try:
+            applied = prunable.apply(ratios)
+        except Exception as exc:
+            log(f"a plan of {len(ratios)} groups cannot be applied, counted as over budget: {exc}")
+            return float("inf")
+        try:
+            value = self.run.metric(max_batches=self.config.sen_batches)
+        except Exception as exc:
+            log(f"the model pruned by a plan of {len(ratios)} groups fails to evaluate, counted as over budget: {exc}")
+            return float("inf")
+        finally:
+            applied.restore()
+        return relative_loss(baseline, value)
+
+    def _cap_for_flops(self, prunable, sfile, groups, run_analysis):
+        cfg = self.config
+        found = cap_for_flops(sfile, groups, cfg.sen_ratios, cfg.pruned_flops,
+                              lambda r: self._pruned_fraction(prunable, r), run_analysis)
+        if found is None:
+            return None  # unreachable: the analysis runs uncapped and the choice says why
+        cap, uniform, probe = found
+        log(f"pruned_flops={cfg.pruned_flops}: uniform ratio {uniform:.3f} reaches it; every group evaluated "
+            f"at {probe:g}; loss cap for the analysis {cap:.4f}")
+        self.report["derived_loss_cap"] = cap
+        return cap
+
+    def _limits(self, sfile, sens):
+        """The largest ratio each group may take: below the ratio that broke it, if one did."""
+        top = max(self.config.sen_ratios)
+        limits = {}
+        for group, losses in sens.items():
+            failed = sfile.failure(group)
+            if failed is None:
+                limits[group] = top
+            else:
+                limits[group] = max([r for r in losses if r < float(failed["ratio"])] or [0.0])
+        return limits
 
     def _choose(self, prunable, sfile, groups):
         cfg = self.config
         sens = {g: l for g, l in sfile.losses().items() if g in groups and l}
         channels = {g: prunable.groups[g].channels for g in sens}
-        if cfg.pruned_flops is not None:
-            base = self.before["flops"]
-
-            def pruned_fraction(ratios):
-                applied = prunable.apply(ratios)
-                try:
-                    return (base - measure.flops(self.model, self.check_inputs)) / base
-                finally:
-                    applied.restore()
-
+        pruned_fraction = lambda ratios: self._pruned_fraction(prunable, ratios)  # noqa: E731
+        baseline = sfile.baseline
+        if baseline is None and cfg.budget_rule == "model":  # an imported legacy file has none
+            baseline = self.run.metric(max_batches=cfg.sen_batches)
+            log(f"the sensitivity file has no baseline metric: measured {baseline:.4f}")
+        loss_of = lambda ratios: self._whole_loss(prunable, baseline, ratios)  # noqa: E731
+        budget_report = {"rule": cfg.budget_rule}
+        if cfg.pruned_flops is not None and cfg.budget_rule == "per_group":
             ratios, fraction, budget = ratios_for_flops(sens, cfg.pruned_flops, pruned_fraction, channels, cfg.align)
             why = " (below 0: only groups whose pruning raised the metric)" if budget < 0 else ""
             log(f"pruned_flops={cfg.pruned_flops}: loss budget {budget:.4f}{why} removes {fraction:.1%} of FLOPs")
             self.report["chosen_budget"] = budget
+        elif cfg.pruned_flops is not None:
+            ratios, fraction, loss, candidates = plans_for_flops(
+                sens, cfg.pruned_flops, pruned_fraction, loss_of, self._limits(sfile, sens), channels, cfg.align)
+            for c in candidates:
+                log(f"pruned_flops={cfg.pruned_flops}: plan '{c['plan']}' removes {c['fraction']:.1%} of FLOPs, "
+                    f"whole-model loss {c['loss']:+.4f}" + ("  <- chosen" if c["ratios"] is ratios else ""))
+            chosen = next(c for c in candidates if c["ratios"] is ratios)
+            budget_report.update(plan=chosen["plan"], whole_model_loss_chosen=loss, evaluations=len(candidates),
+                                 candidates=[{k: v for k, v in c.items() if k != "ratios"} for c in candidates])
         else:
-            ratios = ratios_by_loss(sens, cfg.eval_metric_loss)
-            ratios = align_ratios(ratios, channels, cfg.align)
             self.report["chosen_budget"] = cfg.eval_metric_loss
+            if cfg.budget_rule == "model":
+                ratios, loss, scale, evaluations = back_off(sens, cfg.eval_metric_loss, loss_of, channels, cfg.align)
+                first = evaluations[0]["loss"] if evaluations else 0.0
+                if scale < 1:
+                    log(f"eval_metric_loss={cfg.eval_metric_loss}: the per-group ratios lose {first:+.4f} on the whole "
+                        f"model; backed off to per-group budgets of {scale:.3f} x {cfg.eval_metric_loss}: "
+                        f"whole-model loss {loss:+.4f} ({len(evaluations)} evaluations)")
+                budget_report.update(scale=scale, whole_model_loss_chosen=loss, evaluations=len(evaluations),
+                                     backoff=evaluations)
+            else:
+                ratios = align_ratios(ratios_by_loss(sens, cfg.eval_metric_loss), channels, cfg.align)
+        budget_report["per_group"] = {g: {"ratio": r, "loss": loss_at_ratio(sens[g], r)} for g, r in ratios.items()
+                                      if g in sens}
+        self.report["budget"] = budget_report
         if cfg.plot and self.run.is_main_process:
             missing = report.plotting_unavailable()
             if missing:
@@ -288,6 +373,20 @@ class PruneWorkflow:
             else:
                 self._plots(prunable, sfile, sens)
         return ratios
+
+    def _report_whole_model_loss(self, baseline, value):
+        """The pruned model's measured loss next to the budget it was chosen for."""
+        if baseline is None:  # an imported legacy file without a baseline
+            return
+        budget = self.report.setdefault("budget", {"rule": self.config.budget_rule})
+        loss = relative_loss(baseline, value)
+        budget["whole_model_loss"] = loss
+        target = self.config.eval_metric_loss
+        budget["within_budget"] = None if target is None else loss <= target + 1e-12
+        per_group = budget.get("per_group") or {}
+        worst = max((e["loss"] for e in per_group.values()), default=0.0)
+        log(f"whole-model loss before fine-tuning {loss:+.4f}" + (f" (budget {target})" if target is not None else "")
+            + (f"; per-group losses up to {worst:+.4f} ({len(per_group)} groups)" if per_group else ""))
 
     def _plots(self, prunable, sfile, sens):
         base = self.before["flops"]
