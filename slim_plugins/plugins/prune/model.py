@@ -10,6 +10,7 @@ import contextlib
 import fnmatch
 import os
 import time
+import types
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Dict, List
@@ -576,7 +577,8 @@ def _opaque(model, names, inputs):
     def stand_in(name):
         recorded = outputs.get(name)
 
-        def forward(*args, **kwargs):
+        @paddle.jit.not_to_static  # run as it is while tracing (dy2st cannot convert its closure)
+        def forward(_layer, *args, **kwargs):
             sink = None
             for t in _tensors((args, kwargs)):
                 if t.dtype in (paddle.float32, paddle.float64, paddle.float16):
@@ -590,7 +592,7 @@ def _opaque(model, names, inputs):
     for name in names:
         layer = layers[name]
         saved[name] = layer.__dict__.get("forward")
-        layer.__dict__["forward"] = stand_in(name)
+        layer.__dict__["forward"] = types.MethodType(stand_in(name), layer)  # a method, as dy2st expects
     try:
         yield
     finally:
