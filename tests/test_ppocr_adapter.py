@@ -583,3 +583,30 @@ def test_svtr_lcnet_export_carries_the_pruned_weights(work, svtr_pruned):
     plan = json.load(open(out / "latest.prune.json"))
     for name in plan["shapes"]:
         assert any(p.shape == saved[name].shape and np.array_equal(p, saved[name]) for p in exported), name
+
+
+def test_db_every_group_at_0_9_evaluates_and_exports_in_fresh_processes(work, det_base):
+    """The reported case: DB-MobileNetV3 at 0.9 trained, then tools/eval.py and the export failed
+    ("input's channels is 1 ... the groups is 8"): depthwise convs left with one channel per group
+    must be in the plan (groups 1 included)."""
+    import paddle
+
+    out = work / "det_090"
+    proc = run_tool("train.py", "det.yml", ["Global.epoch_num=1", f"Global.save_model_dir=./{out.name}",
+                                            f"Global.pretrained_model={det_base}"],
+                    cwd=str(work), extra=["--plugin", "prune", "--prune.ratios", "*=0.9", "--prune.plot", "false"])
+    assert "pruned" in proc.stderr
+    plan = json.load(open(out / "latest.prune.json"))
+    assert any(groups == 1 for groups in plan["layer_groups"].values()), plan["layer_groups"]
+    evaluated = run_tool("eval.py", "det.yml", [f"Global.checkpoints={out / 'latest'}"], cwd=str(work))
+    assert "rebuilt pruned shapes" in evaluated.stderr
+    assert logged_metric(evaluated, "hmean") == pytest.approx(report_of(out)["after_training"]["metric"], abs=1e-6)
+    infer = work / "det_090_infer"
+    run_tool("export_model.py", "det.yml",
+             [f"Global.checkpoints={out / 'latest'}", f"Global.save_inference_dir={infer}"] + EXPORT_OPTS,
+             cwd=str(work))
+    layer = paddle.jit.load(str(infer / "inference"))
+    layer.eval()
+    maps = layer(paddle.to_tensor(np.zeros((1, 3, SIZE, SIZE), dtype="float32")))
+    maps = maps[0] if isinstance(maps, (list, tuple)) else maps
+    assert list(maps.shape) == [1, 1, SIZE, SIZE]
