@@ -1,4 +1,4 @@
-"""PaddleSeg 2.8's tools/train.py and tools/val.py, trimmed (the PyPI wheel ships no tools/):
+"""A driver doing what PaddleSeg 2.8's tools/train.py and tools/val.py do (the PyPI wheel ships no tools/):
 ``seg_tool.py train --config C.yml --save_dir D [--resume_model R] [-o key=value ...]`` and
 ``seg_tool.py val --config C.yml --model_path M.pdparams``. Each prints ``mIoU=<value>`` last."""
 import argparse
