@@ -548,8 +548,13 @@ class Walker:
                     raise _Unsupported("concat along a channel axis of a value with another layout")
             self.set_out(op, Chan((axis,), np.concatenate(pieces)))
             return
+        # concat along another axis: the channels of all inputs are the same ones
+        self.set_out(op, self._same_channels(chans, "concat"))
+
+    def _same_channels(self, chans, what):
+        """Values joined along a non-channel axis hold the same channels: couple them."""
         first = None
-        for chan in chans:  # concat along another axis: the channels of all inputs are the same ones
+        for chan in chans:
             if chan is None:
                 continue
             if first is None:
@@ -557,23 +562,14 @@ class Walker:
             elif chan.axes == first.axes and chan.ids.shape == first.ids.shape:
                 self.uf.union_arrays(first.ids, chan.ids)
             else:
-                raise _Unsupported("concat of values whose channels differ")
-        self.set_out(op, first)
+                raise _Unsupported(f"{what} of values whose channels differ")
+        return first
 
     def op_stack(self, op):
         keys = op.inputs.get("x", [])
         out_shape = self.shape(op.outputs[0])
         axis = _norm_axis(op.attrs.get("axis", 0), len(out_shape) if out_shape else 1)
-        first = None
-        for chan in (self.get(k) for k in keys):
-            if chan is None:
-                continue
-            if first is None:
-                first = chan
-            elif chan.axes == first.axes and chan.ids.shape == first.ids.shape:
-                self.uf.union_arrays(first.ids, chan.ids)
-            else:
-                raise _Unsupported("stack of values whose channels differ")
+        first = self._same_channels([self.get(k) for k in keys], "stack")
         if first is not None:
             first = Chan(tuple(a + (a >= axis) for a in first.axes), first.ids)
         self.set_out(op, first)
