@@ -147,6 +147,7 @@ def _run_demo(report_path, quick, budget, workdir, seed):
         "params_reduction": 1 - after["params"] / before["params"],
         "accuracy_change_points": 100 * (after["metric"] - before["metric"]),
         "eval_metric_loss": budget, "ratios": prune_report.get("ratios"),
+        "whole_model_loss": (prune_report.get("budget") or {}).get("whole_model_loss"),
         "channels": prune_report.get("channels"),
         "sensitivity_file": sen_file, "checkpoint": os.path.join(workdir, "final"),
         "paddle": paddle.__version__, "seconds": round(time.perf_counter() - started, 1),
