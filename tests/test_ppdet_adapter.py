@@ -91,9 +91,15 @@ def test_train_prunes_by_the_planned_flops_and_saves_a_smaller_checkpoint(work, 
     # the trained model was evaluated with ppdet's own COCO metric, before and after
     assert report["metric_name"] == "COCO bbox mAP"
     assert 0 < report["after_training"]["metric"] <= 1
-    # what cannot be pruned is said, with the reason; groups that break the model are skipped
-    assert re.search(r"skip neck\.\S+ feeds concat", proc.stderr)
-    assert re.search(r"skip \S+\.dw_conv\.conv\.weight: depthwise conv", proc.stderr)
+    # what cannot be pruned is said, with the op and the source line: the DFL bins go through a
+    # softmax over channels, the class scores into NMS; the neck's convs that feed concat and the
+    # depthwise convs (with their producers) are pruned
+    assert re.search(r"skip head\.head_reg_list\.0\.weight: softmax over a channel axis \(softmax at \S+:\d+\)",
+                     proc.stderr)
+    assert re.search(r"skip head\.head_cls_list\.0\.weight: reaches detection post-processing", proc.stderr)
+    rows = {row["weight"]: row for row in report["convs"]}
+    assert rows["neck.conv_t.convs.0.conv.weight"]["status"] == "prunable"
+    assert all(row["status"] == "follows" for name, row in rows.items() if ".dw_conv." in name)
     broken = report.get("broken_groups", {})
     assert all(g.startswith("head.head_reg_list.") for g in broken)
     for group in broken:
@@ -249,7 +255,8 @@ def test_sens_ratios_gives_a_slim_config_that_ppdet_trains_into_the_same_shapes(
     from_yaml = json.loads((work / "from_yaml" / "picodet_sens" / "model_final.prune.json").read_text())
     tools(["train", "-c", config(PICO), "-o", "epoch=1", "save_dir=from_plugin", f"pretrain_weights={baseline}",
            "--plugin", "prune", "--prune.eval_metric_loss", str(budget), "--prune.sen_file", str(sens_file),
-           "--prune.sen_analyze", "false", "--prune.sen_batches", "2"], work)  # the analysis's own setting
+           "--prune.sen_analyze", "false", "--prune.sen_batches", "2",  # the analysis's own setting
+           "--prune.budget_rule", "per_group"], work)  # the rule `sens ratios` applies from the file alone
     from_plugin = json.loads((work / "from_plugin" / PICO / "model_final.prune.json").read_text())
     assert from_yaml["shapes"] == from_plugin["shapes"]
     assert set(from_yaml["ratios"]) == set(printed["ratios"]) == set(from_plugin["ratios"])
