@@ -50,13 +50,11 @@ def test_with_plugin_the_trained_model_is_the_pruned_one(pruned_run):
     assert BATCH_NORM_WARNING not in proc.stderr  # the plugin's lines are not drowned in it
 
 
-def test_without_matplotlib_plots_are_skipped_with_one_line(tmp_path, python):
-    """matplotlib is the [plot] extra: a run without it prunes and says once why there is no plot.
-    (PaddleSlim 2.6, still what traces the model, imports matplotlib itself: it is loaded first,
-    then matplotlib is hidden from everything imported after it.)"""
-    blocked = ("import runpy, sys, paddleslim; sys.modules['matplotlib'] = None; sys.argv = sys.argv[1:]; "
+def test_without_matplotlib_plots_are_skipped_with_one_line(tmp_path, trained, python):
+    """matplotlib is the [plot] extra: a run without it prunes and says once why there is no plot."""
+    blocked = ("import runpy, sys; sys.modules['matplotlib'] = None; sys.argv = sys.argv[1:]; "
                "runpy.run_path(sys.argv[0], run_name='__main__')")
-    proc = python(["-c", blocked, SCRIPT, str(tmp_path), "--epochs", "1", "--plugin", "prune",
+    proc = python(["-c", blocked, SCRIPT, str(tmp_path), "--epochs", "1", "--init", str(trained), "--plugin", "prune",
                    "--prune.eval_metric_loss", "0.5", "--prune.sen_ratios", "0.5", "--prune.sen_batches", "1"],
                   cwd=str(tmp_path))
     line = 'plots skipped: matplotlib is not installed (pip install "slim-plugins[plot]")'

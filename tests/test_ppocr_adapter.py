@@ -480,8 +480,6 @@ def test_rec_eval_and_export_of_the_pruned_checkpoint(work, rec_pruned):
 # ------------------------------------------------------------------ SVTR-LCNet (PP-OCRv3 rec), --plugin prune
 SVTR_RATIOS = "backbone.block_list.1.*=0.5,backbone.block_list.1?._pointwise_conv.*=0.25"
 SVTR_GROUPS = {  # the groups those globs select: ratio, channels before and after
-    # block_list.1's depthwise conv follows block_list.0's pointwise conv: the glob takes that group too
-    "backbone.block_list.0._pointwise_conv._conv.weight": (0.5, 32, 16),
     "backbone.block_list.1._pointwise_conv._conv.weight": (0.5, 64, 32),
     "backbone.block_list.10._pointwise_conv._conv.weight": (0.25, 256, 192),
     "backbone.block_list.11._pointwise_conv._conv.weight": (0.25, 512, 384)}
