@@ -243,7 +243,9 @@ def test_sens_ratios_gives_a_slim_config_that_ppdet_trains_into_the_same_shapes(
     sens_file = out / "sensitivities.json"
     sens = json.loads(sens_file.read_text())
     losses = sorted(g["ratios"]["0.5"]["loss"] for g in sens["groups"].values() if "0.5" in g["ratios"])
-    budget = losses[len(losses) // 2]  # about half the groups pruned at 0.5
+    # about half the groups pruned at 0.5 (a budget is >= 0: on this short-trained detector many
+    # losses are negative, and 0 then takes every group whose pruning did not lower the mAP)
+    budget = max(0.0, losses[len(losses) // 2])
     assert main(["sens", "ratios", str(sens_file), "--eval-metric-loss", str(budget), "--format", "ppdet"]) == 0
     slim_yaml = capsys.readouterr().out
     assert "pruned_params: ['conv2d_" in slim_yaml  # PaddleSlim's global names, as ppdet's configs have
