@@ -257,30 +257,78 @@ def test_faster_rcnn_fpn_outputs_prune_into_the_roi_head(tmp_path):
 
 
 @needs_ppdet
-def test_train_command_shows_ppyoloe_plus_groups_through_the_adapter(tmp_path):
-    """``--prune.action show`` on the unchanged train command: the prune plugin traces inside the
-    adapter's context (on Paddle 3, paddledet 2.6.0's NMS does not trace without it)."""
+def test_ppyoloe_plus_pruned_by_the_train_command_evaluates_and_exports_the_same(tmp_path):
+    """PP-YOLOE+ through the unchanged train, eval and export commands, each in its own process:
+    ``--plugin prune`` with fixed ratios on every group (the plugin traces inside the adapter's
+    context: on Paddle 3, paddledet 2.6.0's NMS does not trace without it), then a fresh eval equal
+    to the end of training, then an export whose RepVGG blocks fuse into pruned 3x3 convs
+    (``convert_to_deploy`` builds them from ``ch_in``/``ch_out``) and that runs in Paddle Inference."""
+    import json
+    import re
     import subprocess
 
-    from conftest import HERE, clean_env
+    import numpy as np
 
-    subprocess.run([sys.executable, os.path.join(SCRIPTS, "ppdet_shapes.py"), str(tmp_path / "data" / "shapes")],
-                   check=True, timeout=120)
+    from conftest import HERE, clean_env
+    from slim_plugins import compat
+
+    subprocess.run([sys.executable, os.path.join(SCRIPTS, "ppdet_shapes.py"), str(tmp_path / "data" / "shapes"),
+                    "--train", "16", "--val", "8"], check=True, timeout=120)
     pico = open(os.path.join(HERE, "data", "ppdet", "picodet_s_shapes.yml")).read()
     model_sections = PPYOLOE.split("PPYOLOE:", 1)[1]
     text = (pico.split("PicoDet:", 1)[0].replace("architecture: PicoDet", "architecture: PPYOLOE")
             + "depth_mult: 0.33\nwidth_mult: 0.25\n\nPPYOLOE:" + model_sections + "\nLearningRate:"
             + pico.split("LearningRate:", 1)[1])
-    (tmp_path / "ppyoloe_shapes.yml").write_text(text)
-    proc = subprocess.run(
-        [sys.executable, os.path.join(SCRIPTS, "ppdet_tools.py"), "train", "-c", "ppyoloe_shapes.yml",
-         "--plugin", "prune", "--prune.action", "show"],
-        cwd=str(tmp_path), env=clean_env(), capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    lines = {line.split()[0]: line for line in proc.stdout.splitlines() if line.strip()}
-    assert "prunable" in lines["backbone.stages.0.conv1.conv.weight"]
-    assert "post-processing" in lines["yolo_head.pred_cls.0.weight"]
-    assert "prunable groups" in proc.stdout
+    # every box scored (a barely trained head scores below 0.01), so that eval prints an mAP to compare
+    (tmp_path / "ppyoloe_shapes.yml").write_text(text.replace("score_threshold: 0.01", "score_threshold: 0.0"))
+
+    def tools(*args):
+        proc = subprocess.run([sys.executable, os.path.join(SCRIPTS, "ppdet_tools.py")] + list(args),
+                              cwd=str(tmp_path), env=clean_env(), capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+        return proc
+
+    tools("train", "-c", "ppyoloe_shapes.yml", "-o", "epoch=3", "--plugin", "prune", "--prune.ratios", "*=0.3")
+    out = tmp_path / "output" / "ppyoloe_shapes"
+    report = json.loads((out / "prune_report.json").read_text())
+    rows = {row["weight"]: row for row in report["convs"]}
+    assert rows["backbone.stages.0.conv1.conv.weight"]["status"] == "prunable"
+    assert "post-processing" in rows["yolo_head.pred_cls.0.weight"]["reason"]
+    cut = 1 - report["after"]["flops"] / report["before"]["flops"]
+    assert cut > 0.3, cut  # every prunable group at 0.3, and its followers with it
+    plan = json.loads((out / "model_final.prune.json").read_text())
+    weights = str(out / "model_final")
+    # eval in a fresh process: shapes rebuilt from the plan, the metric of the end of training
+    proc = tools("eval", "-c", "ppyoloe_shapes.yml", "-o", f"weights={weights}")
+    assert "rebuilt pruned shapes" in proc.stderr
+    text = proc.stdout + proc.stderr
+    ap = re.findall(r"Average Precision\s+\(AP\) @\[ IoU=0\.50:0\.95 \| area=\s*all \| maxDets=100 \] = ([-\d.]+)",
+                    text)
+    assert ap, text[-3000:]
+    assert float(ap[-1]) == pytest.approx(report["after_training"]["metric"], abs=6e-4)
+    # export (Paddle 3: paddledet 2.6.0's NMS does not export under PIR, so without it: for
+    # PP-YOLOE, whose head ignores export.nms, `exclude_nms=True`) and run
+    extra = ["exclude_nms=True"] if compat.PADDLE_3 else []
+    tools("export", "-c", "ppyoloe_shapes.yml", "-o", f"weights={weights}", *extra, "--output_dir", "inference")
+    exported = tmp_path / "inference" / "ppyoloe_shapes"
+    import paddle.inference as pi
+
+    model_file = "model.json" if (exported / "model.json").exists() else "model.pdmodel"
+    config_ = pi.Config(str(exported / model_file), str(exported / "model.pdiparams"))
+    config_.disable_gpu()
+    if compat.PADDLE_3:
+        config_.disable_mkldnn()
+    predictor = pi.create_predictor(config_)
+    size = 128
+    feeds = {"image": np.random.RandomState(0).rand(1, 3, size, size).astype("float32"),
+             "im_shape": np.array([[size, size]], "float32"), "scale_factor": np.ones([1, 2], "float32")}
+    for name in predictor.get_input_names():
+        predictor.get_input_handle(name).copy_from_cpu(feeds[name])
+    predictor.run()
+    outputs = [predictor.get_output_handle(name).copy_to_cpu() for name in predictor.get_output_names()]
+    assert outputs and all(np.isfinite(o).all() for o in outputs if o.dtype.kind == "f")
+    # the RepVGG blocks' convs were pruned (so the export above fused pruned branches)
+    assert [n for n in plan["shapes"] if re.fullmatch(r"backbone\.stages\.\d+\.blocks\.\d+\.conv2\.conv1\.conv\.weight", n)]
 
 
 def test_both_branches_of_a_tensor_conditional_are_coupled():

@@ -145,6 +145,7 @@ class PPDetAdapter(Adapter):
             run = adapter.trainer_run(trainer)
             name = os.path.splitext(os.path.basename(trainer.cfg.filename))[0]
             adapter.fire(run, "slim_before_export", path=os.path.join(output_dir, name))
+            _sync_reparam_channels(trainer.model)
             with _full_graph_to_static():
                 try:
                     return export(trainer, output_dir, *args, **kwargs)
@@ -157,8 +158,8 @@ class PPDetAdapter(Adapter):
                     raise AdapterError(
                         f"paddledet {_ppdet_version()} cannot export its multiclass_nms under Paddle "
                         f"{paddle.__version__}'s new IR (PIR), pruned or not: {reason}",
-                        hint="export without NMS (`-o export.nms=False`: boxes and scores, NMS in your "
-                             "deployment), or with a PaddleDetection whose ppdet/modeling/ops.py "
+                        hint="export without NMS (`-o export.nms=False`, for PP-YOLOE `-o exclude_nms=True`: "
+                             "boxes and scores, NMS in your deployment), or with a PaddleDetection whose ppdet/modeling/ops.py "
                              "multiclass_nms has a PIR branch") from exc
 
         for patched in (patched_init, patched_train, patched_load_weights, patched_resume_weights,
@@ -365,6 +366,25 @@ def _ema_weights(trainer):
         yield
     finally:
         model.set_dict(saved)
+
+
+def _sync_reparam_channels(model):
+    """Re-parameterizable blocks (PP-YOLOE's and RT-DETR's RepVggBlock, MobileOne) keep their
+    channel counts in ``ch_in``/``ch_out`` and build the fused conv of ``convert_to_deploy`` (run by
+    ``export``) from them: after pruning they must be the convs' own counts, or the fused kernel
+    does not fit."""
+    for layer in model.sublayers(include_self=True):
+        if not (hasattr(layer, "convert_to_deploy") and isinstance(getattr(layer, "ch_in", None), int)
+                and isinstance(getattr(layer, "ch_out", None), int)):
+            continue
+        if hasattr(layer, "conv1") and hasattr(getattr(layer, "conv1"), "conv"):  # RepVggBlock
+            first = last = layer.conv1.conv
+        elif hasattr(layer, "depth_conv") and hasattr(layer, "point_conv"):  # MobileOneBlock
+            first, last = layer.depth_conv[0].conv, layer.point_conv[0].conv
+        else:
+            continue
+        layer.ch_in = int(first.weight.shape[1]) * int(getattr(first, "_groups", 1) or 1)
+        layer.ch_out = int(last.weight.shape[0])
 
 
 def input_size(cfg):
