@@ -29,16 +29,6 @@ def script_imports(path):
     return names
 
 
-def _default_text(value):
-    if value is None:
-        return "-"
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, (list, tuple)):
-        return ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value) or "[]"
-    return str(value)
-
-
 def cmd_list(args):
     from slim_plugins import environment
     from slim_plugins.session import Session
@@ -78,10 +68,10 @@ def cmd_list(args):
         rows = []
         for option in options.values():
             kind = getattr(option.type, "__name__", str(option.type)).replace("to_bool", "bool")
-            help_text = option.help
+            help_text = option.plain_help
             if option.choices and not all(str(c) in help_text for c in option.choices):
                 help_text += f" (one of {', '.join(map(str, option.choices))})"
-            rows.append([f"--{plugin}.{option.name}", kind, _default_text(option.default), help_text])
+            rows.append([f"--{plugin}.{option.name}", kind, option.shown_default(), help_text])
         print(f"\noptions of {plugin} (--{plugin}.KEY VALUE, or plugins: {{{plugin}: {{KEY: VALUE}}}} in YAML):")
         print(table(rows, ["option", "type", "default", "help"]))
     if args.script:
