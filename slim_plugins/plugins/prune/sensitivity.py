@@ -287,6 +287,29 @@ class SensitivityFile:
     def baseline(self):
         return self.data["metric"].get("baseline")
 
+    @property
+    def metric_name(self):
+        """The metric the file records (None in a file imported from PaddleSlim, until bound)."""
+        return self.data["metric"].get("name")
+
+    @property
+    def criterion(self):
+        return self.data.get("criterion")
+
+    @property
+    def groups(self):
+        """``{group: record}`` (channels, members, legacy_name, ratios), the file's own dicts."""
+        return self.data["groups"]
+
+    @property
+    def flops(self):
+        """The per-layer FLOPs data `slim-plugins sens ratios` estimates with, or None."""
+        return self.data.get("flops") or None
+
+    @flops.setter
+    def flops(self, value):
+        self.data["flops"] = value
+
     def set_baseline(self, value, seconds):
         self.data["metric"]["baseline"] = float(value)
         self.data["metric"]["seconds"] = round(float(seconds), 4)
@@ -450,7 +473,7 @@ def _baseline(sfile, metric, max_batches, check_baseline):
 
 
 def analyze(prunable, metric, sfile, *, groups, ratios=DEFAULT_RATIOS, cap=None, max_batches=None,
-            show_progress=True, on_record=None, check_baseline=None, search=False):
+            show_progress=True, check_baseline=None, search=False):
     """Fill ``sfile`` for ``groups`` x ``ratios``, one evaluation at a time, in this process.
 
     Ratios of a group above the first one whose loss exceeds ``cap`` are skipped. With
@@ -466,7 +489,7 @@ def analyze(prunable, metric, sfile, *, groups, ratios=DEFAULT_RATIOS, cap=None,
         for name in groups:  # groups of one model tend to cross alike: the median so far is the first guess
             prior = sorted(found)[(len(found) - 1) // 2] if found else None
             found.append(search_crossing(prunable, metric, sfile, name, ratios, cap, max_batches, progress,
-                                         on_record, prior=prior))
+                                         prior=prior))
         return sfile
     work = plan_work(sfile, groups, ratios, cap)
     progress = Progress(len(work), "sensitivity", enabled=show_progress)
@@ -479,7 +502,7 @@ def analyze(prunable, metric, sfile, *, groups, ratios=DEFAULT_RATIOS, cap=None,
         except GroupBreaksModel as exc:
             _record_broken(sfile, progress, name, ratio, exc, "group skipped")
             continue
-        _record_result(sfile, progress, metric, name, ratio, value, seconds, on_record)
+        _record_result(sfile, progress, metric, name, ratio, value, seconds)
     return sfile
 
 
@@ -492,12 +515,10 @@ def _start_analysis(prunable, metric, sfile, groups, max_batches, check_baseline
     _baseline(sfile, metric, max_batches, check_baseline)
 
 
-def _record_result(sfile, progress, metric, name, ratio, value, seconds, on_record=None):
+def _record_result(sfile, progress, metric, name, ratio, value, seconds):
     """One evaluation into the file (saved at once) and the progress line."""
     entry = sfile.record(name, ratio, value, seconds)
     sfile.save()
-    if on_record:
-        on_record(name, ratio, entry)
     if progress:
         progress.step(f"{name} @ {ratio:g}: {metric.name} {value:.4f} loss {entry['loss']:+.4f}")
     return entry
@@ -524,8 +545,7 @@ def _loss(sfile, name, ratio):
     return sfile.data["groups"][name]["ratios"][ratio_key(ratio)]["loss"]
 
 
-def search_crossing(prunable, metric, sfile, name, ratios, cap, max_batches=None, progress=None,
-                    on_record=None, prior=None):
+def search_crossing(prunable, metric, sfile, name, ratios, cap, max_batches=None, progress=None, prior=None):
     """Bisection over the sorted ``ratios`` of one group for the largest ratio whose loss is
     within ``cap``, assuming the loss grows with the ratio: about log2(n) evaluations instead
     of up to n. With ``prior`` (a guess of the crossing, e.g. other groups' crossings) the
@@ -566,7 +586,7 @@ def search_crossing(prunable, metric, sfile, name, ratios, cap, max_batches=None
                 _record_broken(sfile, progress, name, ratio, exc, "treated as over the cap")
                 high = mid
                 continue
-            _record_result(sfile, progress, metric, name, ratio, value, seconds, on_record)
+            _record_result(sfile, progress, metric, name, ratio, value, seconds)
         if _loss(sfile, name, ratio) <= cap:
             low = mid
         else:
@@ -695,7 +715,7 @@ def _worker_error(message):
 
 
 def analyze_parallel(prunable, metric, sfile, *, groups, ratios=DEFAULT_RATIOS, cap=None, max_batches=None,
-                     workers=2, show_progress=True, on_record=None, stall_timeout=None, check_baseline=None):
+                     workers=2, show_progress=True, stall_timeout=None, check_baseline=None):
     """Like :func:`analyze`, with ``workers`` forked processes taking whole groups from a queue.
 
     Only this (parent) process writes the file. The workers inherit the model, the pruner and
@@ -720,7 +740,7 @@ def analyze_parallel(prunable, metric, sfile, *, groups, ratios=DEFAULT_RATIOS, 
         while active:
             for conn in _ready(active, stall_timeout):
                 worker = active[conn]
-                if _handle(worker, _receive(worker), sfile, metric, progress, on_record):
+                if _handle(worker, _receive(worker), sfile, metric, progress):
                     _give(worker, queue, sfile, active)
         finished = True
     finally:
@@ -795,7 +815,7 @@ def _receive(worker):
         raise _worker_error(f"{worker.describe()} {how}") from None
 
 
-def _handle(worker, msg, sfile, metric, progress, on_record):
+def _handle(worker, msg, sfile, metric, progress):
     """Act on one worker message; True when the worker finished its group and wants the next."""
     worker.since = time.monotonic()
     kind = msg[0]
@@ -803,7 +823,7 @@ def _handle(worker, msg, sfile, metric, progress, on_record):
         _, worker.group, worker.ratio = msg
     elif kind == "result":
         _, name, ratio, value, seconds = msg
-        _record_result(sfile, progress, metric, name, ratio, value, seconds, on_record)
+        _record_result(sfile, progress, metric, name, ratio, value, seconds)
     elif kind == "failed":
         _, name, ratio, error = msg
         _record_broken(sfile, progress, name, ratio, error, "group skipped")

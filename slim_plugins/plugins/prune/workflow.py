@@ -305,12 +305,12 @@ class PruneWorkflow:
         """What `slim-plugins sens ratios` needs without the model: per-layer FLOPs data and the
         PaddleSlim names of the groups (added to files that lack them, sen_analyze=false too)."""
         changed = False
-        if not sfile.data.get("flops"):
-            sfile.data["flops"] = flops_model.record(prunable, self.check_inputs, groups)
+        if not sfile.flops:
+            sfile.flops = flops_model.record(prunable, self.check_inputs, groups)
             changed = True
         names = legacy_names(prunable)
         for group in groups:
-            entry = sfile.data["groups"].get(group)
+            entry = sfile.groups.get(group)
             if entry is not None and not isinstance(entry.get("legacy_name"), str) and group in names:
                 entry["legacy_name"] = names[group]
                 changed = True
@@ -432,7 +432,7 @@ class PruneWorkflow:
     def _plots(self, prunable, sfile, sens):
         base = self.before["flops"]
         stem = os.path.splitext(sfile.path)[0]
-        report.plot_sensitivities(sens, stem + ".png", sfile.data["metric"]["name"],
+        report.plot_sensitivities(sens, stem + ".png", sfile.metric_name,
                                   budget=self.config.eval_metric_loss)
         points = []
         for budget in [0.005 * i for i in range(1, 21)]:
@@ -442,7 +442,7 @@ class PruneWorkflow:
                 points.append((budget, (base - measure.flops(self.model, self.check_inputs)) / base))
             finally:
                 applied.restore()
-        report.plot_flops_vs_budget(points, stem + ".flops.png", sfile.data["metric"]["name"],
+        report.plot_flops_vs_budget(points, stem + ".flops.png", sfile.metric_name,
                                     chosen=self.report.get("chosen_budget"))
         self.report["plots"] = [stem + ".png", stem + ".flops.png"]
 
