@@ -18,16 +18,22 @@ def to_bool(value):
     raise ValueError(f"{value!r} is not a boolean (use true or false)")
 
 
+def _from_text(value, opener):
+    """A string as JSON when it starts with ``opener`` (``[`` or ``{``), else split at commas
+    (empty parts dropped); anything else as it is. Returns ``(value, split)``."""
+    if not isinstance(value, str):
+        return value, False
+    text = value.strip()
+    if text.startswith(opener):
+        return json.loads(text), False
+    return [part for part in text.split(",") if part.strip()], True
+
+
 def to_list(item_type=str):
     """Converter for lists: accepts a list, JSON/YAML ``[a, b]`` or ``a,b``."""
 
     def convert(value):
-        if isinstance(value, str):
-            text = value.strip()
-            if text.startswith("["):
-                value = json.loads(text)
-            else:
-                value = [v for v in text.split(",") if v.strip()]
+        value, _ = _from_text(value, "[")
         if not isinstance(value, (list, tuple)):
             value = [value]
         return [item_type(v.strip() if isinstance(v, str) else v) for v in value]
@@ -40,18 +46,14 @@ def to_mapping(value_type=float):
     """Converter for ``{glob: value}``: a dict, JSON, or ``glob=value,glob=value``."""
 
     def convert(value):
-        if isinstance(value, str):
-            text = value.strip()
-            if text.startswith("{"):
-                value = json.loads(text)
-            else:
-                pairs = [p for p in text.split(",") if p.strip()]
-                value = {}
-                for pair in pairs:
-                    if "=" not in pair and ":" not in pair:
-                        raise ValueError(f"{pair!r} is not 'name=value'")
-                    key, _, val = pair.replace(":", "=", 1).partition("=")
-                    value[key.strip()] = val.strip()
+        value, split = _from_text(value, "{")
+        if split:
+            pairs, value = value, {}
+            for pair in pairs:
+                if "=" not in pair and ":" not in pair:
+                    raise ValueError(f"{pair!r} is not 'name=value'")
+                key, _, val = pair.replace(":", "=", 1).partition("=")
+                value[key.strip()] = val.strip()
         if not isinstance(value, dict):
             raise ValueError(f"{value!r} is not a mapping of name to value")
         return {str(k): value_type(v) for k, v in value.items()}

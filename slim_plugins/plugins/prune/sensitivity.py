@@ -497,13 +497,20 @@ def analyze(prunable, metric, sfile, *, groups, ratios=DEFAULT_RATIOS, cap=None,
         if _skipped(sfile, name, ratio, cap):
             progress.skip()
             continue
-        try:
-            value, seconds = evaluate_group(prunable, metric, name, ratio, max_batches)
-        except GroupBreaksModel as exc:
-            _record_broken(sfile, progress, name, ratio, exc, "group skipped")
-            continue
-        _record_result(sfile, progress, metric, name, ratio, value, seconds)
+        _evaluate(prunable, metric, sfile, name, ratio, max_batches, progress, "group skipped")
     return sfile
+
+
+def _evaluate(prunable, metric, sfile, name, ratio, max_batches, progress, if_broken):
+    """Evaluate group ``name`` pruned at ``ratio`` into the file; False when that breaks the model
+    (recorded as a failure, with ``if_broken`` saying what follows)."""
+    try:
+        value, seconds = evaluate_group(prunable, metric, name, ratio, max_batches)
+    except GroupBreaksModel as exc:
+        _record_broken(sfile, progress, name, ratio, exc, if_broken)
+        return False
+    _record_result(sfile, progress, metric, name, ratio, value, seconds)
+    return True
 
 
 def _start_analysis(prunable, metric, sfile, groups, max_batches, check_baseline):
@@ -580,13 +587,9 @@ def search_crossing(prunable, metric, sfile, name, ratios, cap, max_batches=None
             continue
         if not sfile.has(name, ratio):
             evaluated += 1
-            try:
-                value, seconds = evaluate_group(prunable, metric, name, ratio, max_batches)
-            except GroupBreaksModel as exc:
-                _record_broken(sfile, progress, name, ratio, exc, "treated as over the cap")
+            if not _evaluate(prunable, metric, sfile, name, ratio, max_batches, progress, "treated as over the cap"):
                 high = mid
                 continue
-            _record_result(sfile, progress, metric, name, ratio, value, seconds)
         if _loss(sfile, name, ratio) <= cap:
             low = mid
         else:
