@@ -29,16 +29,6 @@ def script_imports(path):
     return names
 
 
-def _default_text(value):
-    if value is None:
-        return "-"
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, (list, tuple)):
-        return ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value) or "[]"
-    return str(value)
-
-
 def cmd_list(args):
     from slim_plugins import environment
     from slim_plugins.session import Session
@@ -78,10 +68,10 @@ def cmd_list(args):
         rows = []
         for option in options.values():
             kind = getattr(option.type, "__name__", str(option.type)).replace("to_bool", "bool")
-            help_text = option.help
+            help_text = option.plain_help
             if option.choices and not all(str(c) in help_text for c in option.choices):
                 help_text += f" (one of {', '.join(map(str, option.choices))})"
-            rows.append([f"--{plugin}.{option.name}", kind, _default_text(option.default), help_text])
+            rows.append([f"--{plugin}.{option.name}", kind, option.shown_default(), help_text])
         print(f"\noptions of {plugin} (--{plugin}.KEY VALUE, or plugins: {{{plugin}: {{KEY: VALUE}}}} in YAML):")
         print(table(rows, ["option", "type", "default", "help"]))
     if args.script:
@@ -103,10 +93,9 @@ def cmd_sens_show(args):
     from slim_plugins.text import table
 
     sfile = _load(args.file)
-    d = sfile.data
-    print(f"{args.file}: metric {d['metric']['name']} baseline {d['metric']['baseline']}, "
-          f"criterion {d['criterion']}, {len(d['groups'])} groups")
-    ratios = sorted({float(r) for g in d["groups"].values() for r in g["ratios"]})
+    print(f"{args.file}: metric {sfile.metric_name} baseline {sfile.baseline}, "
+          f"criterion {sfile.criterion}, {len(sfile.groups)} groups")
+    ratios = sorted({float(r) for g in sfile.groups.values() for r in g["ratios"]})
     rows = []
     for name, losses in sfile.losses().items():
         rows.append([name] + [f"{losses[r]:+.4f}" if r in losses else "" for r in ratios])
@@ -123,7 +112,7 @@ def cmd_sens_plot(args):
         raise SlimPluginsError(missing.replace("plots skipped: ", "cannot plot: "))
     sfile = _load(args.file)
     out = args.out_option or args.out or os.path.splitext(args.file)[0] + ".png"
-    plot_sensitivities(sfile.losses(), out, sfile.data["metric"]["name"] or "metric", budget=args.budget)
+    plot_sensitivities(sfile.losses(), out, sfile.metric_name or "metric", budget=args.budget)
     print(out)
     return 0
 
@@ -140,10 +129,10 @@ def plan_from_file(sfile, eval_metric_loss=None, pruned_flops=None):
     from slim_plugins.plugins.prune import flops_model
     from slim_plugins.plugins.prune.ratios import ratios_by_loss, ratios_for_flops
 
-    groups = sfile.data["groups"]
+    groups = sfile.groups
     sens = {g: losses for g, losses in sfile.losses().items() if losses}
     channels = {g: groups[g].get("channels") for g in sens}
-    data = sfile.data.get("flops")
+    data = sfile.flops
     if data and not all(channels.values()):
         data = None
     if pruned_flops is not None:
@@ -177,7 +166,7 @@ def legacy_ratios(sfile, ratios):
     """``{PaddleSlim global name: ratio}``, or an error that says how to get the names."""
     from slim_plugins.errors import SensitivityFileError
 
-    groups = sfile.data["groups"]
+    groups = sfile.groups
     missing = [g for g in ratios if not isinstance(groups[g].get("legacy_name"), str)
                and groups[g].get("legacy_name") is not True]
     if missing:
@@ -211,7 +200,7 @@ def cmd_sens_ratios(args):
         print(json.dumps(named, indent=1))
         print(summary, file=sys.stderr)
         return 0
-    criterion = sfile.data.get("criterion") or "l1_norm"
+    criterion = sfile.criterion or "l1_norm"
     lines = [f"# slim-plugins sens ratios {args.file} {how}", f"# {summary}"]
     if criterion not in ("l1_norm", "fpgm"):
         lines.append(f"# criterion {criterion}: slim-plugins' ppdet adapter takes it, ppdet's own Pruner "
@@ -228,7 +217,7 @@ def cmd_sens_merge(args):
     from slim_plugins.plugins.prune.merge import merge_files
 
     merged = merge_files(args.inputs, args.out)
-    print(f"{args.out}: {len(merged.data['groups'])} groups from {len(args.inputs)} files")
+    print(f"{args.out}: {len(merged.groups)} groups from {len(args.inputs)} files")
     return 0
 
 

@@ -1,6 +1,7 @@
 """Plugin options: declared by plugins, given by users on the command line, in YAML or Python."""
+import copy
 import json
-from dataclasses import dataclass
+from dataclasses import MISSING, dataclass, field, fields
 from typing import Any, Callable, Dict, Optional, Sequence
 
 from slim_plugins.errors import OptionError
@@ -17,16 +18,22 @@ def to_bool(value):
     raise ValueError(f"{value!r} is not a boolean (use true or false)")
 
 
+def _from_text(value, opener):
+    """A string as JSON when it starts with ``opener`` (``[`` or ``{``), else split at commas
+    (empty parts dropped); anything else as it is. Returns ``(value, split)``."""
+    if not isinstance(value, str):
+        return value, False
+    text = value.strip()
+    if text.startswith(opener):
+        return json.loads(text), False
+    return [part for part in text.split(",") if part.strip()], True
+
+
 def to_list(item_type=str):
     """Converter for lists: accepts a list, JSON/YAML ``[a, b]`` or ``a,b``."""
 
     def convert(value):
-        if isinstance(value, str):
-            text = value.strip()
-            if text.startswith("["):
-                value = json.loads(text)
-            else:
-                value = [v for v in text.split(",") if v.strip()]
+        value, _ = _from_text(value, "[")
         if not isinstance(value, (list, tuple)):
             value = [value]
         return [item_type(v.strip() if isinstance(v, str) else v) for v in value]
@@ -39,18 +46,14 @@ def to_mapping(value_type=float):
     """Converter for ``{glob: value}``: a dict, JSON, or ``glob=value,glob=value``."""
 
     def convert(value):
-        if isinstance(value, str):
-            text = value.strip()
-            if text.startswith("{"):
-                value = json.loads(text)
-            else:
-                pairs = [p for p in text.split(",") if p.strip()]
-                value = {}
-                for pair in pairs:
-                    if "=" not in pair and ":" not in pair:
-                        raise ValueError(f"{pair!r} is not 'name=value'")
-                    key, _, val = pair.replace(":", "=", 1).partition("=")
-                    value[key.strip()] = val.strip()
+        value, split = _from_text(value, "{")
+        if split:
+            pairs, value = value, {}
+            for pair in pairs:
+                if "=" not in pair and ":" not in pair:
+                    raise ValueError(f"{pair!r} is not 'name=value'")
+                key, _, val = pair.replace(":", "=", 1).partition("=")
+                value[key.strip()] = val.strip()
         if not isinstance(value, dict):
             raise ValueError(f"{value!r} is not a mapping of name to value")
         return {str(k): value_type(v) for k, v in value.items()}
@@ -103,6 +106,52 @@ def optional(convert):
     return wrapped
 
 
+def option(default, type, help, *, choices=None, shown=None):
+    """One field of a plugin's options dataclass: its converter ``type`` (which checks the
+    range), ``help`` (Markdown: backticks are dropped on the terminal), the ``choices`` it takes,
+    and ``shown``, what the docs say the default is when ``default`` is None (``all``,
+    ``<save_dir>/report.json``; Markdown too)."""
+    metadata = {"type": type, "help": help, "choices": choices, "shown": shown}
+    if isinstance(default, (list, dict)):  # a fresh copy for each instance
+        return field(default_factory=lambda: copy.copy(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+def declared_options(cls):
+    """The :class:`Option` of each field of ``cls``, an options dataclass made of :func:`option`."""
+    found = []
+    for f in fields(cls):
+        meta = f.metadata
+        default = f.default if f.default_factory is MISSING else f.default_factory()
+        found.append(Option("", f.name, meta["type"], default, meta["help"], meta["choices"], meta["shown"]))
+    return found
+
+
+def register_options(plugin, cls, register):
+    """Declare the options dataclass ``cls`` of ``plugin`` through ``slim_add_options``'s ``register``."""
+    for o in declared_options(cls):
+        register(plugin, o.name, o.type, o.default, o.help, o.choices, shown=o.shown)
+
+
+def default_text(value):
+    """A default as the terminal and the docs show it."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (list, tuple)):
+        return ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value) or "[]"
+    return str(value)
+
+
+def options_markdown(cls):
+    """The README's option table of the options dataclass ``cls``."""
+    lines = ["| key | default | meaning |", "|---|---|---|"]
+    for o in declared_options(cls):
+        lines.append(f"| `{o.name}` | {o.shown_default(markdown=True)} | {o.help} |")
+    return "\n".join(lines)
+
+
 @dataclass
 class Option:
     plugin: str
@@ -111,6 +160,19 @@ class Option:
     default: Any
     help: str
     choices: Optional[Sequence[Any]] = None
+    shown: Optional[str] = None
+
+    @property
+    def plain_help(self):
+        """``help`` for a terminal: without Markdown's backticks."""
+        return self.help.replace("`", "")
+
+    def shown_default(self, markdown=False):
+        """The default as the docs (``markdown``) or the terminal show it."""
+        if self.shown is not None and self.default is None:
+            return self.shown if markdown else self.shown.replace("`", "")
+        text = default_text(self.default)
+        return f"`{text}`" if markdown and text != "-" else text
 
     def convert(self, value, source):
         try:
@@ -119,7 +181,7 @@ class Option:
             raise OptionError(
                 f"option {self.name}={value!r} (from {source}) is invalid: {exc}",
                 plugin=self.plugin,
-                hint=f"{self.name} takes {getattr(self.type, '__name__', self.type)}: {self.help}",
+                hint=f"{self.name} takes {getattr(self.type, '__name__', self.type)}: {self.plain_help}",
             ) from None
         if self.choices is not None and converted not in self.choices:
             raise OptionError(
@@ -138,8 +200,8 @@ class Options:
         # plugin -> key -> (value, source); later sources override earlier ones
         self.given: Dict[str, Dict[str, tuple]] = {}
 
-    def register(self, plugin, name, type=str, default=None, help="", choices=None):
-        self.declared.setdefault(plugin, {})[name] = Option(plugin, name, type, default, help, choices)
+    def register(self, plugin, name, type=str, default=None, help="", choices=None, shown=None):
+        self.declared.setdefault(plugin, {})[name] = Option(plugin, name, type, default, help, choices, shown)
 
     def give(self, plugin, values, source):
         """Record user values, checked at once (name, type and range), so that a wrong value
@@ -204,6 +266,10 @@ class PluginConfig:
 
     def as_dict(self):
         return dict(self._values)
+
+    def typed(self, cls):
+        """The values as ``cls``, the plugin's options dataclass (see :func:`option`)."""
+        return cls(**self._values)
 
     def __repr__(self):
         return f"PluginConfig({self._plugin!r}, {self._values!r})"

@@ -4,6 +4,7 @@ A process that imports paddle gets :func:`install_excepthook` (from the start-up
 uncaught :class:`SlimPluginsError`, wherever a suite's code let it through, ends the process
 with its one line and exit status 2 instead of a traceback.
 """
+import contextlib
 import sys
 
 
@@ -18,6 +19,30 @@ class SlimPluginsError(Exception):
         if hint:
             text += f"; hint: {hint}"
         super().__init__(" ".join(text.split()))
+
+
+class StopRun(SystemExit):
+    """A plugin did all the user asked of this run (``--prune.action show`` or ``analyze``): the
+    run ends here with status 0, without training. Raised from a lifecycle hook after the plugin
+    printed its result; :func:`user_errors`, around the hook's call, is where it ends the run. A
+    ``SystemExit`` so that a suite's ``except Exception`` cannot swallow it and train anyway."""
+
+    def __init__(self, reason):
+        super().__init__(0)
+        self.reason = reason
+
+
+@contextlib.contextmanager
+def user_errors():
+    """Around a lifecycle hook's call in a suite's entry point: a slim-plugins user error ends
+    the process with its one line and exit 2, no traceback through the suite and pluggy; a
+    :class:`StopRun` ends it with exit 0."""
+    try:
+        yield
+    except StopRun:
+        raise SystemExit(0) from None
+    except SlimPluginsError as exc:
+        exit_with(exc)
 
 
 def report(exc, stream=None):

@@ -171,6 +171,11 @@ def test_yaml_section_and_precedence(tmp_path):
     assert config.criterion == "l2_norm"  # the command line wins over YAML
     session.give_options("prune", {"criterion": "fpgm"}, "yaml", "late.yml")
     assert session.plugin_config("prune").criterion == "l2_norm"
+    from slim_plugins.plugins.prune.options import PruneOptions
+
+    typed = config.typed(PruneOptions)  # what the workflow reads: checked values, declared defaults
+    assert (typed.eval_metric_loss, typed.criterion, typed.sen_workers) == (0.02, "l2_norm", 1)
+    assert typed.skip == [] and typed.skip is not PruneOptions().skip
 
 
 def test_python_enable(slim_session):

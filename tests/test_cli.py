@@ -36,17 +36,19 @@ def row(out, first):
 
 
 def test_list_shows_every_option_with_type_default_and_help(capsys):
-    from slim_plugins.plugins.prune import OPTIONS
+    from slim_plugins.config import declared_options
+    from slim_plugins.plugins.prune.options import PruneOptions
 
     assert main(["list", "--no-suites"]) == 0
     out = capsys.readouterr().out
-    for name, _, _, help_text in OPTIONS:
-        assert row(out, f"--prune.{name}")[-1].startswith(help_text)
+    for option in declared_options(PruneOptions):
+        assert row(out, f"--prune.{option.name}")[-1].startswith(option.plain_help)
     assert row(out, "--prune.eval_metric_loss")[1:3] == ["float in [0, 1) | None", "-"]
     assert row(out, "--prune.criterion")[1:3] == ["str", "l1_norm"]
     assert row(out, "--prune.sen_ratios")[1:3] == ["non-empty list[float in (0, 1)]",
                                                    "0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9"]
     assert row(out, "--prune.plot")[1:3] == ["bool", "true"]
+    assert row(out, "--prune.sen_file")[2] == "<save_dir>/sensitivities.json"  # what None means
     assert "(one of" not in row(out, "--prune.criterion")[-1]  # the help names the choices already
 
 

@@ -5,7 +5,8 @@ import textwrap
 
 from slim_plugins.hooks import spec
 
-DOC = __file__.rsplit("/tests/", 1)[0] + "/docs/adapters.md"
+ROOT = __file__.rsplit("/tests/", 1)[0]
+DOC = ROOT + "/docs/adapters.md"
 
 TOYTRAIN = '''
 import paddle
@@ -57,3 +58,18 @@ def test_adapter_guide_package_passes_its_own_test(tmp_path, python):
     (tmp_path / "toytrain.py").write_text(textwrap.dedent(TOYTRAIN))
     proc = python(["-m", "pytest", "-q", "-p", "no:cacheprovider", "test_slim_toytrain.py"], cwd=str(tmp_path))
     assert "1 passed" in proc.stdout
+
+
+def test_readme_option_table_is_the_declared_options():
+    """The README's prune option table is the one ``PruneOptions`` generates (names, defaults,
+    help): regenerate it with ``python scripts/options_table.py`` after changing an option."""
+    from slim_plugins.config import declared_options, options_markdown
+    from slim_plugins.plugins.prune.options import PruneOptions
+
+    readme = open(ROOT + "/README.md", encoding="utf-8").read()
+    start = readme.index("| key | default | meaning |")
+    table = readme[start:readme.index("\n\n", start)]
+    expected = options_markdown(PruneOptions)
+    assert table == expected, "README.md's prune option table is stale; paste this:\n" + expected
+    names = [row.split("|")[1].strip(" `") for row in table.splitlines()[2:]]
+    assert names == [o.name for o in declared_options(PruneOptions)]

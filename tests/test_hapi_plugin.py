@@ -163,6 +163,26 @@ def test_show_lists_groups_and_exits_before_training(tmp_path, python):
     assert not (tmp_path / "final.pdparams").exists()
 
 
+def test_show_is_a_typed_stop_with_status_0(slim_session, hook_recorder, capsys):
+    """In-process, ``action=show`` ends ``fit`` with :class:`StopRun` (exit status 0) after the
+    inventory is printed, before any training step or the after-train hook."""
+    import paddle.nn as nn
+    from paddle.static import InputSpec
+
+    from slim_plugins.errors import StopRun
+
+    net = nn.Sequential(nn.Conv2D(1, 4, 3), nn.Flatten(), nn.Linear(4 * 6 * 6, 2))
+    model = paddle.Model(net, inputs=[InputSpec([None, 1, 8, 8], "float32", "x")])
+    model.prepare(paddle.optimizer.SGD(parameters=net.parameters()), nn.CrossEntropyLoss())
+    data = paddle.io.TensorDataset([paddle.zeros([4, 1, 8, 8]), paddle.zeros([4, 1], dtype="int64")])
+    slim_session.enable("prune", {"action": "show"})
+    with pytest.raises(StopRun) as stop:
+        model.fit(data, batch_size=2, epochs=1, verbose=0)
+    assert stop.value.code == 0 and stop.value.reason == "prune.action=show"
+    assert "0.weight" in capsys.readouterr().out
+    assert hook_recorder.names() == ["slim_before_train"]
+
+
 def test_misspelt_plugin_and_option_are_clear_errors(tmp_path):
     import subprocess
     import sys

@@ -6,57 +6,16 @@ Switched on with ``--plugin prune``, a ``plugins: {prune: ...}`` config section,
 ``slim_on_checkpoint_save``) works whenever the plugin is not blocked, so the suite's eval and
 export commands need no option to load a pruned checkpoint.
 """
-from slim_plugins.config import bounded, non_empty, optional, to_bool, to_list, to_mapping
+from slim_plugins.config import register_options
 from slim_plugins.hooks import hookimpl
-from slim_plugins.plugins.prune.sensitivity import DEFAULT_RATIOS
+from slim_plugins.plugins.prune.options import PruneOptions
 
 NAME = "prune"
-
-FRACTION = bounded(float, 0, 1, low_open=True, high_open=True)  # 0 < x < 1
-POSITIVE = bounded(int, 1)
-
-OPTIONS = (
-    ("ratios", optional(to_mapping(bounded(float, 0, 1, high_open=True))), None,
-     "fixed ratios {glob: ratio} on structured parameter names (or PaddleSlim global names)"),
-    ("eval_metric_loss", optional(bounded(float, 0, 1, high_open=True)), None,
-     "choose per group the largest ratio whose relative metric loss stays under this budget"),
-    ("pruned_flops", optional(FRACTION), None,
-     "choose ratios from the sensitivities so that this fraction of FLOPs is removed"),
-    ("budget_rule", str, "model",
-     "model: eval_metric_loss holds for the whole pruned model (ratios backed off until its measured loss "
-     "is within it) and pruned_flops takes the candidate plan with the lowest measured loss; per_group: "
-     "PaddleSlim's rule, each group alone within the budget"),
-    ("criterion", str, "l1_norm", "filter importance: l1_norm, l2_norm or fpgm"),
-    ("skip", to_list(str), [], "globs of groups never to prune"),
-    ("align", optional(POSITIVE), None, "round kept channels to a multiple of this"),
-    ("sen_file", optional(str), None, "sensitivity file (default: <save_dir>/sensitivities.json)"),
-    ("sen_ratios", non_empty(to_list(FRACTION)), list(DEFAULT_RATIOS), "ratios the sensitivity analysis tries"),
-    ("sen_analyze", to_bool, True,
-     "false: take the sensitivities sen_file records as they are and analyse nothing "
-     "(PaddleX 1.3's train(sensitivities_file=...))"),
-    ("sen_loss_cap", optional(bounded(float, 0)), None,
-     "stop a group's analysis after the first ratio whose loss exceeds this "
-     "(default: eval_metric_loss when that is how ratios are chosen)"),
-    ("sen_search", to_bool, True,
-     "search each group's loss-cap crossing by bisection (about log2 of the ratios evaluated) instead of "
-     "evaluating every ratio up to the cap; a pruned_flops analysis derives its cap from the target"),
-    ("sen_batches", optional(POSITIVE), None, "evaluate only the first N eval batches in the analysis"),
-    ("sen_workers", POSITIVE, 1, "local worker processes for the analysis (forked; each takes whole groups)"),
-    ("sen_worker_timeout", optional(float), None,
-     "seconds a worker may spend on one evaluation before the analysis stops with an error naming it "
-     "(default: 20 baseline evaluations, at least 300)"),
-    ("action", str, "prune", "prune (then train), show (print groups and exit) or analyze (exit after analysis)"),
-    ("report", optional(str), None, "report JSON path (default: <save_dir>/prune_report.json)"),
-    ("plot", to_bool, True, "write PNG plots next to the sensitivity file"),
-)
-CHOICES = {"criterion": ("l1_norm", "l2_norm", "fpgm"), "action": ("prune", "show", "analyze"),
-           "budget_rule": ("model", "per_group")}
 
 
 @hookimpl
 def slim_add_options(register):
-    for name, type_, default, help_ in OPTIONS:
-        register(NAME, name, type_, default, help_, CHOICES.get(name))
+    register_options(NAME, PruneOptions, register)
 
 
 @hookimpl
@@ -72,7 +31,7 @@ def slim_before_train(run):
         return
     from slim_plugins.plugins.prune.workflow import PruneWorkflow
 
-    PruneWorkflow(run, run.plugin_config(NAME)).execute()
+    PruneWorkflow(run, run.plugin_config(NAME).typed(PruneOptions)).execute()
 
 
 @hookimpl

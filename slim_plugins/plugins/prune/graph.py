@@ -457,11 +457,7 @@ class Walker:
             b = self.param_ids[self.param_of(bias)][0]
             if b is not None:
                 self.uf.union_arrays(b, out_ids)
-        if out_ids is None:
-            self.set_out(op, None)
-            return
-        self.producers.append(Producer(name, 0, op.index, op.where))
-        self.set_out(op, Chan((1,), out_ids))
+        self._produce(op, name, 0, out_ids)
 
     def conv_transpose(self, op):
         x_key = op.first("x", "input")
@@ -484,10 +480,14 @@ class Walker:
                 raise _Unsupported("conv-transpose input channels are not on axis 1")
             self.uf.union_arrays(x.ids, w_ids[0])
         out_ids = w_ids[1]
+        self._produce(op, name, 1, out_ids)
+
+    def _produce(self, op, name, axis, out_ids):
+        """A conv's output: channels ``out_ids`` on axis 1, produced along ``axis`` of weight ``name``."""
         if out_ids is None:
             self.set_out(op, None)
             return
-        self.producers.append(Producer(name, 1, op.index, op.where))
+        self.producers.append(Producer(name, axis, op.index, op.where))
         self.set_out(op, Chan((1,), out_ids))
 
     def op_matmul(self, op):

@@ -121,18 +121,7 @@ class PrunableModel:
         self.inputs = inputs
         self.criterion = criterion
         self.mode = mode  # "train", "eval" or None: the mode traced first (see slim_trace_mode)
-        self.structured = OrderedDict()  # global -> structured
-        self.params = {}  # global -> Parameter
-        for sname, param in model.named_parameters():
-            self.structured.setdefault(param.name, sname)
-            self.params[param.name] = param
-        self.global_of = {s: g for g, s in self.structured.items()}
-        self.layer_of = {}
-        self.layer_name = {}
-        for lname, layer in model.named_sublayers(include_self=True):
-            for param in layer.parameters(include_sublayers=False):
-                self.layer_of.setdefault(param.name, layer)
-                self.layer_name.setdefault(param.name, lname)
+        self._index_parameters()
         started = time.perf_counter()
         self.graph = self._trace(example_inputs(inputs))
         self.trace_seconds = time.perf_counter() - started
@@ -141,17 +130,44 @@ class PrunableModel:
         self.skip_patterns = list(skip)
         self.unsafe = {}  # group -> reason (set by the inventory: conditionals)
 
+    def _index_parameters(self):
+        """Each parameter by its global (program) name: its structured name, its layer and that
+        layer's name."""
+        self.structured = OrderedDict()  # global -> structured
+        self.params = {}  # global -> Parameter
+        for sname, param in self.model.named_parameters():
+            self.structured.setdefault(param.name, sname)
+            self.params[param.name] = param
+        self.global_of = {s: g for g, s in self.structured.items()}
+        self.layer_of = {}
+        self.layer_name = {}
+        for lname, layer in self.model.named_sublayers(include_self=True):
+            for param in layer.parameters(include_sublayers=False):
+                self.layer_of.setdefault(param.name, layer)
+                self.layer_name.setdefault(param.name, lname)
+
     # ------------------------------------------------------------------ tracing
     def _trace(self, examples):
-        from slim_plugins.plugins.prune.graph import Walker
+        """The coupled-channel graph of every program that can add couplings (see :meth:`_passes`)."""
+        graph = self._walk(self._passes_that_add(self._passes(examples)))
+        self._blame_opaque(graph)
+        return graph
 
-        param_shapes = {g: [int(d) for d in p.shape] for g, p in self.params.items()}
+    def _passes(self, examples):
+        """``(mode, inputs)`` to trace: the first mode, the other modes, and a larger input size
+        (code that depends on the input size shows at another size)."""
         first = self.mode or ("train" if self.model.training else "eval")
         passes = [(first, examples)] + [(m, examples) for m in ("eval", "train") if m != first]
         larger = _larger(examples)
-        if larger is not None:  # code that depends on the input size shows at another size
+        if larger is not None:
             passes.append(("eval", larger))
-        passes = self._passes_that_add(passes)
+        return passes
+
+    def _walk(self, passes):
+        """One walker over the programs of ``passes``: the first must trace, the others may not."""
+        from slim_plugins.plugins.prune.graph import Walker
+
+        param_shapes = {g: [int(d) for d in p.shape] for g, p in self.params.items()}
         walker = None
         self.traced_modes = []
         self.opaque = {}  # parameter-free sublayers to_static cannot convert (post-processing, NMS)
@@ -166,14 +182,17 @@ class PrunableModel:
                 walker = Walker(view, param_shapes)
             walker.walk(view)  # same parameters, same ids: every program adds its couplings
             self.traced_modes.append(mode if index < 2 else f"{mode} at {list(inputs[0].shape)[2:]}")
-        graph = walker.result()
+        return walker.result()
+
+    def _blame_opaque(self, graph):
+        """Channels blocked at an opaque stand-in's reduction: the reason names the layers it replaced."""
+        if not self.opaque:
+            return
         marker = f"{os.path.basename(__file__)}:{_sink.__code__.co_firstlineno + 2}"
-        if self.opaque:  # the stand-in's reduction stands for the layers it replaced
-            why = "; ".join(self.opaque.values())
-            for i, reason in graph.blocked.items():
-                if marker in reason:
-                    graph.blocked[i] = why
-        return graph
+        why = "; ".join(self.opaque.values())
+        for i, reason in graph.blocked.items():
+            if marker in reason:
+                graph.blocked[i] = why
 
     def _passes_that_add(self, passes):
         """The first pass, and each other pass whose eager run calls a conv the first does not,

@@ -287,6 +287,29 @@ class SensitivityFile:
     def baseline(self):
         return self.data["metric"].get("baseline")
 
+    @property
+    def metric_name(self):
+        """The metric the file records (None in a file imported from PaddleSlim, until bound)."""
+        return self.data["metric"].get("name")
+
+    @property
+    def criterion(self):
+        return self.data.get("criterion")
+
+    @property
+    def groups(self):
+        """``{group: record}`` (channels, members, legacy_name, ratios), the file's own dicts."""
+        return self.data["groups"]
+
+    @property
+    def flops(self):
+        """The per-layer FLOPs data `slim-plugins sens ratios` estimates with, or None."""
+        return self.data.get("flops") or None
+
+    @flops.setter
+    def flops(self, value):
+        self.data["flops"] = value
+
     def set_baseline(self, value, seconds):
         self.data["metric"]["baseline"] = float(value)
         self.data["metric"]["seconds"] = round(float(seconds), 4)
@@ -450,7 +473,7 @@ def _baseline(sfile, metric, max_batches, check_baseline):
 
 
 def analyze(prunable, metric, sfile, *, groups, ratios=DEFAULT_RATIOS, cap=None, max_batches=None,
-            show_progress=True, on_record=None, check_baseline=None, search=False):
+            show_progress=True, check_baseline=None, search=False):
     """Fill ``sfile`` for ``groups`` x ``ratios``, one evaluation at a time, in this process.
 
     Ratios of a group above the first one whose loss exceeds ``cap`` are skipped. With
@@ -458,11 +481,7 @@ def analyze(prunable, metric, sfile, *, groups, ratios=DEFAULT_RATIOS, cap=None,
     :func:`search_crossing`. ``check_baseline(value)`` may raise to refuse the unpruned model's
     metric before anything is analysed or written.
     """
-    legacy = legacy_names(prunable)
-    for name in groups:
-        g = prunable.groups[name]
-        sfile.group(name, channels=g.channels, members=g.members, legacy_name=legacy.get(name))
-    _baseline(sfile, metric, max_batches, check_baseline)
+    _start_analysis(prunable, metric, sfile, groups, max_batches, check_baseline)
     if search and cap is not None:
         progress = Progress(len(groups) * max(1, int(len(ratios)).bit_length()), "sensitivity (crossing search)",
                             enabled=show_progress)
@@ -470,7 +489,7 @@ def analyze(prunable, metric, sfile, *, groups, ratios=DEFAULT_RATIOS, cap=None,
         for name in groups:  # groups of one model tend to cross alike: the median so far is the first guess
             prior = sorted(found)[(len(found) - 1) // 2] if found else None
             found.append(search_crossing(prunable, metric, sfile, name, ratios, cap, max_batches, progress,
-                                         on_record, prior=prior))
+                                         prior=prior))
         return sfile
     work = plan_work(sfile, groups, ratios, cap)
     progress = Progress(len(work), "sensitivity", enabled=show_progress)
@@ -478,19 +497,46 @@ def analyze(prunable, metric, sfile, *, groups, ratios=DEFAULT_RATIOS, cap=None,
         if _skipped(sfile, name, ratio, cap):
             progress.skip()
             continue
-        try:
-            value, seconds = evaluate_group(prunable, metric, name, ratio, max_batches)
-        except GroupBreaksModel as exc:
-            sfile.record_failure(name, ratio, exc)
-            sfile.save()
-            progress.step(f"{name} @ {ratio:g}: breaks the model, group skipped ({exc})")
-            continue
-        entry = sfile.record(name, ratio, value, seconds)
-        sfile.save()
-        if on_record:
-            on_record(name, ratio, entry)
-        progress.step(f"{name} @ {ratio:g}: {metric.name} {value:.4f} loss {entry['loss']:+.4f}")
+        _evaluate(prunable, metric, sfile, name, ratio, max_batches, progress, "group skipped")
     return sfile
+
+
+def _evaluate(prunable, metric, sfile, name, ratio, max_batches, progress, if_broken):
+    """Evaluate group ``name`` pruned at ``ratio`` into the file; False when that breaks the model
+    (recorded as a failure, with ``if_broken`` saying what follows)."""
+    try:
+        value, seconds = evaluate_group(prunable, metric, name, ratio, max_batches)
+    except GroupBreaksModel as exc:
+        _record_broken(sfile, progress, name, ratio, exc, if_broken)
+        return False
+    _record_result(sfile, progress, metric, name, ratio, value, seconds)
+    return True
+
+
+def _start_analysis(prunable, metric, sfile, groups, max_batches, check_baseline):
+    """Record each group's channels, members and PaddleSlim name, then the baseline metric."""
+    legacy = legacy_names(prunable)
+    for name in groups:
+        g = prunable.groups[name]
+        sfile.group(name, channels=g.channels, members=g.members, legacy_name=legacy.get(name))
+    _baseline(sfile, metric, max_batches, check_baseline)
+
+
+def _record_result(sfile, progress, metric, name, ratio, value, seconds):
+    """One evaluation into the file (saved at once) and the progress line."""
+    entry = sfile.record(name, ratio, value, seconds)
+    sfile.save()
+    if progress:
+        progress.step(f"{name} @ {ratio:g}: {metric.name} {value:.4f} loss {entry['loss']:+.4f}")
+    return entry
+
+
+def _record_broken(sfile, progress, name, ratio, error, consequence):
+    """A ratio that breaks the model into the file (saved at once) and the progress line."""
+    sfile.record_failure(name, ratio, error)
+    sfile.save()
+    if progress:
+        progress.step(f"{name} @ {ratio:g}: breaks the model, {consequence} ({error})")
 
 
 NEAR, NEXT_STEPS = 0.3, 3  # simulated on measured curves (small CNNs, MobileNetV2-style): fewest evaluations
@@ -506,8 +552,7 @@ def _loss(sfile, name, ratio):
     return sfile.data["groups"][name]["ratios"][ratio_key(ratio)]["loss"]
 
 
-def search_crossing(prunable, metric, sfile, name, ratios, cap, max_batches=None, progress=None,
-                    on_record=None, prior=None):
+def search_crossing(prunable, metric, sfile, name, ratios, cap, max_batches=None, progress=None, prior=None):
     """Bisection over the sorted ``ratios`` of one group for the largest ratio whose loss is
     within ``cap``, assuming the loss grows with the ratio: about log2(n) evaluations instead
     of up to n. With ``prior`` (a guess of the crossing, e.g. other groups' crossings) the
@@ -542,21 +587,9 @@ def search_crossing(prunable, metric, sfile, name, ratios, cap, max_batches=None
             continue
         if not sfile.has(name, ratio):
             evaluated += 1
-            try:
-                value, seconds = evaluate_group(prunable, metric, name, ratio, max_batches)
-            except GroupBreaksModel as exc:
-                sfile.record_failure(name, ratio, exc)
-                sfile.save()
-                if progress:
-                    progress.step(f"{name} @ {ratio:g}: breaks the model, treated as over the cap ({exc})")
+            if not _evaluate(prunable, metric, sfile, name, ratio, max_batches, progress, "treated as over the cap"):
                 high = mid
                 continue
-            entry = sfile.record(name, ratio, value, seconds)
-            sfile.save()
-            if on_record:
-                on_record(name, ratio, entry)
-            if progress:
-                progress.step(f"{name} @ {ratio:g}: {metric.name} {value:.4f} loss {entry['loss']:+.4f}")
         if _loss(sfile, name, ratio) <= cap:
             low = mid
         else:
@@ -685,7 +718,7 @@ def _worker_error(message):
 
 
 def analyze_parallel(prunable, metric, sfile, *, groups, ratios=DEFAULT_RATIOS, cap=None, max_batches=None,
-                     workers=2, show_progress=True, on_record=None, stall_timeout=None, check_baseline=None):
+                     workers=2, show_progress=True, stall_timeout=None, check_baseline=None):
     """Like :func:`analyze`, with ``workers`` forked processes taking whole groups from a queue.
 
     Only this (parent) process writes the file. The workers inherit the model, the pruner and
@@ -693,103 +726,129 @@ def analyze_parallel(prunable, metric, sfile, *, groups, ratios=DEFAULT_RATIOS, 
     dies, or sends nothing for ``stall_timeout`` seconds during one evaluation (default: 20
     baseline evaluations, at least 5 minutes), ends the analysis with an error naming it.
     """
-    import multiprocessing as mp
-    from multiprocessing.connection import wait
-
-    legacy = legacy_names(prunable)
-    for name in groups:
-        g = prunable.groups[name]
-        sfile.group(name, channels=g.channels, members=g.members, legacy_name=legacy.get(name))
-    _baseline(sfile, metric, max_batches, check_baseline)
+    _start_analysis(prunable, metric, sfile, groups, max_batches, check_baseline)
     work = plan_work(sfile, groups, ratios, cap)
+    queue = _group_queue(work)
+    progress = Progress(len(work), f"sensitivity ({workers} workers)", enabled=show_progress)
+    if not queue:
+        return sfile
+    if stall_timeout is None:
+        stall_timeout = max(MIN_STALL_SECONDS, STALL_FACTOR * (sfile.data["metric"].get("seconds") or 0))
+    active = _start_workers(prunable, metric, cap, max_batches, min(workers, len(queue)), workers)
+    procs = [w.proc for w in active.values()]
+    finished = False
+    try:
+        for worker in list(active.values()):
+            _give(worker, queue, sfile, active)
+        while active:
+            for conn in _ready(active, stall_timeout):
+                worker = active[conn]
+                if _handle(worker, _receive(worker), sfile, metric, progress):
+                    _give(worker, queue, sfile, active)
+        finished = True
+    finally:
+        _stop_workers(procs, finished)
+    return sfile
+
+
+def _group_queue(work):
+    """``[(group, ratio)]`` as ``[(group, [ratio, ...])]``: a worker takes a whole group."""
     queue = []
     for name, ratio in work:
         if queue and queue[-1][0] == name:
             queue[-1][1].append(ratio)
         else:
             queue.append((name, [ratio]))
-    progress = Progress(len(work), f"sensitivity ({workers} workers)", enabled=show_progress)
-    if not queue:
-        return sfile
-    if stall_timeout is None:
-        stall_timeout = max(MIN_STALL_SECONDS, STALL_FACTOR * (sfile.data["metric"].get("seconds") or 0))
+    return queue
+
+
+def _start_workers(prunable, metric, cap, max_batches, count, workers):
+    """``count`` forked workers, each with its share of the CPU threads: ``{parent pipe end: worker}``."""
+    import multiprocessing as mp
+
     ctx = mp.get_context("fork")
     threads = max(1, (os.cpu_count() or 1) // workers)
     active = {}
-    for index in range(min(workers, len(queue))):
+    for index in range(count):
         parent_end, child_end = ctx.Pipe()
         proc = ctx.Process(target=_worker_loop, args=(child_end, prunable, metric, cap, max_batches, threads),
                            daemon=True)
         proc.start()
         child_end.close()
         active[parent_end] = _Worker(index, proc, parent_end)
-    procs = [w.proc for w in active.values()]
+    return active
 
-    def give(worker):
-        worker.since = time.monotonic()
-        worker.ratio = None
-        if queue:
-            name, todo = queue.pop(0)
-            worker.group = name
-            done = sfile.data["groups"].get(name, {}).get("ratios", {})
-            worker.conn.send((name, todo, sfile.baseline, done))
-        else:
-            worker.group = None
-            worker.conn.send(None)
-            del active[worker.conn]
 
-    finished = False
+def _give(worker, queue, sfile, active):
+    """The next group to ``worker`` (with the ratios the file has), or its stop when none is left."""
+    worker.since = time.monotonic()
+    worker.ratio = None
+    if queue:
+        name, todo = queue.pop(0)
+        worker.group = name
+        done = sfile.data["groups"].get(name, {}).get("ratios", {})
+        worker.conn.send((name, todo, sfile.baseline, done))
+    else:
+        worker.group = None
+        worker.conn.send(None)
+        del active[worker.conn]
+
+
+def _ready(active, stall_timeout):
+    """The pipes with a message, after checking that no worker has been silent too long."""
+    from multiprocessing.connection import wait
+
+    now = time.monotonic()
+    timeout = max(0.0, min(w.since + stall_timeout for w in active.values()) - now)
+    ready = wait(list(active), timeout=min(timeout, 5.0) if timeout > 0 else 0)
+    for worker in active.values():
+        if worker.conn not in ready and time.monotonic() - worker.since > stall_timeout:
+            raise _worker_error(f"{worker.describe()} sent nothing for {stall_timeout:g} s: stalled")
+    return ready
+
+
+def _receive(worker):
+    """The worker's next message; a closed pipe is a dead worker, named with how it ended."""
     try:
-        for worker in list(active.values()):
-            give(worker)
-        while active:
-            now = time.monotonic()
-            timeout = max(0.0, min(w.since + stall_timeout for w in active.values()) - now)
-            ready = wait(list(active), timeout=min(timeout, 5.0) if timeout > 0 else 0)
-            for worker in active.values():
-                if worker.conn not in ready and time.monotonic() - worker.since > stall_timeout:
-                    raise _worker_error(f"{worker.describe()} sent nothing for {stall_timeout:g} s: stalled")
-            for conn in ready:
-                worker = active[conn]
-                try:
-                    msg = conn.recv()
-                except EOFError:
-                    worker.proc.join(timeout=5)
-                    code = worker.proc.exitcode
-                    how = f"was killed by signal {-code}" if code is not None and code < 0 else f"exited ({code})"
-                    raise _worker_error(f"{worker.describe()} {how}") from None
-                worker.since = time.monotonic()
-                if msg[0] == "start":
-                    _, worker.group, worker.ratio = msg
-                elif msg[0] == "result":
-                    _, name, ratio, value, seconds = msg
-                    entry = sfile.record(name, ratio, value, seconds)
-                    sfile.save()
-                    if on_record:
-                        on_record(name, ratio, entry)
-                    progress.step(f"{name} @ {ratio:g}: {metric.name} {value:.4f} loss {entry['loss']:+.4f}")
-                elif msg[0] == "failed":
-                    _, name, ratio, error = msg
-                    sfile.record_failure(name, ratio, error)
-                    sfile.save()
-                    progress.step(f"{name} @ {ratio:g}: breaks the model, group skipped ({error})")
-                elif msg[0] == "skip":
-                    progress.skip()
-                elif msg[0] == "error":  # a slim-plugins error: the same one as in one process
-                    raise msg[3]
-                elif msg[0] == "crash":
-                    raise _worker_error(f"{worker.describe()} failed: {msg[3]}")
-                else:
-                    give(worker)
-        finished = True
-    finally:
-        for proc in procs:  # after an error, a worker may be stuck: do not wait for it
-            if proc.is_alive():
-                proc.join(timeout=5 if finished else 0)
-            if proc.is_alive():
-                proc.kill()
-                proc.join(timeout=5)
-    return sfile
+        return worker.conn.recv()
+    except EOFError:
+        worker.proc.join(timeout=5)
+        code = worker.proc.exitcode
+        how = f"was killed by signal {-code}" if code is not None and code < 0 else f"exited ({code})"
+        raise _worker_error(f"{worker.describe()} {how}") from None
+
+
+def _handle(worker, msg, sfile, metric, progress):
+    """Act on one worker message; True when the worker finished its group and wants the next."""
+    worker.since = time.monotonic()
+    kind = msg[0]
+    if kind == "start":
+        _, worker.group, worker.ratio = msg
+    elif kind == "result":
+        _, name, ratio, value, seconds = msg
+        _record_result(sfile, progress, metric, name, ratio, value, seconds)
+    elif kind == "failed":
+        _, name, ratio, error = msg
+        _record_broken(sfile, progress, name, ratio, error, "group skipped")
+    elif kind == "skip":
+        progress.skip()
+    elif kind == "error":  # a slim-plugins error: the same one as in one process
+        raise msg[3]
+    elif kind == "crash":
+        raise _worker_error(f"{worker.describe()} failed: {msg[3]}")
+    else:
+        return True
+    return False
+
+
+def _stop_workers(procs, finished):
+    """Join the workers; after an error, one may be stuck: do not wait for it."""
+    for proc in procs:
+        if proc.is_alive():
+            proc.join(timeout=5 if finished else 0)
+        if proc.is_alive():
+            proc.kill()
+            proc.join(timeout=5)
 
 
 # -------------------------------------------------------------------------------- across ranks

@@ -5,7 +5,7 @@ import sys
 import time
 from dataclasses import asdict
 
-from slim_plugins.errors import AdapterError, OptionError
+from slim_plugins.errors import AdapterError, OptionError, StopRun
 from slim_plugins.plugins.prune import flops_model, measure, report
 from slim_plugins.plugins.prune.inventory import inventory, summary, table_text
 from slim_plugins.plugins.prune.model import PrunableModel
@@ -95,8 +95,40 @@ class PruneWorkflow:
         self.save_dir = run.save_dir
         self.report = {"paddle": __import__("paddle").__version__}
 
-    # ------------------------------------------------------------------ steps
+    # ------------------------------------------------------------------ stages
     def execute(self):
+        """Resolve the inputs, trace and list the groups, analyse, choose ratios, apply, report.
+        ``action`` show and analyze end the run (:class:`StopRun`) after their stage."""
+        cfg = self.config
+        self._check_options()
+        if attached(self.model) is not None:
+            log("the model already carries a pruning plan (resumed checkpoint): not pruning again")
+            return
+        started = time.perf_counter()
+        trace_inputs = self._resolve_inputs()
+        prunable, rows = self._trace(trace_inputs)
+        if cfg.action == "show":
+            self._show(rows)
+        groups = self._groups(prunable, rows)
+        sfile = None
+        if cfg.ratios is not None:
+            ratios = {g: r for g, r in fixed_ratios(prunable, cfg.ratios).items() if g in groups}
+        else:
+            sfile = self._analyze(prunable, groups)
+            if cfg.action == "analyze":
+                log(f"analysis done: {sfile.path}; exiting as prune.action=analyze asked")
+                raise StopRun("prune.action=analyze")
+            ratios = self._choose(prunable, sfile, groups)
+        ratios = self._effective_ratios(prunable, ratios)
+        if not ratios:
+            log("no group can be pruned within the given budget: training the unpruned model")
+            return
+        plan = self._apply(prunable, ratios)
+        self._measure_metric(sfile)
+        self._write_report(plan, sfile, time.perf_counter() - started)
+
+    def _check_options(self):
+        """Option combinations no single option's check sees: one way to choose ratios."""
         cfg = self.config
         modes = [k for k in ("ratios", "eval_metric_loss", "pruned_flops") if getattr(cfg, k) is not None]
         if cfg.action == "prune" and not modes:
@@ -107,18 +139,22 @@ class PruneWorkflow:
         if len(modes) > 1:
             raise OptionError(f"choose ratios one way only, got {', '.join(modes)}", plugin="prune",
                               hint="keep one of ratios, eval_metric_loss, pruned_flops")
-        if attached(self.model) is not None:
-            log("the model already carries a pruning plan (resumed checkpoint): not pruning again")
-            return
-        started = time.perf_counter()
+
+    def _resolve_inputs(self):
+        """The adapter's trace inputs and check inputs, and the unpruned model's shapes and figures."""
         trace_inputs = self.run.trace_inputs()
         if trace_inputs is None:
             raise AdapterError("the adapter gave neither an input spec nor example inputs", plugin="prune",
                                hint="pass inputs=[InputSpec(...)] to paddle.Model")
         self.check_inputs = self.run.forward_inputs(1)
-        base_shapes = {n: list(p.shape) for n, p in self.model.named_parameters()}
-        base_fp = architecture_fingerprint(self.model)
+        self.base_shapes = {n: list(p.shape) for n, p in self.model.named_parameters()}
+        self.base_fingerprint = architecture_fingerprint(self.model)
         self.before = self._measure()
+        return trace_inputs
+
+    def _trace(self, trace_inputs):
+        """The model's coupled-channel groups and the inventory of its convs."""
+        cfg = self.config
         log(f"tracing {type(self.model).__name__} ({cfg.criterion})")
         with self.run.trace_context():
             prunable = PrunableModel(self.model, trace_inputs, criterion=cfg.criterion, skip=cfg.skip,
@@ -126,29 +162,29 @@ class PruneWorkflow:
         rows = inventory(prunable, self.check_inputs)
         if cfg.action != "show":
             self._check_training_branches(prunable, rows)
-        groups = prunable.selected_groups()
         log(summary(rows))
         self.report["convs"] = [asdict(r) for r in rows]
-        if cfg.action == "show":
-            print(table_text(rows))
-            print(summary(rows))
-            raise SystemExit(0)
+        return prunable, rows
+
+    def _show(self, rows):
+        """``action=show``: the inventory on stdout, then the run ends."""
+        print(table_text(rows))
+        print(summary(rows))
+        raise StopRun("prune.action=show")
+
+    def _groups(self, prunable, rows):
+        """The groups the choice may prune; why the others are left out goes to the log."""
+        groups = prunable.selected_groups()
         for row in rows:
             if row.status == "skipped" and row.reason and self.run.is_main_process:
                 log(f"skip {row.weight}: {row.reason}")
         if len(groups) < len(prunable.groups) - len(prunable.unsafe):
             log(f"{len(prunable.groups) - len(prunable.unsafe) - len(groups)} groups skipped by prune.skip")
+        return groups
 
-        sfile = None
-        if cfg.ratios is not None:
-            ratios = fixed_ratios(prunable, cfg.ratios)
-            ratios = {g: r for g, r in ratios.items() if g in groups}
-        else:
-            sfile = self._analyze(prunable, groups)
-            if cfg.action == "analyze":
-                log(f"analysis done: {sfile.path}; exiting as prune.action=analyze asked")
-                raise SystemExit(0)
-            ratios = self._choose(prunable, sfile, groups)
+    def _effective_ratios(self, prunable, ratios):
+        """``ratios`` aligned (fixed ratios), without the groups that would keep every channel."""
+        cfg = self.config
         if cfg.align and cfg.ratios is not None:
             ratios = align_ratios(ratios, {g: prunable.groups[g].channels for g in ratios}, cfg.align)
         after = prunable.channels_after(ratios)
@@ -157,22 +193,27 @@ class PruneWorkflow:
             log(f"{len(noop)} groups keep all their channels at the chosen ratio: left out ({', '.join(noop[:5])}"
                 + (" ...)" if len(noop) > 5 else ")"))
             ratios = {g: r for g, r in ratios.items() if g not in noop}
-        if not ratios:
-            log("no group can be pruned within the given budget: training the unpruned model")
-            return
+        return ratios
+
+    def _apply(self, prunable, ratios):
+        """Prune the model in place and attach the plan that rebuilds its shapes."""
         prunable.prune(ratios, optimizer=self.run.optimizer, check_inputs=self.check_inputs)
         self.after = self._measure()
-        plan = make_plan(prunable, ratios, base_shapes, base_fp,
+        plan = make_plan(prunable, ratios, self.base_shapes, self.base_fingerprint,
                          flops={"before": self.before["flops"], "after": self.after["flops"]},
                          params={"before": self.before["params"], "after": self.after["params"]})
         attach(self.model, plan)
+        return plan
+
+    def _measure_metric(self, sfile):
+        """The pruned model's metric (before fine-tuning) next to the analysis's baseline."""
         metric = self.run.metric if sfile is not None else None
-        if metric is not None:
-            self.before["metric"] = sfile.baseline
-            self.after["metric"] = metric(max_batches=cfg.sen_batches)
-            self.report["metric_name"] = metric.name
-            self._report_whole_model_loss(sfile.baseline, self.after["metric"])
-        self._write_report(plan, sfile, time.perf_counter() - started)
+        if metric is None:
+            return
+        self.before["metric"] = sfile.baseline
+        self.after["metric"] = metric(max_batches=self.config.sen_batches)
+        self.report["metric_name"] = metric.name
+        self._report_whole_model_loss(sfile.baseline, self.after["metric"])
 
     def _check_training_branches(self, prunable, rows):
         """Skip groups whose pruning breaks a training forward on a real batch (a branch that runs
@@ -264,12 +305,12 @@ class PruneWorkflow:
         """What `slim-plugins sens ratios` needs without the model: per-layer FLOPs data and the
         PaddleSlim names of the groups (added to files that lack them, sen_analyze=false too)."""
         changed = False
-        if not sfile.data.get("flops"):
-            sfile.data["flops"] = flops_model.record(prunable, self.check_inputs, groups)
+        if not sfile.flops:
+            sfile.flops = flops_model.record(prunable, self.check_inputs, groups)
             changed = True
         names = legacy_names(prunable)
         for group in groups:
-            entry = sfile.data["groups"].get(group)
+            entry = sfile.groups.get(group)
             if entry is not None and not isinstance(entry.get("legacy_name"), str) and group in names:
                 entry["legacy_name"] = names[group]
                 changed = True
@@ -391,7 +432,7 @@ class PruneWorkflow:
     def _plots(self, prunable, sfile, sens):
         base = self.before["flops"]
         stem = os.path.splitext(sfile.path)[0]
-        report.plot_sensitivities(sens, stem + ".png", sfile.data["metric"]["name"],
+        report.plot_sensitivities(sens, stem + ".png", sfile.metric_name,
                                   budget=self.config.eval_metric_loss)
         points = []
         for budget in [0.005 * i for i in range(1, 21)]:
@@ -401,7 +442,7 @@ class PruneWorkflow:
                 points.append((budget, (base - measure.flops(self.model, self.check_inputs)) / base))
             finally:
                 applied.restore()
-        report.plot_flops_vs_budget(points, stem + ".flops.png", sfile.data["metric"]["name"],
+        report.plot_flops_vs_budget(points, stem + ".flops.png", sfile.metric_name,
                                     chosen=self.report.get("chosen_budget"))
         self.report["plots"] = [stem + ".png", stem + ".flops.png"]
 

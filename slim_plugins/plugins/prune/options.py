@@ -1,0 +1,73 @@
+"""The prune plugin's options, declared once: ``slim_add_options``, the YAML/command-line checks,
+``slim-plugins list`` and the README's option table all come from :class:`PruneOptions`.
+
+Adding an option is adding one field here; ``python scripts/options_table.py`` then prints the
+README table to paste (``tests/test_docs.py`` checks the README has it).
+"""
+from dataclasses import dataclass
+from typing import Dict, List, Optional
+
+from slim_plugins.config import bounded, non_empty, option, optional, to_bool, to_list, to_mapping
+from slim_plugins.plugins.prune.sensitivity import DEFAULT_RATIOS
+
+FRACTION = bounded(float, 0, 1, low_open=True, high_open=True)  # 0 < x < 1
+POSITIVE = bounded(int, 1)
+
+
+@dataclass(frozen=True)
+class PruneOptions:
+    """What ``--prune.KEY VALUE`` (or ``plugins: {prune: {KEY: VALUE}}``) sets, checked and typed."""
+
+    ratios: Optional[Dict[str, float]] = option(
+        None, optional(to_mapping(bounded(float, 0, 1, high_open=True))),
+        "fixed ratios `{glob: ratio}`, each in [0, 1), on structured names (`backbone.conv1.*=0.3`), "
+        "or PaddleSlim names (`conv2d_3.w_0`)")
+    eval_metric_loss: Optional[float] = option(
+        None, optional(bounded(float, 0, 1, high_open=True)),
+        "in [0, 1): relative metric-loss budget: per group, the largest ratio within it (interpolated), "
+        "then (with `budget_rule model`) all ratios scaled back until the whole pruned model's measured "
+        "loss is within it")
+    pruned_flops: Optional[float] = option(
+        None, optional(FRACTION),
+        "in (0, 1): remove this fraction of FLOPs: with `budget_rule model`, the plan with the lowest "
+        "measured whole-model loss among the loss-budget bisection plan, a uniform ratio and two blends")
+    budget_rule: str = option(
+        "model", str,
+        "`model`: the budget holds for the whole model (see above); `per_group`: PaddleSlim's rule, "
+        "each group alone within it (its exact ratios)", choices=("model", "per_group"))
+    criterion: str = option("l1_norm", str, "filter importance: `l1_norm`, `l2_norm` or `fpgm`",
+                            choices=("l1_norm", "l2_norm", "fpgm"))
+    skip: List[str] = option([], to_list(str), "globs of groups never pruned")
+    align: Optional[int] = option(None, optional(POSITIVE), "round kept channels to a multiple (≥ 1)")
+    sen_file: Optional[str] = option(
+        None, optional(str), "the sensitivity file (resumed if it exists and matches the model)",
+        shown="`<save_dir>/sensitivities.json`")
+    sen_ratios: List[float] = option(list(DEFAULT_RATIOS), non_empty(to_list(FRACTION)),
+                                     "ratios analysed (at least one, each in (0, 1))")
+    sen_analyze: bool = option(
+        True, to_bool, "`false`: use `sen_file` as it is (e.g. an imported PaddleSlim/PaddleX file, "
+        "PaddleX 1.3's `train(sensitivities_file=...)`), analyse nothing")
+    sen_loss_cap: Optional[float] = option(
+        None, optional(bounded(float, 0)),
+        "stop a group after the first ratio whose loss exceeds this (≥ 0)", shown="`eval_metric_loss`")
+    sen_search: bool = option(
+        True, to_bool,
+        "bisection for each group's crossing of the cap (ceil(log2(n+1)) evaluations of n ratios, same "
+        "chosen ratio on a loss that grows with the ratio); `pruned_flops` derives the cap from the "
+        "target; `false`: every ratio up to the cap")
+    sen_batches: Optional[int] = option(
+        None, optional(POSITIVE), "evaluate only the first N (≥ 1) eval batches in the analysis", shown="all")
+    sen_workers: int = option(1, POSITIVE, "forked local worker processes for the analysis (≥ 1), each "
+                                           "taking whole groups")
+    sen_worker_timeout: Optional[float] = option(
+        None, optional(float),
+        "a worker silent this long (seconds) on one evaluation stops the analysis with an error naming it",
+        shown="20 baseline evaluations, at least 300 s")
+    action: str = option(
+        "prune", str, "`prune` (then train), `show` (list prunable groups and exit), "
+        "`analyze` (exit after the analysis)", choices=("prune", "show", "analyze"))
+    report: Optional[str] = option(None, optional(str), "before/after figures (JSON)",
+                                   shown="`<save_dir>/prune_report.json`")
+    plot: bool = option(True, to_bool,
+                        "PNG sensitivity curves and pruned-FLOPs-vs-budget next to the sensitivity file")
+
