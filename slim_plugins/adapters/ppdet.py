@@ -159,8 +159,8 @@ class PPDetAdapter(Adapter):
                         f"paddledet {_ppdet_version()} cannot export its multiclass_nms under Paddle "
                         f"{paddle.__version__}'s new IR (PIR), pruned or not: {reason}",
                         hint="export without NMS (`-o export.nms=False`, for PP-YOLOE `-o exclude_nms=True`: "
-                             "boxes and scores, NMS in your deployment), or with a PaddleDetection whose ppdet/modeling/ops.py "
-                             "multiclass_nms has a PIR branch") from exc
+                             "boxes and scores, NMS in your deployment), or with a PaddleDetection whose "
+                             "ppdet/modeling/ops.py multiclass_nms has a PIR branch") from exc
 
         for patched in (patched_init, patched_train, patched_load_weights, patched_resume_weights,
                         patched_save_model, patched_export):
