@@ -146,7 +146,9 @@ class PPDetAdapter(Adapter):
             name = os.path.splitext(os.path.basename(trainer.cfg.filename))[0]
             adapter.fire(run, "slim_before_export", path=os.path.join(output_dir, name))
             _sync_reparam_channels(trainer.model)
-            with _full_graph_to_static():
+            import ppdet.modeling.ops as ops
+
+            with _full_graph_to_static(), pir_detection_ops(ops):
                 try:
                     return export(trainer, output_dir, *args, **kwargs)
                 except TypeError as exc:
