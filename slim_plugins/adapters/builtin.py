@@ -45,8 +45,7 @@ class HapiAdapter(Adapter):
     supported = ("2.6.", "3.")
     targets = {"paddle.hapi.model:Model.fit": ("train_data", "eval_data", "batch_size", "save_dir"),
                "paddle.hapi.model:Model.save": ("path", "training"), "paddle.hapi.model:Model.load": ("path",),
-               "paddle.hapi.model:Model.evaluate": (), "paddle.hapi.model:DynamicGraphAdapter.__init__": (),
-               "paddle:DataParallel": ()}
+               "paddle.hapi.model:Model.evaluate": (), "paddle.hapi.model:DynamicGraphAdapter.__init__": ()}
     state_class = HapiState
 
     def patched(self):

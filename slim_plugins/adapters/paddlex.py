@@ -106,7 +106,8 @@ class PaddleXAdapter(Adapter):
                                                                      "resume_checkpoint"),
                "paddlex.cv.models.base:BaseModel.save_model": ("save_dir",),
                "paddlex.cv.models.base:BaseModel._export_inference_model": ("save_dir",),
-               "paddlex.cv.models.base:BaseModel.build_net": (), "paddlex.cv.models.base:BaseModel.evaluate": ()}
+               "paddlex.cv.models.classifier:BaseClassifier.train": (),
+               "paddlex.cv.models.classifier:BaseClassifier.evaluate": ("eval_dataset", "batch_size")}
     state_class = PaddleXState
 
     def patched(self):
