@@ -192,6 +192,7 @@ def slim_before_load_weights(run: "TrainingRun", path: str) -> None:
     """Weights are about to be loaded into ``run.model`` from ``path`` (train resume, eval,
     export, or plain load). Plugins that change shapes rebuild them here.
 
+    :param run: the training run.
     :param path: the checkpoint prefix or file the suite loads from.
 
     Fires before every weight load the adapter sees, in every process.
@@ -230,6 +231,7 @@ def slim_before_train(run: "TrainingRun") -> None:
 def slim_on_checkpoint_save(run: "TrainingRun", path: str) -> None:
     """The suite is about to save a checkpoint; plugins write their side files next to it.
 
+    :param run: the training run.
     :param path: the checkpoint prefix (``output/model_final``) or file the suite writes.
 
     Fires before every save the adapter sees, on every rank (plugins write on rank 0 only):
@@ -242,6 +244,7 @@ def slim_on_checkpoint_save(run: "TrainingRun", path: str) -> None:
 def slim_before_export(run: "TrainingRun", path: str) -> None:
     """The model is about to be exported for inference.
 
+    :param run: the training run.
     :param path: the export prefix or directory.
 
     Fires once per export, before the suite converts the model.
@@ -253,6 +256,8 @@ def slim_after_train(run: "TrainingRun") -> None:
     """Training returned normally. Plugins write their reports here.
 
     :param run: the training run.
+
+    Fires once per train call that returns, before ``slim_on_run_end``.
     """
 
 
