@@ -56,12 +56,17 @@ def cmd_list(args):
             ok = {True: "yes", False: "no", None: "unknown"}[environment.supported(adapter, suite[1])]
             if ok == "no":
                 ok += f" (tested: {', '.join(p + '*' for p in getattr(adapter, 'supported', ()))})"
-        patch = patches.get(name, "not checked" if not args.suites else "-")
-        if patch == "not installed" and not hook_ok:
-            patch += " (start-up hook: see above)"
-        rows.append([name, found, ok, patch])
+        probe = patches.get(name, "not checked" if not args.suites else "-")
+        if isinstance(probe, dict):
+            targets, without, with_plugin = probe["targets"], probe["without"], probe["with"]
+        else:  # an import failure, or not checked
+            targets, without, with_plugin = probe, "-", "-"
+        if with_plugin in ("nothing", "not checked") and not hook_ok:
+            with_plugin += " (start-up hook: see above)"
+        rows.append([name, found, ok, targets, without, with_plugin])
     print()
-    print(table(rows, ["adapter", "suite found", "supported", "patches (fresh interpreter)"]))
+    print(table(rows, ["adapter", "suite found", "supported", "patch targets", "patched without a plugin",
+                       "with a plugin"]))
 
     for plugin in sorted(session.options.declared):
         options = session.options.declared[plugin]

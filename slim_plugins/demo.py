@@ -137,7 +137,8 @@ def _run_demo(report_path, quick, budget, workdir, seed):
     finetuner.fit(train, test, batch_size=64, epochs=finetune, verbose=0, save_dir=workdir,
                   save_freq=finetune, callbacks=[EpochProgress("fine-tune")])
     after = figures(finetuner, test)
-    prune_report = finetuner._slim_run.state.get("prune_report", {})
+    result = finetuner._slim_run.results.get("prune")
+    prune_report = result.report if result is not None else {}
 
     print()
     print(report.before_after_table(before, after, "accuracy"))

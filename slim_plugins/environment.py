@@ -64,8 +64,10 @@ def supported(adapter, version):
 
 
 def probe_patches(timeout=120):
-    """``{adapter: "installed" | "not installed" | "import failed: ..."}`` from a fresh interpreter
-    of this environment that imports each installed suite, as a train command would."""
+    """``{adapter: {"targets": ..., "without": ..., "with": ...}}`` from a fresh interpreter of
+    this environment that imports each installed suite as a train command would: whether the
+    adapter's patch targets are there, what is patched with no plugin enabled (the loads only),
+    and with one (everything); or ``{adapter: "import failed: ..."}``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLIM_PLUGINS")}
     try:
         proc = subprocess.run([sys.executable, "-c", "from slim_plugins.environment import _probe; _probe()"],
@@ -87,7 +89,9 @@ def _probe():
     from slim_plugins.session import get_session
 
     result = {}
-    for name, adapter in get_session().adapters.items():
+    session = get_session()
+    states = {None: "not checked", "none": "nothing", "loading": "loads, config", "all": "installed"}
+    for name, adapter in session.adapters.items():
         if suite_of(adapter) is None and getattr(adapter, "distributions", ()):
             continue
         if not hasattr(adapter, "patched"):  # an adapter that does not subclass Adapter
@@ -97,7 +101,24 @@ def _probe():
         except Exception as exc:
             result[name] = "import failed: " + exception_line(exc)
             continue
-        patched = adapter.patched()
-        result[name] = {True: "installed", False: "not installed", None: "not checked"}[patched]
+        entry = {"targets": "ok", "without": None, "with": None}
+        try:
+            adapter.verify() if hasattr(adapter, "verify") else None
+        except Exception as exc:
+            entry["targets"] = str(exc).split("] ", 1)[-1].split("; hint:")[0]
+        if hasattr(adapter, "patch_state"):
+            entry["without"] = states[adapter.patch_state()]
+        result[name] = entry
+    session.adapters_active = True  # what enabling a plugin does
+    for name, entry in result.items():
+        if isinstance(entry, dict):
+            adapter = session.adapters[name]
+            try:
+                adapter.activate(session) if hasattr(adapter, "activate") else None
+            except Exception:
+                pass  # an unsupported suite: the targets column says why
+            patched = adapter.patch_state() if hasattr(adapter, "patch_state") else (
+                {True: "all", False: "none"}.get(adapter.patched()))
+            entry["with"] = states[patched]
     sys.stdout.flush()
     print("\n" + json.dumps(result))

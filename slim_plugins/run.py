@@ -87,14 +87,20 @@ class TrainingRun:
     :ivar session: the :class:`slim_plugins.session.Session` it belongs to.
     :ivar handle: the suite's own object for the run (``paddle.Model``, ppdet ``Trainer`` ...).
     :ivar mode: ``train``, ``eval``, ``export`` or ``load``.
-    :ivar state: free room for the adapter's own bookkeeping (not for plugins).
+    :ivar before_train_fired: ``slim_before_train`` has fired for this run (it fires once).
+    :ivar results: what plugins leave for later hooks and callers, by plugin name (the prune
+        plugin's :class:`~slim_plugins.plugins.prune.workflow.PruneResult` under ``"prune"``).
+    :ivar adapter_state: the owning adapter's own record of the run (a dataclass of that adapter's,
+        e.g. the arguments ``fit`` was called with); not for plugins.
     """
 
     adapter: str
     session: Any
     handle: Any = None
     mode: str = "train"
-    state: Dict[str, Any] = field(default_factory=dict)
+    before_train_fired: bool = False
+    results: Dict[str, Any] = field(default_factory=dict)
+    adapter_state: Any = None
 
     def _ask(self, hook, **kwargs):
         return getattr(self.session.pm.hook, hook)(run=self, **kwargs)

@@ -36,6 +36,7 @@ class Session:
         self.blocked = set()
         self.adapters = {}  # name -> Adapter
         self._installed = set()
+        self.adapters_active = False  # training patches wanted (a plugin is enabled)
         self._option_rank = {}  # (plugin, key) -> rank of the source that set it
         self._lock = threading.RLock()
 
@@ -112,6 +113,16 @@ class Session:
             self._installed.add(adapter.name)
         adapter.install(self)
 
+    def activate_adapters(self):
+        """Give every installed adapter its training patches (:meth:`Adapter.activate`): done when
+        a plugin is enabled; until then a suite carries only the load patches. Adapters installed
+        later get them at once."""
+        self.adapters_active = True
+        for name in sorted(self._installed):
+            activate = getattr(self.adapters.get(name), "activate", None)
+            if activate is not None:
+                activate(self)
+
     def install_adapter_module(self, module_name):
         """Called when a watched suite module is imported."""
         for adapter in list(self.adapters.values()):
@@ -138,6 +149,7 @@ class Session:
             self.enabled[name] = source
         if options:
             self.give_options(name, options, source, source)
+        self.activate_adapters()
 
     def disable(self, name):
         """Block ``name``: it is unregistered, so none of its hooks fire (plan replay included)."""

@@ -45,8 +45,16 @@ class HookRecorder:
         self._record("slim_before_export", run, path=path)
 
     @hookimpl
+    def slim_after_load_weights(self, run, path, exact):
+        self._record("slim_after_load_weights", run, path=path, exact=exact)
+
+    @hookimpl
     def slim_after_train(self, run):
         self._record("slim_after_train", run)
+
+    @hookimpl
+    def slim_on_run_end(self, run, error):
+        self._record("slim_on_run_end", run, error=error)
 
 
 def check_adapter(run, max_batches=1):
@@ -85,7 +93,9 @@ def slim_session(monkeypatch):
 
 @pytest.fixture
 def hook_recorder(slim_session):
-    """A :class:`HookRecorder` registered in ``slim_session``."""
+    """A :class:`HookRecorder` registered in ``slim_session``, with the adapters' training
+    patches installed (as when a plugin is enabled: the recorder is one)."""
     recorder = HookRecorder()
     slim_session.pm.register(recorder, name="hook-recorder")
+    slim_session.activate_adapters()
     return recorder

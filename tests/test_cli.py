@@ -53,17 +53,19 @@ def test_list_shows_every_option_with_type_default_and_help(capsys):
 
 
 def test_list_shows_each_suite_its_support_and_its_patches(capsys):
-    """The patches column comes from a fresh interpreter that imports each installed suite, as
-    the suite's train command does: the start-up hook must patch it there."""
+    """The patch columns come from a fresh interpreter that imports each installed suite, as
+    the suite's train command does: the start-up hook must patch it there, the loads (and config
+    readers) only until a plugin is enabled, everything after."""
     import paddle
 
     assert main(["list"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("start-up hook: ok (")
-    assert row(out, "builtin")[1:] == [f"paddlepaddle {paddle.__version__}", "yes", "installed"]
+    expected = ["yes", "ok", "loads, config", "installed"]
+    assert row(out, "builtin")[1:] == [f"paddlepaddle {paddle.__version__}"] + expected
     for adapter, dist in (("ppdet", "paddledet"), ("paddlex", "paddlex")):
         if importlib.util.find_spec(adapter) is not None:
-            assert row(out, adapter)[1:] == [f"{dist} {metadata.version(dist)}", "yes", "installed"]
+            assert row(out, adapter)[1:] == [f"{dist} {metadata.version(dist)}"] + expected
 
 
 def test_sens_show_plot_ratios_merge_import(tmp_path, capsys):

@@ -48,6 +48,28 @@ def test_every_hook_is_documented():
                 assert f":param {param}:" in doc, f"{name}: :param {param}: missing"
 
 
+def lifecycle_hooks():
+    """The hooks every implementation of which is called (not the query or set-up ones)."""
+    return sorted(n for n, f in vars(spec).items() if n.startswith("slim_") and callable(f)
+                  and not getattr(f, "slim_plugins_spec", {}).get("firstresult")
+                  and not getattr(f, "slim_plugins_spec", {}).get("historic"))
+
+
+def test_lifecycle_hooks_are_documented_recorded_and_in_the_adapter_guide():
+    from slim_plugins.testing import HookRecorder
+
+    hooks = lifecycle_hooks()
+    assert {"slim_before_load_weights", "slim_after_load_weights", "slim_before_train", "slim_on_checkpoint_save",
+            "slim_before_export", "slim_after_train", "slim_on_run_end"} == set(hooks)
+    guide = open(DOC).read()
+    for name in hooks:
+        assert callable(getattr(HookRecorder, name, None)), f"HookRecorder does not record {name}"
+        assert f"`{name}(" in guide, f"docs/adapters.md does not say when to fire {name}"
+        doc = inspect.getdoc(getattr(spec, name))
+        assert ":param run:" in doc, f"{name}: :param run: missing"
+        assert "fires" in doc.lower(), f"{name}: when it fires is not said"
+
+
 def test_adapter_guide_package_passes_its_own_test(tmp_path, python):
     text = open(DOC).read()
     blocks = re.findall(r"`([\w.]+\.py)`[^`]*?```python\n(.*?)```", text, re.S)

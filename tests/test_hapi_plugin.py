@@ -31,6 +31,8 @@ def test_without_plugin_the_script_is_untouched(tmp_path, python):
     assert "slim-plugins" not in proc.stderr
     assert not os.path.exists(tmp_path / "final.prune.json")
     assert BATCH_NORM_WARNING in proc.stderr  # Paddle's, left alone when no plugin is on
+    # no plugin: only the load is patched (a pruned checkpoint's plan is replayed there)
+    assert last_json(proc.stdout)["patched"] == {"fit": False, "save": False, "load": True, "data_parallel": False}
 
 
 def test_with_plugin_the_trained_model_is_the_pruned_one(pruned_run):
@@ -47,6 +49,7 @@ def test_with_plugin_the_trained_model_is_the_pruned_one(pruned_run):
     assert os.path.exists(out / "final.prune.json")
     assert "pruned 2 groups" in proc.stderr
     assert result["acc"] > 0.5
+    assert result["patched"] == {"fit": True, "save": True, "load": True, "data_parallel": True}
     assert BATCH_NORM_WARNING not in proc.stderr  # the plugin's lines are not drowned in it
 
 
@@ -107,9 +110,29 @@ def test_hook_order_of_a_hapi_run(slim_session, hook_recorder, tmp_path):
     model.save(str(tmp_path / "inference"), training=False)
     assert hook_recorder.names() == [
         "slim_before_train", "slim_on_checkpoint_save", "slim_on_checkpoint_save", "slim_after_train",
-        "slim_before_load_weights", "slim_before_export"]
+        "slim_on_run_end", "slim_before_load_weights", "slim_after_load_weights", "slim_before_export"]
     run = hook_recorder.calls[0][1]
     assert run.adapter == "builtin" and run.model is net
+    assert hook_recorder.calls[4][2] == {"error": None}
+
+
+def test_an_interrupted_fit_ends_the_run_with_its_exception(slim_session, hook_recorder):
+    """Ctrl-C in the middle of fit: ``slim_on_run_end`` gets the KeyboardInterrupt, then it goes on."""
+    import paddle.nn as nn
+    from paddle.static import InputSpec
+
+    class Interrupt(paddle.callbacks.Callback):
+        def on_train_batch_end(self, step, logs=None):
+            raise KeyboardInterrupt
+
+    net = nn.Sequential(nn.Conv2D(1, 4, 3), nn.Flatten(), nn.Linear(4 * 6 * 6, 2))
+    model = paddle.Model(net, inputs=[InputSpec([None, 1, 8, 8], "float32", "x")])
+    model.prepare(paddle.optimizer.SGD(parameters=net.parameters()), nn.CrossEntropyLoss())
+    data = paddle.io.TensorDataset([paddle.zeros([4, 1, 8, 8]), paddle.zeros([4, 1], dtype="int64")])
+    with pytest.raises(KeyboardInterrupt):
+        model.fit(data, batch_size=2, epochs=1, verbose=0, callbacks=[Interrupt()])
+    assert hook_recorder.names() == ["slim_before_train", "slim_on_run_end"]
+    assert isinstance(hook_recorder.calls[-1][2]["error"], KeyboardInterrupt)
 
 
 def test_flops_target_from_a_yaml_plugin_config(tmp_path, python, trained):
@@ -286,7 +309,8 @@ def test_a_pruned_checkpoint_without_its_plan_names_the_plan_file(pruned_run, tm
     for name in ("final.pdparams", "final.pdopt"):
         shutil.copy(out / name, tmp_path / name)
     line = user_error(["--load"], tmp_path)
-    assert str(tmp_path / "final.prune.json") in line and "receives a shape" in line
+    assert str(tmp_path / "final.prune.json") in line and "does not fit the model" in line
+    assert "0.weight: checkpoint [16, 1, 3, 3], model [32, 1, 3, 3]" in line
     plan = tmp_path / "final.prune.json"
     plan.write_text('{"format": "slim-plugins/prune-plan", "version": 1}')
     line = user_error(["--load"], tmp_path)

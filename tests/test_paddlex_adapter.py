@@ -13,13 +13,14 @@ import json
 import os
 import pickle
 import re
+import shutil
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 
-from conftest import SCRIPTS, last_json, run_python, train_paddlex_script, write_paddlex_lists
+from conftest import SCRIPTS, clean_env, last_json, run_python, train_paddlex_script, write_paddlex_lists
 
 HAVE_PADDLEX = importlib.util.find_spec("paddlex") is not None
 needs_paddlex = pytest.mark.skipif(
@@ -150,12 +151,13 @@ def test_fresh_process_load_model_rebuilds_the_pruned_network(shapes_set, pruned
 @needs_paddlex
 def test_pruned_checkpoint_without_its_plan_is_a_clear_error(shapes_set, pruned, tmp_path):
     out, _ = pruned
-    proc = subprocess.run([sys.executable, SCRIPT, shapes_set, str(tmp_path), "--load", str(out / "best_model")],
-                          cwd=str(tmp_path), capture_output=True, text=True,
-                          env=dict(os.environ, SLIM_PLUGINS="no:prune"))
+    lost = tmp_path / "lost"
+    shutil.copytree(out / "best_model", lost, ignore=shutil.ignore_patterns("*.prune.json"))
+    proc = subprocess.run([sys.executable, SCRIPT, shapes_set, str(tmp_path), "--load", str(lost)],
+                          cwd=str(tmp_path), capture_output=True, text=True, env=clean_env())
     assert proc.returncode == 2 and "Traceback" not in proc.stderr  # one line, like every slim-plugins error
-    assert "slim-plugins: error: [paddlex]" in proc.stderr and "do not fit the network" in proc.stderr
-    assert "model.prune.json" in proc.stderr
+    assert "slim-plugins: error: [paddlex]" in proc.stderr and "does not fit the model" in proc.stderr
+    assert f"there is no pruning plan {lost / 'model.prune.json'}" in proc.stderr
 
 
 @needs_paddlex
@@ -237,10 +239,12 @@ def test_hook_order_of_a_paddlex_run(slim_session, hook_recorder, shapes_set, ba
     loaded = pdx.load_model(str(tmp_path / "out" / "best_model"))
     loaded._export_inference_model(str(tmp_path / "export"))
     assert hook_recorder.names() == [
-        "slim_before_load_weights", "slim_before_train", "slim_on_checkpoint_save", "slim_on_checkpoint_save",
-        "slim_after_train", "slim_before_load_weights", "slim_before_export", "slim_on_checkpoint_save"]
+        "slim_before_load_weights", "slim_after_load_weights", "slim_before_train", "slim_on_checkpoint_save",
+        "slim_on_checkpoint_save", "slim_after_train", "slim_on_run_end", "slim_before_load_weights",
+        "slim_after_load_weights", "slim_before_export", "slim_on_checkpoint_save"]
     assert hook_recorder.calls[0][2]["path"] == weights
-    assert hook_recorder.calls[5][2]["path"] == str(tmp_path / "out" / "best_model")
+    assert hook_recorder.calls[1][2] == {"path": weights, "exact": False}  # pretrained: a head may differ
+    assert hook_recorder.calls[7][2]["path"] == str(tmp_path / "out" / "best_model")
 
 
 @needs_paddlex

@@ -1,13 +1,17 @@
 """The builtin adapter: any script that trains with Paddle's high-level API (``paddle.Model``).
 
-Patches ``paddle.Model.fit`` (fires ``slim_before_train`` before the first epoch, and
-``slim_after_train``), ``Model.save`` (``slim_on_checkpoint_save``) and ``Model.load``
-(``slim_before_load_weights``). The metric is the first of ``Model.prepare(metrics=...)``,
-evaluated with ``Model.evaluate`` on the ``eval_data`` given to ``fit``.
+Patches ``Model.load`` in every process (``slim_before_load_weights``, ``slim_after_load_weights``)
+and, once a plugin is enabled, ``paddle.Model.fit`` (fires ``slim_before_train`` before the first
+epoch, ``slim_after_train`` and ``slim_on_run_end``), ``Model.save`` (``slim_on_checkpoint_save``)
+and hapi's DataParallel wrapping (built at the first step, after pruning). The metric is the first
+of ``Model.prepare(metrics=...)``, evaluated with ``Model.evaluate`` on the ``eval_data`` given to
+``fit``.
 """
 import contextlib
 import functools
 import inspect
+from dataclasses import dataclass, field
+from typing import Any, Dict
 
 from slim_plugins.adapters import Adapter, fixed_order_loader, user_errors
 from slim_plugins.hooks import hookimpl
@@ -23,12 +27,26 @@ def _quiet_if_active(run):
     return compat.quiet_batch_norm_warning()
 
 
+@dataclass
+class HapiState:
+    """The builtin adapter's record of a ``paddle.Model``'s run.
+
+    :ivar fit_args: the arguments of the latest ``fit`` call, by name (defaults applied).
+    """
+
+    fit_args: Dict[str, Any] = field(default_factory=dict)
+
+
 class HapiAdapter(Adapter):
     name = "builtin"
     modules = ("paddle.hapi.model",)
     description = "Paddle high-level API: paddle.Model.fit / evaluate / save / load"
     distributions = ("paddlepaddle", "paddlepaddle-gpu")
     supported = ("2.6.", "3.")
+    targets = {"paddle.hapi.model:Model.fit": ("train_data", "eval_data", "batch_size", "save_dir"),
+               "paddle.hapi.model:Model.save": ("path", "training"), "paddle.hapi.model:Model.load": ("path",),
+               "paddle.hapi.model:Model.evaluate": (), "paddle.hapi.model:DynamicGraphAdapter.__init__": ()}
+    state_class = HapiState
 
     def patched(self):
         from paddle.hapi.model import Model
@@ -39,56 +57,76 @@ class HapiAdapter(Adapter):
         return "paddle" in imported_modules
 
     # ------------------------------------------------------------------ patching
-    def install(self, session):
+    def install_loading(self, session):
+        """``Model.load``: the plan rebuilds pruned shapes first; a refusal of the shapes becomes
+        the one-line error of ``slim_after_load_weights``."""
         from paddle.hapi.model import Model
 
-        from slim_plugins.session import get_session
+        load = Model.load
+        if getattr(load, "_slim_patched", False):
+            return
+        adapter = self
+
+        @functools.wraps(load)
+        def patched_load(model_self, path, *args, **kwargs):
+            from slim_plugins.session import get_session
+
+            run = adapter.run_for(get_session(), model_self)
+            adapter.announce_load(run, path)
+            try:
+                result = load(model_self, path, *args, **kwargs)
+            except ValueError as exc:
+                if "receives a shape" not in str(exc):
+                    raise
+                adapter.fire(run, "slim_after_load_weights", path=path, exact=True)  # raises the plugin's error
+                raise
+            adapter.fire(run, "slim_after_load_weights", path=path, exact=True)
+            return result
+
+        patched_load._slim_patched = True
+        Model.load = patched_load
+
+    def install_training(self, session):
+        """``Model.fit`` (``slim_before_train`` before the first epoch, ``slim_after_train``,
+        ``slim_on_run_end``), ``Model.save`` and the deferred DataParallel wrapper."""
+        from paddle.hapi.model import Model
 
         if getattr(Model.fit, "_slim_patched", False):
             return
         adapter = self
-        fit, save, load = Model.fit, Model.save, Model.load
+        fit, save = Model.fit, Model.save
         fit_signature = inspect.signature(fit)
 
         @functools.wraps(fit)
         def patched_fit(model_self, *args, **kwargs):
+            from slim_plugins.session import get_session
+
             bound = fit_signature.bind(model_self, *args, **kwargs)
             bound.apply_defaults()
             run = adapter.run_for(get_session(), model_self)
-            run.state["fit_args"] = dict(bound.arguments)
-            with _quiet_if_active(run):
-                if not run.state.get("before_train_fired"):
-                    run.state["before_train_fired"] = True
-                    shapes = _shapes(model_self.network)
-                    with user_errors():
-                        adapter.fire(run, "slim_before_train")
-                    if shapes != _shapes(model_self.network):
-                        _rewrap_data_parallel(model_self)
+            adapter.state(run).fit_args = dict(bound.arguments)
+            with _quiet_if_active(run), adapter.training(run):
+                shapes = _shapes(model_self.network)
+                with user_errors():
+                    fired = adapter.fire_before_train(run)
+                if fired and shapes != _shapes(model_self.network):
+                    _rewrap_data_parallel(model_self)
                 result = fit(model_self, *args, **kwargs)
                 adapter.fire(run, "slim_after_train")
             return result
 
         @functools.wraps(save)
         def patched_save(model_self, path, training=True):
+            from slim_plugins.session import get_session
+
             run = adapter.run_for(get_session(), model_self)
             # the plan goes first: a kill between the two files leaves no new weights with an old plan
             adapter.fire(run, "slim_on_checkpoint_save" if training else "slim_before_export", path=path)
             return save(model_self, path, training)
 
-        @functools.wraps(load)
-        def patched_load(model_self, path, *args, **kwargs):
-            run = adapter.run_for(get_session(), model_self)
-            adapter.fire(run, "slim_before_load_weights", path=path)
-            try:
-                return load(model_self, path, *args, **kwargs)
-            except ValueError as exc:
-                if "receives a shape" not in str(exc):
-                    raise
-                raise _missing_plan_error(path, exc) from exc
-
-        for patched in (patched_fit, patched_save, patched_load):
+        for patched in (patched_fit, patched_save):
             patched._slim_patched = True
-        Model.fit, Model.save, Model.load = patched_fit, patched_save, patched_load
+        Model.fit, Model.save = patched_fit, patched_save
         _defer_data_parallel()
 
     # ------------------------------------------------------------------ what it exposes
@@ -99,14 +137,14 @@ class HapiAdapter(Adapter):
         return getattr(run.handle, "_optimizer", None)
 
     def train_loader(self, run):
-        return run.state.get("fit_args", {}).get("train_data")
+        return self.state(run).fit_args.get("train_data")
 
     def eval_loader(self, run):
-        return run.state.get("fit_args", {}).get("eval_data")
+        return self.state(run).fit_args.get("eval_data")
 
     def metric(self, run):
         hapi = run.handle
-        args = run.state.get("fit_args", {})
+        args = self.state(run).fit_args
         eval_data = args.get("eval_data")
         metrics = getattr(hapi, "_metrics", None) or []
         if eval_data is None or not metrics:
@@ -146,22 +184,9 @@ class HapiAdapter(Adapter):
         return getattr(run.handle, "_inputs", None) or None
 
     def save_dir(self, run):
-        return run.state.get("fit_args", {}).get("save_dir") or None
+        return self.state(run).fit_args.get("save_dir") or None
 
 
-def _missing_plan_error(path, exc):
-    """hapi refuses a checkpoint whose shapes differ: a pruned one whose plan is not beside it."""
-    from slim_plugins.errors import ShapeMismatchError
-    from slim_plugins.plugins.prune.plan import find_plan, plan_path
-
-    found = find_plan(path)
-    if found:
-        return ShapeMismatchError(f"{path}: {exc} although the pruning plan {found} was applied", plugin="builtin",
-                                  hint="the plan belongs to other weights: use the plan saved with this checkpoint")
-    return ShapeMismatchError(
-        f"{path}: {exc} and there is no pruning plan {plan_path(path)}", plugin="builtin",
-        hint=f"a checkpoint pruned by slim-plugins loads with the plan saved beside it: put it at {plan_path(path)} "
-             "(and do not block the prune plugin); otherwise build the network the checkpoint was trained with")
 def _chance(run, metric):
     """``k / classes`` for a top-k ``paddle.metric.Accuracy`` (classes: the width of the network's
     output on a dummy input), 0 for other metrics, None when the width cannot be found."""

@@ -1,21 +1,26 @@
 """The PaddleX 2.x adapter: ``model = pdx.cls.MobileNetV2(...); model.train(...)`` scripts.
 
-PaddleX 2.1 has no callbacks, so its model classes are patched when ``paddlex`` is imported:
+PaddleX 2.1 has no callbacks, so its model classes are patched when ``paddlex`` is imported (after
+the targets are checked), in every process:
 
-* ``train`` (every class defining it): remembers the eval dataset, batch size and save dir of
-  the run, and maps PaddleX 1.3's ``sensitivities_file=`` / ``eval_metric_loss=`` onto the
-  prune plugin (PaddleX 2.1's own ``train`` rejects them);
+* ``train`` (every class defining it): maps PaddleX 1.3's ``sensitivities_file=`` /
+  ``eval_metric_loss=`` onto the prune plugin (PaddleX 2.1's own ``train`` rejects them); with a
+  plugin on, remembers the eval dataset, batch size and save dir of the run, and fires
+  ``slim_after_train`` and ``slim_on_run_end``;
 * ``BaseModel.net_initialize`` (inside ``train``, after the optimizer is built): fires
-  ``slim_before_load_weights`` for ``pretrain_weights`` / ``resume_checkpoint``, checks the
-  loaded shapes, then fires ``slim_before_train``: weights are loaded, the optimizer has not
-  stepped, the training loop (and detector EMA) does not exist yet;
+  ``slim_before_load_weights`` / ``slim_after_load_weights`` for ``pretrain_weights`` /
+  ``resume_checkpoint``, then (a plugin on) ``slim_before_train``: weights are loaded, the
+  optimizer has not stepped, the training loop (and detector EMA) does not exist yet;
+* ``paddlex.load_model`` (under its three names): the fresh network gets
+  ``slim_before_load_weights`` before PaddleX loads the weights and ``slim_after_load_weights``
+  after: ``import paddlex`` silences Python warnings process-wide, so a pruned checkpoint loaded
+  into an unpruned network would otherwise give random weights without a word;
+
+and once a plugin is enabled (or a load rebuilt pruned shapes):
+
 * ``BaseModel.save_model``: ``slim_on_checkpoint_save`` with ``<dir>/model.pdparams``;
 * ``BaseModel._export_inference_model``: ``slim_before_export``, then the plan is saved with
-  the exported model too (``pdx.load_model`` rebuilds the network from it);
-* ``paddlex.load_model`` (under its three names): the fresh network gets
-  ``slim_before_load_weights`` before PaddleX loads the weights, and every loaded tensor's shape
-  is checked: ``import paddlex`` silences Python warnings process-wide, so a pruned checkpoint
-  loaded into an unpruned network would otherwise give random weights without a word.
+  the exported model too (``pdx.load_model`` rebuilds the network from it).
 
 PaddleX 2.1 still imports ``paddle.fluid``, which Paddle 2.6 removed: :func:`install_import_shims`
 runs right before ``paddlex`` executes (the start-up hook watches the import).
@@ -25,12 +30,13 @@ This module imports neither paddle nor paddlex at import time.
 import contextlib
 import functools
 import inspect
-import json
 import os
 import sys
+from dataclasses import dataclass, field
+from typing import Any, Dict
 
 from slim_plugins.adapters import Adapter
-from slim_plugins.errors import AdapterError, ShapeMismatchError
+from slim_plugins.errors import AdapterError
 from slim_plugins.hooks import hookimpl
 from slim_plugins.run import Metric
 
@@ -77,19 +83,41 @@ def install_import_shims():
 
 
 # ------------------------------------------------------------------------------ the adapter
+@dataclass
+class PaddleXState:
+    """The PaddleX adapter's record of a model's run.
+
+    :ivar train_args: the arguments of the current ``train`` call, by name (defaults applied).
+    :ivar in_train: inside that call (a subclass's ``train`` calling its parent's passes through).
+    """
+
+    train_args: Dict[str, Any] = field(default_factory=dict)
+    in_train: bool = False
+
+
 class PaddleXAdapter(Adapter):
     name = "paddlex"
     modules = ("paddlex",)
     description = "PaddleX 2.x: model.train / save / pdx.load_model / export"
     distributions = ("paddlex",)
     supported = ("2.1.",)
+    targets = {"paddlex:load_model": ("model_dir",), "paddlex.cv.models:load_model": ("model_dir",),
+               "paddlex.cv.models.base:BaseModel.net_initialize": ("pretrain_weights", "save_dir",
+                                                                     "resume_checkpoint"),
+               "paddlex.cv.models.base:BaseModel.save_model": ("save_dir",),
+               "paddlex.cv.models.base:BaseModel._export_inference_model": ("save_dir",),
+               "paddlex.cv.models.classifier:BaseClassifier.train": (),
+               "paddlex.cv.models.classifier:BaseClassifier.evaluate": ("eval_dataset", "batch_size")}
+    state_class = PaddleXState
 
     def patched(self):
         from paddlex.cv.models.base import BaseModel
 
-        return bool(getattr(BaseModel.net_initialize, "_slim_patched", False))
+        return bool(getattr(BaseModel.save_model, "_slim_patched", False))
 
-    def install(self, session):
+    def install_loading(self, session):
+        """Every process: ``train`` (PaddleX 1.3's pruning arguments switch the prune plugin on),
+        the weight loads of ``net_initialize`` and ``paddlex.load_model``."""
         import paddlex
         import paddlex.cv.models as models
         from paddlex.cv.models.base import BaseModel
@@ -100,13 +128,18 @@ class PaddleXAdapter(Adapter):
             if "train" in cls.__dict__:
                 _patch(cls, "train", self._make_train)
         _patch(BaseModel, "net_initialize", self._make_net_initialize)
-        _patch(BaseModel, "save_model", self._make_save_model)
-        _patch(BaseModel, "_export_inference_model", self._make_export)
         load_model = self._make_load_model(models.load_model)
         paddlex.load_model = models.load_model = load_model
         deploy = sys.modules.get("paddlex.deploy")
         if deploy is not None and hasattr(deploy, "load_model"):
             deploy.load_model = load_model
+
+    def install_training(self, session):
+        """With a plugin on (or a pruned model loaded): checkpoints and export."""
+        from paddlex.cv.models.base import BaseModel
+
+        _patch(BaseModel, "_export_inference_model", self._make_export)
+        _patch(BaseModel, "save_model", self._make_save_model)  # last: patched() reads it
 
     # ------------------------------------------------------------------ patches
     def _make_train(self, train):
@@ -116,24 +149,29 @@ class PaddleXAdapter(Adapter):
         def patched_train(model, *args, **kwargs):
             from slim_plugins.session import get_session
 
-            run = adapter.run_for(get_session(), model)
-            if run.state.get("in_train"):  # a subclass's train calling its parent's
-                return train(model, *args, **kwargs)
             legacy = {k: kwargs.pop(k) for k in _LEGACY_TRAIN_ARGS if k in kwargs}
+            run = adapter.run_for(get_session(), model)
+            state = adapter.state(run)
+            if state.in_train:  # a subclass's train calling its parent's
+                return train(model, *args, **kwargs)
             bound = signature.bind(model, *args, **kwargs)
             if legacy:
                 _enable_legacy_pruning(run, legacy, bound)
+            if not getattr(adapter, "_active", False):  # no plugin: PaddleX's own train
+                return train(*bound.args, **bound.kwargs)
             arguments = dict(bound.arguments)
             for name, param in signature.parameters.items():
                 arguments.setdefault(name, param.default)
-            run.state.update(train_args=arguments, in_train=True, before_train_fired=False)
+            state.train_args, state.in_train = arguments, True
+            run.before_train_fired = False
             run.mode = "train"
-            try:
-                result = train(*bound.args, **bound.kwargs)
-            finally:
-                run.state["in_train"] = False
-            if run.state["before_train_fired"]:
-                adapter.fire(run, "slim_after_train")
+            with adapter.training(run):
+                try:
+                    result = train(*bound.args, **bound.kwargs)
+                finally:
+                    state.in_train = False
+                if run.before_train_fired:
+                    adapter.fire(run, "slim_after_train")
             return result
 
         return patched_train
@@ -152,17 +190,16 @@ class PaddleXAdapter(Adapter):
             if resume_checkpoint is not None and os.path.exists(str(resume_checkpoint)):
                 loads.append(("resume_checkpoint", str(resume_checkpoint)))
             for _kind, path in loads:
-                adapter.fire(run, "slim_before_load_weights", path=path)
+                adapter.announce_load(run, path)
             result = net_initialize(model, pretrain_weights=pretrain_weights, save_dir=save_dir,
                                     resume_checkpoint=resume_checkpoint, **kwargs)
-            for kind, path in loads:
-                _check_loaded(model, kind, path)
-            if run.state.get("in_train") and not run.state.get("before_train_fired"):
-                run.state["before_train_fired"] = True
+            for kind, path in loads:  # PaddleX skips mismatched pretrain_weights on purpose (class count)
+                adapter.fire(run, "slim_after_load_weights", path=path, exact=kind == "resume_checkpoint")
+            if adapter.state(run).in_train and not run.before_train_fired:
                 was_training = model.net.training
                 model.net.eval()  # detectors trace (and PaddleX evaluates) in eval mode
                 try:
-                    adapter.fire(run, "slim_before_train")
+                    adapter.fire_before_train(run)
                 finally:
                     model.net.train() if was_training else model.net.eval()
             return result
@@ -202,12 +239,14 @@ class PaddleXAdapter(Adapter):
 
         @functools.wraps(load_model)
         def patched_load_model(model_dir, **params):
+            from slim_plugins.session import get_session
+
             if not params.get("with_net", True):
                 return load_model(model_dir, **params)
-            with adapter._announce_build(model_dir), _recorded_mismatches() as mismatches:
+            with adapter._announce_build(model_dir):
                 model = load_model(model_dir, **params)
-            if mismatches:
-                raise _mismatch_error(f"paddlex.load_model({model_dir!r})", mismatches, model_dir)
+            # import paddlex silences Python warnings: PaddleX would keep random weights without a word
+            adapter.fire(adapter.run_for(get_session(), model), "slim_after_load_weights", path=model_dir, exact=True)
             return model
 
         patched_load_model._slim_patched = True
@@ -232,7 +271,7 @@ class PaddleXAdapter(Adapter):
                 model.net = net
                 run = adapter.run_for(get_session(), model)
                 run.mode = "load"
-                adapter.fire(run, "slim_before_load_weights", path=model_dir)
+                adapter.announce_load(run, model_dir)
                 return net
 
             return build_and_announce
@@ -254,7 +293,7 @@ class PaddleXAdapter(Adapter):
         return getattr(run.handle, "optimizer", None)
 
     def _args(self, run):
-        return run.state.get("train_args", {})
+        return self.state(run).train_args
 
     def train_loader(self, run):
         return self._args(run).get("train_dataset")
@@ -365,7 +404,7 @@ def _enable_legacy_pruning(run, legacy, bound):
         options["eval_metric_loss"] = float(legacy["eval_metric_loss"])
     path = legacy.get("sensitivities_file")
     if path is not None:
-        options["sen_file"] = _sensitivity_json(str(path), bound.arguments.get("save_dir") or "output")
+        options["sen_file"] = _sensitivity_file(str(path))  # a pickle: the prune plugin converts it
         options["sen_analyze"] = False
         options.setdefault("eval_metric_loss", 0.05)  # PaddleX 1.3's default
         options["budget_rule"] = "per_group"  # 1.3's ratios from 1.3's file (budget_rule model to back off)
@@ -373,8 +412,8 @@ def _enable_legacy_pruning(run, legacy, bound):
         session.enable("prune", options, source="python")
 
 
-def _sensitivity_json(path, save_dir):
-    """Our JSON as is; a PaddleSlim/PaddleX pickle converted (safely) into the save dir."""
+def _sensitivity_file(path):
+    """PaddleX 1.3's ``sensitivities_file``: our JSON, or a PaddleSlim/PaddleX pickle."""
     if path == "DEFAULT":
         raise AdapterError(
             "sensitivities_file='DEFAULT' downloaded PaddleX 1.3's per-model file, which does not "
@@ -383,18 +422,7 @@ def _sensitivity_json(path, save_dir):
     if not os.path.isfile(path):
         raise AdapterError(f"sensitivities_file {path!r} does not exist", plugin="paddlex",
                            hint="pass the sensitivities.json written by the prune plugin, or a *.sensi.data file")
-    try:
-        with open(path) as f:
-            json.load(f)
-        return path
-    except (UnicodeDecodeError, ValueError):
-        pass
-    from slim_plugins.plugins.prune.legacy import load_legacy, to_sensitivity_json
-    from slim_plugins.plugins.prune.sensitivity import write_json_atomic
-
-    out = os.path.join(save_dir, os.path.basename(path) + ".json")
-    write_json_atomic(out, to_sensitivity_json(load_legacy(path), source=path))
-    return out
+    return path
 
 
 def _sample_shape(model, dataset):
@@ -431,67 +459,6 @@ def _first_samples(dataset, n):
     subset.file_list = dataset.file_list[:n]
     subset.num_samples = n
     return subset
-
-
-# ------------------------------------------------------------------------------ load checks
-@contextlib.contextmanager
-def _recorded_mismatches():
-    """Record every tensor a ``set_state_dict`` call would skip for its shape (Paddle only warns,
-    and PaddleX has silenced warnings)."""
-    import paddle
-
-    mismatches = []
-    original = paddle.nn.Layer.set_state_dict
-
-    def checking_set_state_dict(layer, state_dict, *args, **kwargs):
-        own = layer.state_dict()
-        for key, value in state_dict.items():
-            if key in own and list(own[key].shape) != list(value.shape):
-                mismatches.append((key, list(value.shape), list(own[key].shape)))
-        return original(layer, state_dict, *args, **kwargs)
-
-    paddle.nn.Layer.set_state_dict = checking_set_state_dict
-    try:
-        yield mismatches
-    finally:
-        paddle.nn.Layer.set_state_dict = original
-
-
-def _check_loaded(model, kind, path):
-    """After ``net_initialize``: the checkpoint's tensors must have the network's shapes.
-
-    ``resume_checkpoint`` must fit exactly. PaddleX skips mismatched ``pretrain_weights`` on
-    purpose (another number of classes changes the head), so those fail only when pruning is
-    involved: a plan on either side, or a conv whose input channels differ (a class count never
-    changes those)."""
-    import paddle
-
-    from slim_plugins.plugins.prune.plan import attached, find_plan
-
-    file = os.path.join(path, "model.pdparams") if os.path.isdir(path) else path
-    if not os.path.isfile(file):
-        return
-    saved = paddle.load(file)
-    own = model.net.state_dict()
-    mismatches = [(k, list(v.shape), list(own[k].shape)) for k, v in saved.items()
-                  if k in own and hasattr(v, "shape") and list(v.shape) != list(own[k].shape)]
-    if not mismatches:
-        return
-    pruned = (attached(model.net) is not None or find_plan(path) is not None
-              or any(len(a) == 4 and len(b) == 4 and a[1] != b[1] for _k, a, b in mismatches))
-    if kind == "resume_checkpoint" or pruned:
-        raise _mismatch_error(f"train({kind}={path!r})", mismatches, path)
-
-
-def _mismatch_error(where, mismatches, path):
-    key, saved, own = mismatches[0]
-    return ShapeMismatchError(
-        f"{where}: {len(mismatches)} tensors of the checkpoint do not fit the network "
-        f"(e.g. {key}: checkpoint {saved}, network {own}); PaddleX would keep random weights there "
-        "without a warning", plugin="paddlex",
-        hint="a pruned checkpoint loads only with its pruning plan (model.prune.json next to "
-             "model.pdparams) and the prune plugin not blocked; PaddleX's own prune.yml checkpoints "
-             "load without slim-plugins' plan")
 
 
 adapter = PaddleXAdapter()

@@ -1,23 +1,27 @@
 """The PaddleDetection adapter (paddledet 2.6): ``tools/train.py``, ``eval.py``, ``export_model.py``
 and resume (``train.py -r``) run unchanged.
 
-Patches, once ``ppdet.engine.trainer`` is imported (see docs/ppdet.md):
+Patches, once ``ppdet.engine.trainer`` is imported and its targets are checked (see docs/ppdet.md),
+in every process:
 
 * ``Trainer.__init__``: reads a ``plugins:`` section of the loaded config (``-o plugins.prune.KEY=V``
   reaches it), and a legacy ``slim: Pruner`` config; records the run.
-* ``Trainer.train``: fires ``slim_before_train`` (model in eval mode, so tracing takes the
-  inference path) before ppdet wraps DataParallel, then rebuilds ``trainer.ema`` when shapes
-  changed; ``slim_after_train`` with the EMA weights applied (what ppdet saves).
-* ``Trainer.load_weights`` / ``resume_weights``: ``slim_before_load_weights`` first; afterwards a
-  checkpoint tensor whose shape differs from the model's (ppdet skips it silently) is an error.
-* ``ppdet.engine.callbacks.save_model``: ``slim_on_checkpoint_save`` after every snapshot.
-* ``Trainer.export``: ``slim_before_export``; works around paddledet 2.6.0's export bug.
+* ``Trainer.load_weights`` / ``resume_weights``: ``slim_before_load_weights`` first, then
+  ``slim_after_load_weights`` (ppdet skips a tensor whose shape differs silently).
 * ``ppdet.slim.build_slim_model``: a ``--slim_config`` with ``slim: Pruner`` becomes the prune
   plugin's fixed ratios instead of PaddleSlim's own pruning.
 
+and once a plugin is enabled (or a load rebuilt pruned shapes):
+
+* ``Trainer.train``: fires ``slim_before_train`` (model in eval mode, so tracing takes the
+  inference path) before ppdet wraps DataParallel, then rebuilds ``trainer.ema`` when shapes
+  changed; ``slim_after_train`` with the EMA weights applied (what ppdet saves); ``slim_on_run_end``
+  whatever ends the call (the evaluation's temporary files go then).
+* ``ppdet.engine.callbacks.save_model``: ``slim_on_checkpoint_save`` after every snapshot.
+* ``Trainer.export``: ``slim_before_export``; works around paddledet 2.6.0's export bug.
+
 Nothing here imports ppdet at module level: the module imports without it.
 """
-import atexit
 import contextlib
 import copy
 import functools
@@ -27,16 +31,29 @@ import json
 import logging
 import os
 import shutil
-import sys
 import tempfile
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
 
 from slim_plugins.adapters import Adapter, user_errors
-from slim_plugins.errors import AdapterError, OptionError, ShapeMismatchError, exception_line
+from slim_plugins.errors import AdapterError, OptionError, exception_line
 from slim_plugins.hooks import hookimpl
 from slim_plugins.run import EvalBatches, Metric
 
 _MODES = {"train": "train", "eval": "eval", "test": "export"}
 DEFAULT_SIZE = 640  # input side when the config names none (ppdet's usual default)
+
+
+@dataclass
+class PPDetState:
+    """The ppdet adapter's record of a Trainer's run.
+
+    :ivar eval_data: the eval reader and metrics built per ``max_batches`` (:class:`_EvalData`).
+    :ivar tmp_dirs: temporary folders of those evaluations, removed when the run ends.
+    """
+
+    eval_data: Dict[Optional[int], Any] = field(default_factory=dict)
+    tmp_dirs: List[str] = field(default_factory=list)
 
 
 class PPDetAdapter(Adapter):
@@ -45,6 +62,15 @@ class PPDetAdapter(Adapter):
     description = "PaddleDetection 2.6: ppdet.engine.Trainer train / eval / export / resume"
     distributions = ("paddledet",)
     supported = ("2.6.",)
+    targets = {"ppdet.engine.trainer:Trainer.__init__": ("cfg",), "ppdet.engine.trainer:Trainer.train": (),
+               "ppdet.engine.trainer:Trainer.load_weights": ("weights",),
+               "ppdet.engine.trainer:Trainer.resume_weights": ("weights",),
+               "ppdet.engine.trainer:Trainer.export": ("output_dir",),
+               "ppdet.engine.trainer:Trainer._init_metrics": ("validate",),
+               "ppdet.engine.callbacks:save_model": ("model", "optimizer", "save_dir", "save_name"),
+               "ppdet.core.workspace:create": (), "ppdet.core.workspace:load_config": (),
+               "ppdet.optimizer:ModelEMA": ()}
+    state_class = PPDetState
 
     def patched(self):
         from ppdet.engine.trainer import Trainer
@@ -54,18 +80,34 @@ class PPDetAdapter(Adapter):
     def __init__(self):
         self.current_run = None  # the run of the latest Trainer: save_model gets no trainer
 
-    # ------------------------------------------------------------------ patching
-    def install(self, session):
-        from ppdet.engine import callbacks
+    # ------------------------------------------------------------------ patching, in stages
+    def install_loading(self, session):
+        """Every process: the config readers (a ``plugins:`` section, a legacy ``slim: Pruner``)
+        and the weight loads."""
         from ppdet.engine.trainer import Trainer
 
         from slim_plugins import _boot
 
+        if getattr(Trainer.load_weights, "_slim_patched", False):
+            return
+        self._patch_init(Trainer)
+        self._patch_loads(Trainer)
+        _boot.watcher.watch("ppdet.slim", _patch_build_slim_model)
+
+    def install_training(self, session):
+        """With a plugin on (or a pruned model loaded): train, checkpoints, export."""
+        from ppdet.engine import callbacks
+        from ppdet.engine.trainer import Trainer
+
         if getattr(Trainer.train, "_slim_patched", False):
             return
-        adapter = self
-        init, train, export = Trainer.__init__, Trainer.train, Trainer.export
-        load_weights, resume_weights, save_model = Trainer.load_weights, Trainer.resume_weights, callbacks.save_model
+        self._patch_save_model(callbacks)
+        self._patch_export(Trainer)
+        self._patch_train(Trainer)  # last: patched() reads it
+
+    def _patch_init(self, Trainer):
+        """``Trainer.__init__``: the loaded config may switch plugins on; the run is recorded."""
+        init, adapter = Trainer.__init__, self
 
         @functools.wraps(init)
         def patched_init(trainer, cfg, *args, **kwargs):
@@ -73,36 +115,23 @@ class PPDetAdapter(Adapter):
             init(trainer, cfg, *args, **kwargs)
             adapter.current_run = adapter.trainer_run(trainer)
 
-        @functools.wraps(train)
-        def patched_train(trainer, *args, **kwargs):
-            run = adapter.trainer_run(trainer)
-            if not run.state.get("before_train_fired"):
-                run.state["before_train_fired"] = True
-                model = trainer.model
-                shapes = _shapes(model)
-                was_training = model.training
-                model.eval()  # the train-mode forward of a detector needs ground truth
-                try:
-                    with user_errors():
-                        adapter.fire(run, "slim_before_train")
-                finally:
-                    if was_training:
-                        model.train()
-                if shapes != _shapes(model):
-                    _rebuild_ema(trainer)
-            result = train(trainer, *args, **kwargs)
-            with _ema_weights(trainer):
-                adapter.fire(run, "slim_after_train")
-            return result
+        patched_init._slim_patched = True
+        Trainer.__init__ = patched_init
+
+    def _patch_loads(self, Trainer):
+        """``load_weights`` / ``resume_weights``: ``slim_before_load_weights`` (a rebuilt model
+        gets a new EMA), then ``slim_after_load_weights``: ppdet skips mismatched tensors silently."""
+        load_weights, resume_weights, adapter = Trainer.load_weights, Trainer.resume_weights, self
 
         def before_load(trainer, weights):
-            run = adapter.trainer_run(trainer)
-            shapes = _shapes(trainer.model)
-            adapter.fire(run, "slim_before_load_weights", path=weights)
-            changed = shapes != _shapes(trainer.model)
+            changed = adapter.announce_load(adapter.trainer_run(trainer), weights)
             if changed:
                 _rebuild_ema(trainer)
             return changed
+
+        def after_load(trainer, weights, exact):
+            if weights is not None:
+                adapter.fire(adapter.trainer_run(trainer), "slim_after_load_weights", path=str(weights), exact=exact)
 
         @functools.wraps(load_weights)
         def patched_load_weights(trainer, weights, *args, **kwargs):
@@ -111,16 +140,55 @@ class PPDetAdapter(Adapter):
             changed = before_load(trainer, weights)
             result = load_weights(trainer, weights, *args, **kwargs)
             # a pretrain load into a fresh train model may skip mismatched heads on purpose
-            strict = trainer.mode != "train" or changed
-            check_loaded(trainer.model, weights, strict=strict)
+            after_load(trainer, weights, exact=trainer.mode != "train" or changed)
             return result
 
         @functools.wraps(resume_weights)
         def patched_resume_weights(trainer, weights, *args, **kwargs):
             before_load(trainer, weights)
             result = resume_weights(trainer, weights, *args, **kwargs)
-            check_loaded(trainer.model, weights, strict=True)
+            after_load(trainer, weights, exact=True)
             return result
+
+        for patched in (patched_load_weights, patched_resume_weights):
+            patched._slim_patched = True
+        Trainer.load_weights, Trainer.resume_weights = patched_load_weights, patched_resume_weights
+
+    def _patch_train(self, Trainer):
+        """``Trainer.train``: ``slim_before_train`` (model in eval mode: tracing takes the
+        inference path) before ppdet wraps DataParallel, a new EMA when shapes changed;
+        ``slim_after_train`` with the EMA weights applied; ``slim_on_run_end`` either way."""
+        train, adapter = Trainer.train, self
+
+        @functools.wraps(train)
+        def patched_train(trainer, *args, **kwargs):
+            run = adapter.trainer_run(trainer)
+            with adapter.training(run):
+                if not run.before_train_fired:
+                    model = trainer.model
+                    shapes = _shapes(model)
+                    was_training = model.training
+                    model.eval()  # the train-mode forward of a detector needs ground truth
+                    try:
+                        with user_errors():
+                            adapter.fire_before_train(run)
+                    finally:
+                        if was_training:
+                            model.train()
+                    if shapes != _shapes(model):
+                        _rebuild_ema(trainer)
+                result = train(trainer, *args, **kwargs)
+                with _ema_weights(trainer):
+                    adapter.fire(run, "slim_after_train")
+            return result
+
+        patched_train._slim_patched = True
+        Trainer.train = patched_train
+
+    def _patch_save_model(self, callbacks):
+        """``callbacks.save_model`` (imported there by name): ``slim_on_checkpoint_save`` for every
+        weights file a snapshot writes, before the weights."""
+        save_model, adapter = callbacks.save_model, self
 
         @functools.wraps(save_model)
         def patched_save_model(model, optimizer, save_dir, save_name, *args, **kwargs):
@@ -139,6 +207,13 @@ class PPDetAdapter(Adapter):
                                    if before.get(p) != stamp and os.path.normpath(p) not in covered):
                     adapter.fire(run, "slim_on_checkpoint_save", path=path)
             return result
+
+        patched_save_model._slim_patched = True
+        callbacks.save_model = patched_save_model
+
+    def _patch_export(self, Trainer):
+        """``Trainer.export``: ``slim_before_export``; works around paddledet 2.6.0's export bug."""
+        export, adapter = Trainer.export, self
 
         @functools.wraps(export)
         def patched_export(trainer, output_dir="output_inference", *args, **kwargs):
@@ -164,13 +239,8 @@ class PPDetAdapter(Adapter):
                              "boxes and scores, NMS in your deployment), or with a PaddleDetection whose "
                              "ppdet/modeling/ops.py multiclass_nms has a PIR branch") from exc
 
-        for patched in (patched_init, patched_train, patched_load_weights, patched_resume_weights,
-                        patched_save_model, patched_export):
-            patched._slim_patched = True
-        Trainer.__init__, Trainer.train, Trainer.export = patched_init, patched_train, patched_export
-        Trainer.load_weights, Trainer.resume_weights = patched_load_weights, patched_resume_weights
-        callbacks.save_model = patched_save_model  # callbacks.py imported it by name
-        _boot.watcher.watch("ppdet.slim", _patch_build_slim_model)
+        patched_export._slim_patched = True
+        Trainer.export = patched_export
 
     def trainer_run(self, trainer):
         from slim_plugins.session import get_session
@@ -279,7 +349,11 @@ def _plain(value):
 
 
 def _patch_build_slim_model(module):
-    build = module.build_slim_model
+    build = getattr(module, "build_slim_model", None)
+    if build is None:
+        raise AdapterError(f"paddledet {_ppdet_version()} has no ppdet.slim.build_slim_model, which the ppdet "
+                           "adapter patches", plugin="ppdet",
+                           hint="install a version the ppdet adapter supports (2.6.x), or run without --plugin")
     if getattr(build, "_slim_patched", False):
         return
 
@@ -402,50 +476,6 @@ def input_size(cfg):
             if size:
                 return int(size[0]), int(size[-1])
     return DEFAULT_SIZE, DEFAULT_SIZE
-
-
-def _strip_postfix(path):
-    path = str(path)
-    for ext in (".pdparams", ".pdopt", ".pdmodel"):
-        if path.endswith(ext):
-            return path[: -len(ext)]
-    return path
-
-
-def check_loaded(model, weights, strict=True):
-    """ppdet's loaders skip every checkpoint tensor whose shape differs from the model's (one
-    INFO line each): evaluation then runs on random weights. Refuse that."""
-    if weights is None or "://" in str(weights):
-        return
-    path = _strip_postfix(weights) + ".pdparams"
-    if not os.path.isfile(path):
-        return
-    import paddle
-
-    saved = paddle.load(path, return_numpy=True)
-    mismatched = []
-    for name, tensor in model.state_dict().items():
-        value = saved.get(name)
-        if value is not None and hasattr(value, "shape") and list(value.shape) != list(tensor.shape):
-            mismatched.append(f"{name}: checkpoint {list(value.shape)}, model {list(tensor.shape)}")
-    if not mismatched:
-        return
-    listing = "; ".join(mismatched[:5]) + (f"; ... ({len(mismatched)} in all)" if len(mismatched) > 5 else "")
-    if not strict:
-        sys.stderr.write(f"[slim-plugins ppdet] {len(mismatched)} tensors of {path} were not loaded "
-                         f"(shape differs): {listing}\n")
-        return
-    from slim_plugins.plugins.prune.plan import find_plan, plan_path
-
-    found = find_plan(weights)
-    raise ShapeMismatchError(
-        f"{path} does not fit the model: {listing}. PaddleDetection skips such tensors silently and "
-        "would go on with random weights"
-        + (f" (the pruning plan {found} was applied)" if found else f"; there is no pruning plan {plan_path(weights)}"),
-        plugin="ppdet",
-        hint=(f"{found} belongs to other weights: use the plan saved with this checkpoint" if found else
-              f"a pruned checkpoint loads with the plan saved beside it: put it at {plan_path(weights)}")
-        + "; otherwise use the config the checkpoint was trained with")
 
 
 def _ppdet_version():
@@ -617,8 +647,7 @@ class _EvalData:
         cfg = trainer.cfg
         self.max_batches = max_batches
         self.tmp = tempfile.mkdtemp(prefix="slim_ppdet_eval_")
-        run.state.setdefault("tmp_dirs", []).append(self.tmp)
-        atexit.register(shutil.rmtree, self.tmp, True)  # also when the run ends before training
+        adapter.state(run).tmp_dirs.append(self.tmp)  # removed by slim_on_run_end, whatever ends the run
         dataset = copy.copy(create("EvalDataset")())  # never change the dataset ppdet shares
         batch_size = cfg.EvalReader["batch_size"]
         if max_batches and cfg.metric == "COCO":
@@ -656,7 +685,7 @@ class _EvalData:
 
     @classmethod
     def of(cls, run, max_batches):
-        cache = run.state.setdefault("eval_data", {})
+        cache = adapter.state(run).eval_data
         if max_batches not in cache:
             cache[max_batches] = cls(run, max_batches)
         return cache[max_batches]
@@ -717,9 +746,10 @@ def _quiet_ppdet():
 
 
 def cleanup(run):
-    run.state.pop("eval_data", None)
-    for path in run.state.pop("tmp_dirs", []):
-        shutil.rmtree(path, ignore_errors=True)
+    state = adapter.state(run)
+    state.eval_data.clear()
+    while state.tmp_dirs:
+        shutil.rmtree(state.tmp_dirs.pop(), ignore_errors=True)
 
 
 adapter = PPDetAdapter()
@@ -731,6 +761,6 @@ def slim_register_adapters(register):
 
 
 @hookimpl(trylast=True)
-def slim_after_train(run):
-    if run.adapter == adapter.name:  # after the plugins' own evaluations
+def slim_on_run_end(run, error):
+    if run.adapter == adapter.name:  # after the plugins' own hooks
         cleanup(run)

@@ -3,30 +3,36 @@
 
 PaddleOCR's tools bind ``load_model`` / ``save_model`` by name when they import them, so the
 functions are replaced in ``ppocr.utils.save_load`` right after that module executes (the import
-watcher calls :meth:`PaddleOCRAdapter.install`), before any tool binds them:
+watcher calls :meth:`PaddleOCRAdapter.install`), and rebound in the modules that took them
+earlier. Every wrapper binds its arguments by signature (``config``, ``model``, ``optimizer`` ...
+by name, checked before patching):
 
-* ``load_model(config, model, optimizer=None, model_type=...)``: reads the config's ``plugins:``
-  section, fires ``slim_before_load_weights`` (the prune plugin rebuilds pruned shapes), refuses
-  a checkpoint whose tensor shapes still differ from the model's (PaddleOCR would only warn and
-  keep random weights), loads, and in training (an optimizer is given) fires
+* ``load_model`` (every process): reads the config's ``plugins:`` section, fires
+  ``slim_before_load_weights`` (the prune plugin rebuilds pruned shapes), loads, fires
+  ``slim_after_load_weights`` (PaddleOCR would only warn about a tensor whose shape differs and
+  keep random weights), and in training (an optimizer is given, a plugin on) fires
   ``slim_before_train``: weights are loaded, the optimizer has not stepped, and
   ``paddle.DataParallel`` has not wrapped the model yet.
+
+Once a plugin is enabled (or a load rebuilt pruned shapes):
+
 * ``save_model(...)``: fires ``slim_on_checkpoint_save`` for every checkpoint prefix it writes.
 * ``tools.program.train`` and ``ppocr.utils.export_model.export_single_model`` are looked up at
   call time by PaddleOCR; they are wrapped at the first ``load_model``, which every tool calls
-  before them: ``slim_after_train`` and ``slim_before_export``.
+  before them: ``slim_after_train`` and ``slim_on_run_end``, and ``slim_before_export``.
 
 This module imports nothing from PaddleOCR (or Paddle) at import time.
 """
 import functools
+import inspect
 import os
 import sys
 import weakref
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Optional, Tuple
 
 from slim_plugins.adapters import Adapter, fixed_order_loader
-from slim_plugins.errors import AdapterError, ShapeMismatchError, exception_line
+from slim_plugins.errors import AdapterError, exception_line
 from slim_plugins.hooks import hookimpl
 from slim_plugins.run import EvalBatches, Metric
 
@@ -57,6 +63,26 @@ class OcrJob:
     config: dict
     model: Any
     optimizer: Optional[Any] = None
+
+
+@dataclass
+class OcrState:
+    """The ppocr adapter's record of a run.
+
+    :ivar train_batch: the first Train batch (for :meth:`PaddleOCRAdapter.train_forward`).
+    :ivar eval_objects: the Eval loader, post-process and metric, built once.
+    """
+
+    train_batch: Optional[Any] = None
+    eval_objects: Optional[Tuple[Any, Any, Any]] = None
+
+
+def _arguments(signature, args, kwargs):
+    """A wrapper's arguments by name, defaults included: PaddleOCR's functions may gain or move
+    parameters; the adapter's targets say which names it needs."""
+    bound = signature.bind(*args, **kwargs)
+    bound.apply_defaults()
+    return bound.arguments
 
 
 def _chance(config):
@@ -101,17 +127,15 @@ def _unwrap(model):
     return getattr(model, "_layers", model)
 
 
-def _weights_file(path):
-    path = str(path)
-    return path if path.endswith(".pdparams") else path + ".pdparams"
-
-
 class PaddleOCRAdapter(Adapter):
     name = "ppocr"
     modules = (SAVE_LOAD,)
     description = "PaddleOCR 2.x tools/train.py, tools/eval.py, tools/export_model.py"
     distributions = ("unstructured-paddleocr", "paddleocr")
     supported = ("2.10.",)
+    targets = {f"{SAVE_LOAD}:load_model": ("config", "model", "optimizer"),
+               f"{SAVE_LOAD}:save_model": ("model", "optimizer", "model_path", "config", "prefix")}
+    state_class = OcrState
 
     def import_suite(self):
         """PaddleOCR's tools put the folder holding ``ppocr/`` on ``sys.path``: so does this."""
@@ -131,7 +155,7 @@ class PaddleOCRAdapter(Adapter):
         super().import_suite()
 
     def patched(self):
-        return bool(getattr(sys.modules[SAVE_LOAD].load_model, "_slim_patched", False))
+        return bool(getattr(sys.modules[SAVE_LOAD].save_model, "_slim_patched", False))
 
     def __init__(self):
         self._runs = weakref.WeakKeyDictionary()  # model -> run (a deep copy does not carry it)
@@ -141,24 +165,40 @@ class PaddleOCRAdapter(Adapter):
         return "ppocr" in imported_modules
 
     # ------------------------------------------------------------------ patching
-    def install(self, session):
+    def install_loading(self, session):
+        """Every process: ``load_model`` (the config's ``plugins:`` section, weight loads)."""
+        save_load = self._save_load()
+        if getattr(save_load.load_model, "_slim_patched", False):
+            return
+        save_load.load_model = self._wrap_load_model(save_load.load_model)
+        self._rebind("load_model", save_load)
+
+    def install_training(self, session):
+        """With a plugin on (or a pruned model loaded): checkpoints, train, export."""
+        save_load = self._save_load()
+        if not getattr(save_load.save_model, "_slim_patched", False):
+            save_load.save_model = self._wrap_save_model(save_load.save_model)
+        self._rebind("save_model", save_load)
+        self._patch_late_bound()
+
+    @staticmethod
+    def _save_load():
         save_load = sys.modules.get(SAVE_LOAD)
         if save_load is None:
             import importlib
 
             save_load = importlib.import_module(SAVE_LOAD)
-        if getattr(save_load.load_model, "_slim_patched", False):
-            return
-        save_load.load_model = self._wrap_load_model(save_load.load_model)
-        save_load.save_model = self._wrap_save_model(save_load.save_model)
-        # modules that bound the originals before this ran (import order of a custom script)
+        return save_load
+
+    @staticmethod
+    def _rebind(attr, save_load):
+        """Modules that bound the original by name before the patch (tools/program.py imports
+        ``save_model``, a custom script's import order may come first)."""
         for module_name in (EXPORT, PROGRAM):
             module = sys.modules.get(module_name)
-            for attr in ("load_model", "save_model"):
-                if module is not None and getattr(module, attr, None) is not None \
-                        and not getattr(getattr(module, attr), "_slim_patched", False):
-                    setattr(module, attr, getattr(save_load, attr))
-        self._patch_late_bound()
+            if module is not None and getattr(module, attr, None) is not None \
+                    and not getattr(getattr(module, attr), "_slim_patched", False):
+                setattr(module, attr, getattr(save_load, attr))
 
     def _patch_late_bound(self):
         """Wrap what PaddleOCR looks up at call time: ``tools.program.train`` and
@@ -166,78 +206,105 @@ class PaddleOCRAdapter(Adapter):
         program = sys.modules.get(PROGRAM)
         if program is not None and callable(getattr(program, "train", None)) \
                 and hasattr(program, "preprocess") and not getattr(program.train, "_slim_patched", False):
+            self._check_parameters(f"{PROGRAM}.train", program.train, ("config", "model", "optimizer"))
             program.train = self._wrap_train(program.train)
         export = sys.modules.get(EXPORT)
         if export is not None and callable(getattr(export, "export_single_model", None)) \
                 and not getattr(export.export_single_model, "_slim_patched", False):
+            self._check_parameters(f"{EXPORT}.export_single_model", export.export_single_model,
+                                   ("model", "save_path", "config"))
             export.export_single_model = self._wrap_export(export.export_single_model)
+
+    def _check_parameters(self, label, func, names):
+        from slim_plugins.adapters import missing_parameters
+
+        lacking = missing_parameters(func, names)
+        if lacking:
+            found = self.suite_version()
+            suite = f"{found[0]} {found[1]}" if found else "PaddleOCR (version unknown)"
+            raise AdapterError(f"{suite}: {label} has no parameter {lacking[0]!r}, which the ppocr adapter binds "
+                               "by name", plugin=self.name,
+                               hint="install a version the ppocr adapter supports (2.10.x), or run without --plugin")
 
     def _wrap_load_model(self, load_model):
         adapter = self
+        signature = inspect.signature(load_model)
 
         @_patches(load_model)
-        def patched_load_model(config, model, optimizer=None, model_type="det", *args, **kwargs):
+        def patched_load_model(*args, **kwargs):
             from slim_plugins.session import get_session
 
             # a slim-plugins error raised here ends the tool with one line and exit 2
             # (slim_plugins.errors.install_excepthook)
-            adapter._patch_late_bound()
+            given = _arguments(signature, args, kwargs)
+            config, model, optimizer = given["config"], given["model"], given["optimizer"]
             session = get_session()
             adapter.configure(session, config)
+            if getattr(adapter, "_active", False):
+                adapter._patch_late_bound()
             mode = "train" if optimizer is not None else "eval"
             run = adapter.run_for(session, config, model, optimizer, mode)
             path = adapter.weights_path(config)
             if path:
-                adapter.fire(run, "slim_before_load_weights", path=path)
-                adapter.check_shapes(model, config, path)
-            result = load_model(config, model, optimizer, model_type, *args, **kwargs)
-            if optimizer is not None and not run.state.get("before_train_fired"):
-                run.state["before_train_fired"] = True
-                adapter.fire(run, "slim_before_train")
+                adapter.announce_load(run, path)
+            result = load_model(*args, **kwargs)
+            if path:
+                exact = bool((config.get("Global") or {}).get("checkpoints"))
+                adapter.fire(run, "slim_after_load_weights", path=str(path), exact=exact)
+            if optimizer is not None and getattr(adapter, "_active", False):
+                try:  # weights loaded, no step yet, no DataParallel: where the prune plugin prunes
+                    adapter.fire_before_train(run)
+                except BaseException as exc:  # e.g. SystemExit after an analysis: the run ends here
+                    adapter.end_run(run, exc)
+                    raise
             return result
 
         return patched_load_model
 
     def _wrap_save_model(self, save_model):
         adapter = self
+        signature = inspect.signature(save_model)
 
         @_patches(save_model)
-        def patched_save_model(model, optimizer, model_path, logger, config, is_best=False, prefix="ppocr",
-                               **kwargs):
+        def patched_save_model(*args, **kwargs):
+            given = _arguments(signature, args, kwargs)
+            model_path, prefix = given["model_path"], given["prefix"]
             # the plans before the weights: a kill in between leaves no new weights with an old plan
-            run = adapter.current_run_for(config, model, optimizer, "train")
+            run = adapter.current_run_for(given["config"], given["model"], given["optimizer"], "train")
             adapter.fire(run, "slim_on_checkpoint_save", path=os.path.join(model_path, prefix))
             if prefix == "best_accuracy":  # save_model writes best_model/model.* as well
                 adapter.fire(run, "slim_on_checkpoint_save", path=os.path.join(model_path, "best_model", "model"))
-            return save_model(model, optimizer, model_path, logger, config, is_best=is_best, prefix=prefix,
-                              **kwargs)
+            return save_model(*args, **kwargs)
 
         return patched_save_model
 
     def _wrap_train(self, train):
         adapter = self
+        signature = inspect.signature(train)
 
         @_patches(train)
-        def patched_train(config, train_dataloader, valid_dataloader, device, model, loss_class, optimizer,
-                          *args, **kwargs):
-            result = train(config, train_dataloader, valid_dataloader, device, model, loss_class, optimizer,
-                           *args, **kwargs)
-            run = adapter.current_run_for(config, model, optimizer, "train")
-            adapter.fire(run, "slim_after_train")
+        def patched_train(*args, **kwargs):
+            given = _arguments(signature, args, kwargs)
+            run = adapter.current_run_for(given["config"], given["model"], given["optimizer"], "train")
+            with adapter.training(run):
+                result = train(*args, **kwargs)
+                adapter.fire(run, "slim_after_train")
             return result
 
         return patched_train
 
     def _wrap_export(self, export_single_model):
         adapter = self
+        signature = inspect.signature(export_single_model)
 
         @_patches(export_single_model)
-        def patched_export_single_model(model, arch_config, save_path, logger, yaml_path, config, *args, **kwargs):
-            run = adapter.current_run_for(config, model, None, "export")
-            adapter.fire(run, "slim_before_export", path=save_path)
+        def patched_export_single_model(*args, **kwargs):
+            given = _arguments(signature, args, kwargs)
+            config = given["config"]
+            run = adapter.current_run_for(config, given["model"], None, "export")
+            adapter.fire(run, "slim_before_export", path=given["save_path"])
             try:
-                return export_single_model(model, arch_config, save_path, logger, yaml_path, config, *args,
-                                           **kwargs)
+                return export_single_model(*args, **kwargs)
             except (TypeError, ValueError) as exc:
                 error = _old_ir_export_error(exc, config)
                 if error is None:
@@ -278,48 +345,6 @@ class PaddleOCRAdapter(Adapter):
         """What ``load_model`` loads: ``Global.checkpoints``, else ``Global.pretrained_model``."""
         glob = config.get("Global") or {}
         return glob.get("checkpoints") or glob.get("pretrained_model") or None
-
-    def check_shapes(self, model, config, path):
-        """Refuse what PaddleOCR would load with warnings only: a tensor whose shape differs.
-
-        ``Global.checkpoints`` (resume, eval, export) must match exactly. A ``pretrained_model``
-        may legitimately differ (another character set changes the head), so there only convs
-        that look pruned (fewer channels, same kernel) are refused.
-        """
-        import paddle
-
-        checkpoint = bool((config.get("Global") or {}).get("checkpoints"))
-        weights = _weights_file(path)
-        if "://" in weights or not os.path.isfile(weights):
-            return  # PaddleOCR downloads it, or reports the missing file itself
-        saved = paddle.load(weights)
-        expected = {k: list(v.shape) for k, v in _unwrap(model).state_dict().items()}
-        bad = []
-        for key, shape in expected.items():
-            value = saved.get(key)
-            if value is None or list(value.shape) == shape:
-                continue
-            got = list(value.shape)
-            pruned_conv = (len(got) == 4 and len(shape) == 4 and got[2:] == shape[2:]
-                           and all(g <= s for g, s in zip(got, shape)))
-            if checkpoint or pruned_conv:
-                bad.append((key, got, shape))
-        if not bad:
-            return
-        key, got, shape = bad[0]
-        from slim_plugins.plugins.prune.plan import find_plan, plan_path
-
-        plan = find_plan(path)
-        hint = ("slim-plugins rebuilt the pruned shapes from the plan " + plan + ", but they still differ: "
-                "use the config the checkpoint was trained with" if plan else
-                f"there is no pruning plan {plan_path(path)}: if the checkpoint was pruned by slim-plugins, put the "
-                f".prune.json saved with it there (the prune plugin then rebuilds the pruned shapes before loading; "
-                "do not block it with --plugin no:prune); otherwise use the config the checkpoint was trained with")
-        raise ShapeMismatchError(
-            f"{weights}: tensor {key} has shape {got} but the model built from the config expects {shape}"
-            + (f" ({len(bad)} tensors differ)" if len(bad) > 1 else "")
-            + "; PaddleOCR would only warn and keep random weights for them",
-            plugin=self.name, hint=hint)
 
     # ------------------------------------------------------------------ what it exposes
     def model(self, run):
@@ -395,12 +420,12 @@ class PaddleOCRAdapter(Adapter):
             from ppocr.data import build_dataloader
             from ppocr.utils.logging import get_logger
 
-            batch = run.state.get("train_batch")
-            if batch is None:
+            state = self.state(run)
+            if state.train_batch is None:
                 device = paddle.set_device(paddle.get_device())
                 loader = build_dataloader(config, "Train", device, get_logger())
-                batch = next(iter(loader))
-                run.state["train_batch"] = batch
+                state.train_batch = next(iter(loader))
+            batch = state.train_batch
             model = run.handle.model
             arch = config["Architecture"]
             if arch.get("model_type") == "table" or arch.get("algorithm") in EXTRA_INPUT_ALGORITHMS:
@@ -414,7 +439,8 @@ class PaddleOCRAdapter(Adapter):
 
     def _eval_objects(self, run):
         """The Eval loader, post-process and metric, built from the config as tools/eval.py does."""
-        objects = run.state.get("eval_objects")
+        state = self.state(run)
+        objects = state.eval_objects
         if objects is None:
             import paddle
             from ppocr.data import build_dataloader
@@ -429,7 +455,7 @@ class PaddleOCRAdapter(Adapter):
             loader = build_dataloader(config, "Eval", device, get_logger())
             post_process = build_post_process(config["PostProcess"], config["Global"])
             objects = (loader, post_process, build_metric(config["Metric"]))
-            run.state["eval_objects"] = objects
+            state.eval_objects = objects
         return objects
 
     def metric(self, run):

@@ -5,7 +5,7 @@ Two kinds of hooks:
 * **What an adapter exposes** (``slim_model`` ... ``slim_world``): query hooks answered by the
   adapter that owns the run (``run.adapter``); the first non-None result wins, so a plugin may
   answer before an adapter to override one piece.
-* **Lifecycle events** (``slim_before_train`` ... ``slim_before_export``): fired by an adapter
+* **Lifecycle events** (``slim_before_load_weights`` ... ``slim_on_run_end``): fired by an adapter
   from its suite's own entry points; every implementation is called.
 
 Call every hook with keyword arguments. Implementations may take a subset of the arguments.
@@ -192,9 +192,28 @@ def slim_before_load_weights(run: "TrainingRun", path: str) -> None:
     """Weights are about to be loaded into ``run.model`` from ``path`` (train resume, eval,
     export, or plain load). Plugins that change shapes rebuild them here.
 
+    :param run: the training run.
     :param path: the checkpoint prefix or file the suite loads from.
 
     Fires before every weight load the adapter sees, in every process.
+    """
+
+
+@hookspec
+def slim_after_load_weights(run: "TrainingRun", path: str, exact: bool) -> None:
+    """The suite has loaded weights from ``path`` into ``run.model``. Most suites skip a tensor
+    whose shape differs from the model's with a warning at most, and go on with random weights
+    there: the prune plugin compares the checkpoint's shapes with the model's here and raises a
+    :class:`~slim_plugins.errors.ShapeMismatchError` (one line, naming the plan file).
+
+    :param run: the training run.
+    :param path: what ``slim_before_load_weights`` got: the checkpoint prefix, file or directory.
+    :param exact: True when every tensor must fit (resume, eval, export, a model load); False for
+        pretrained weights a training starts from, where the suite may skip tensors on purpose
+        (another number of classes changes the head).
+
+    Fires after every weight load the adapter sees, in every process; also when the suite's own
+    load refused the shapes (the hapi ``Model.load`` raises), so that this hook's error replaces it.
     """
 
 
@@ -212,6 +231,7 @@ def slim_before_train(run: "TrainingRun") -> None:
 def slim_on_checkpoint_save(run: "TrainingRun", path: str) -> None:
     """The suite is about to save a checkpoint; plugins write their side files next to it.
 
+    :param run: the training run.
     :param path: the checkpoint prefix (``output/model_final``) or file the suite writes.
 
     Fires before every save the adapter sees, on every rank (plugins write on rank 0 only):
@@ -224,6 +244,7 @@ def slim_on_checkpoint_save(run: "TrainingRun", path: str) -> None:
 def slim_before_export(run: "TrainingRun", path: str) -> None:
     """The model is about to be exported for inference.
 
+    :param run: the training run.
     :param path: the export prefix or directory.
 
     Fires once per export, before the suite converts the model.
@@ -232,4 +253,24 @@ def slim_before_export(run: "TrainingRun", path: str) -> None:
 
 @hookspec
 def slim_after_train(run: "TrainingRun") -> None:
-    """Training returned normally. Plugins write their reports here."""
+    """Training returned normally. Plugins write their reports here.
+
+    :param run: the training run.
+
+    Fires once per train call that returns, before ``slim_on_run_end``.
+    """
+
+
+@hookspec
+def slim_on_run_end(run: "TrainingRun", error: Optional[BaseException]) -> None:
+    """The suite's train call (or the pruning before it) has ended, normally or not: release what
+    the run holds (temporary files, caches), whatever happened.
+
+    :param run: the training run.
+    :param error: None after a normal end (after ``slim_after_train``); otherwise the exception
+        that ends the run: an error, ``KeyboardInterrupt``, or ``SystemExit`` (e.g. the prune
+        plugin's ``action analyze`` exits after the analysis). It propagates after this hook.
+
+    Fires once per train call of the run, on every rank. An error raised here replaces none:
+    implementations must not raise.
+    """

@@ -62,7 +62,12 @@ def main():
         model.save(f"{args.out}/final")
     acc = model.evaluate(test, batch_size=64, verbose=0)["acc"]
     shapes = {k: list(v.shape) for k, v in model.network.state_dict().items()}
-    print(json.dumps({"acc": acc, "shapes": shapes}))
+    from paddle.hapi.model import DynamicGraphAdapter  # what slim-plugins patched in this process
+
+    patched = {name: bool(getattr(f, "_slim_patched", False)) for name, f in (
+        ("fit", paddle.Model.fit), ("save", paddle.Model.save), ("load", paddle.Model.load),
+        ("data_parallel", DynamicGraphAdapter.__init__))}
+    print(json.dumps({"acc": acc, "shapes": shapes, "patched": patched}))
 
 
 if __name__ == "__main__":

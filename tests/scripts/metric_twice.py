@@ -30,7 +30,9 @@ class MetricTwice:
 
 def main():
     batches, script, args = int(sys.argv[1]), sys.argv[2], sys.argv[3:]
-    get_session().pm.register(MetricTwice(batches), name="metric-twice")
+    session = get_session()
+    session.pm.register(MetricTwice(batches), name="metric-twice")
+    session.activate_adapters()  # a plugin of its own: the suite's train entry must fire the hooks
     sys.argv = [script] + args
     sys.path.insert(0, __import__("os").path.dirname(script))
     runpy.run_path(script, run_name="__main__")

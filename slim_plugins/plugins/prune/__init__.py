@@ -48,3 +48,10 @@ def slim_on_checkpoint_save(run, path):
     from slim_plugins.plugins.prune.workflow import save_plan_with_checkpoint
 
     save_plan_with_checkpoint(run, path)
+
+
+@hookimpl
+def slim_after_load_weights(run, path, exact):
+    from slim_plugins.plugins.prune.checks import check_loaded
+
+    check_loaded(run, path, exact)

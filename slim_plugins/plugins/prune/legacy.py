@@ -94,3 +94,25 @@ def to_sensitivity_json(losses, source):
     return {"format": FORMAT, "version": VERSION, "model_fingerprint": None, "weights_fingerprint": None,
             "metric": {"name": None, "baseline": None, "seconds": None, "max_batches": None},
             "criterion": None, "imported_from": source, "groups": groups}
+
+
+def imported_sen_file(path, save_dir):
+    """``path`` itself when it is JSON (or missing: the caller says so); a PaddleSlim/PaddleX
+    pickle (PaddleX 1.3's ``train(sensitivities_file=...)``) converted, safely, into
+    ``save_dir/NAME.json``, which is returned."""
+    import json
+    import os
+
+    from slim_plugins.plugins.prune.sensitivity import write_json_atomic
+
+    if not os.path.isfile(path):
+        return path
+    try:
+        with open(path) as f:
+            json.load(f)
+        return path
+    except (UnicodeDecodeError, ValueError):
+        pass
+    out = os.path.join(save_dir, os.path.basename(path) + ".json")
+    write_json_atomic(out, to_sensitivity_json(load_legacy(path), source=path))
+    return out

@@ -3,11 +3,13 @@ import functools
 import os
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
+from typing import Optional
 
 from slim_plugins.errors import AdapterError, OptionError, StopRun
 from slim_plugins.plugins.prune import flops_model, measure, report
 from slim_plugins.plugins.prune.inventory import inventory, summary, table_text
+from slim_plugins.plugins.prune.legacy import imported_sen_file
 from slim_plugins.plugins.prune.model import PrunableModel
 from slim_plugins.plugins.prune.plan import PrunePlan, attach, attached, find_plan, make_plan, plan_path, replay
 from slim_plugins.plugins.prune.ratios import (
@@ -64,17 +66,27 @@ def replay_for_checkpoint(run, path):
         log(f"rebuilt pruned shapes from {found} ({len(plan.shapes)} parameters) before loading weights")
 
 
+@dataclass
+class PruneResult:
+    """What the prune plugin leaves in ``run.results["prune"]``: the report (also written as JSON
+    by the main process, at ``report_path``)."""
+
+    report: dict
+    report_path: Optional[str] = None
+
+
 def finish_report(run):
     """After training: the fine-tuned metric joins the report."""
-    report_data = run.state.get("prune_report")
+    result = run.results.get("prune")
+    report_data = result.report if result is not None else None
     metric = run.metric if report_data is not None else None
     if metric is None:
         return
     report_data["after_training"] = {"metric": metric(), "flops": report_data["after"]["flops"]}
     log(f"after training: {metric.name} {report_data['after_training']['metric']:.4f} "
         f"(before pruning {report_data['before'].get('metric')})")
-    if run.is_main_process and run.state.get("prune_report_path"):
-        write_json_atomic(run.state["prune_report_path"], report_data)
+    if run.is_main_process and result.report_path:
+        write_json_atomic(result.report_path, report_data)
 
 
 def save_plan_with_checkpoint(run, path):
@@ -235,7 +247,8 @@ class PruneWorkflow:
                 "latency_ms": measure.latency_ms(self.model, self.check_inputs, repeat=10, warmup=2)}
 
     def _sen_file_path(self):
-        return self.config.sen_file or os.path.join(self.save_dir, "sensitivities.json")
+        path = self.config.sen_file or os.path.join(self.save_dir, "sensitivities.json")
+        return path if self.config.sen_analyze else imported_sen_file(path, self.save_dir)
 
     def _analyze(self, prunable, groups):
         cfg = self.config
@@ -457,10 +470,10 @@ class PruneWorkflow:
               file=sys.stderr)
         log(f"pruned {len(plan.ratios)} groups: FLOPs {self.before['flops']} -> {self.after['flops']} "
             f"({(self.after['flops'] - self.before['flops']) / self.before['flops']:+.1%})")
-        self.run.state["prune_report"] = self.report
+        self.run.results["prune"] = result = PruneResult(self.report)
         if not self.run.is_main_process:
             return
         self.report_path = self.config.report or os.path.join(self.save_dir, "prune_report.json")
         write_json_atomic(self.report_path, self.report)
         plan.save(os.path.join(self.save_dir, "prune_plan.json"))
-        self.run.state["prune_report_path"] = self.report_path
+        result.report_path = self.report_path
