@@ -12,20 +12,6 @@ import sys
 from slim_plugins.hooks import hookimpl
 
 
-@contextlib.contextmanager
-def user_errors():
-    """A slim-plugins user error inside a suite's entry point: its message and exit 2, no
-    traceback through the suite and pluggy."""
-    from slim_plugins.errors import SlimPluginsError
-
-    try:
-        yield
-    except SlimPluginsError as exc:
-        sys.stderr.write(f"slim-plugins: error: {exc}\n")
-        sys.stderr.flush()
-        raise SystemExit(2) from None
-
-
 def fixed_order_loader(loader):
     """``loader`` (a ``paddle.io.DataLoader``) or, when it shuffles or is distributed, a copy over
     its whole dataset in a fixed order: every evaluation, on every rank, sees the same batches."""
@@ -68,7 +54,8 @@ def missing_parameters(func, names):
     return [n for n in names if n not in params]
 
 
-def _shapes(model):
+def parameter_shapes(model):
+    """Every parameter's shape, in order (None without a model): what pruning changes."""
     return [tuple(p.shape) for p in model.parameters()] if model is not None else None
 
 
@@ -77,7 +64,6 @@ class Adapter:
 
     :cvar name: unique adapter name; a run with ``run.adapter == name`` belongs to it.
     :cvar modules: suite modules; when one is imported, :meth:`install` runs.
-    :cvar description: one line for ``slim-plugins list``.
     :cvar distributions: pip names of the suite; ``slim-plugins list`` shows the version installed.
     :cvar supported: version prefixes the adapter is tested with (``("2.6.",)``); :meth:`verify`
         refuses another installed version.
@@ -89,7 +75,6 @@ class Adapter:
 
     name = "base"
     modules = ()
-    description = ""
     distributions = ()
     supported = ()
     targets = {}
@@ -315,9 +300,9 @@ class Adapter:
         prune plugin replayed a plan). Such a model's checkpoints and exports must carry the plan
         too: the training patches are installed then, with no plugin enabled."""
         model = run.model
-        before = _shapes(model)
+        before = parameter_shapes(model)
         self.fire(run, "slim_before_load_weights", path=path)
-        changed = before != _shapes(model)
+        changed = before != parameter_shapes(model)
         if changed:
             self.activate(run.session)
         return changed

@@ -13,7 +13,8 @@ import inspect
 from dataclasses import dataclass, field
 from typing import Any, Dict
 
-from slim_plugins.adapters import Adapter, fixed_order_loader, user_errors
+from slim_plugins.adapters import Adapter, fixed_order_loader, parameter_shapes
+from slim_plugins.errors import user_errors
 from slim_plugins.hooks import hookimpl
 from slim_plugins.run import EvalBatches, Metric
 
@@ -40,7 +41,6 @@ class HapiState:
 class HapiAdapter(Adapter):
     name = "builtin"
     modules = ("paddle.hapi.model",)
-    description = "Paddle high-level API: paddle.Model.fit / evaluate / save / load"
     distributions = ("paddlepaddle", "paddlepaddle-gpu")
     supported = ("2.6.", "3.")
     targets = {"paddle.hapi.model:Model.fit": ("train_data", "eval_data", "batch_size", "save_dir"),
@@ -106,10 +106,10 @@ class HapiAdapter(Adapter):
             run = adapter.run_for(get_session(), model_self)
             adapter.state(run).fit_args = dict(bound.arguments)
             with _quiet_if_active(run), adapter.training(run):
-                shapes = _shapes(model_self.network)
+                shapes = parameter_shapes(model_self.network)
                 with user_errors():
                     fired = adapter.fire_before_train(run)
-                if fired and shapes != _shapes(model_self.network):
+                if fired and shapes != parameter_shapes(model_self.network):
                     _rewrap_data_parallel(model_self)
                 result = fit(model_self, *args, **kwargs)
                 adapter.fire(run, "slim_after_train")
@@ -209,10 +209,6 @@ def _chance(run, metric):
         if was_training:
             network.train()
     return min(1.0, metric.topk[0] / classes) if classes > 1 else None
-
-
-def _shapes(network):
-    return [tuple(p.shape) for p in network.parameters()]
 
 
 class _LazyDataParallel:

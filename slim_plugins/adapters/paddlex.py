@@ -98,7 +98,6 @@ class PaddleXState:
 class PaddleXAdapter(Adapter):
     name = "paddlex"
     modules = ("paddlex",)
-    description = "PaddleX 2.x: model.train / save / pdx.load_model / export"
     distributions = ("paddlex",)
     supported = ("2.1.",)
     targets = {"paddlex:load_model": ("model_dir",), "paddlex.cv.models:load_model": ("model_dir",),

@@ -35,8 +35,8 @@ import tempfile
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
-from slim_plugins.adapters import Adapter, user_errors
-from slim_plugins.errors import AdapterError, OptionError, exception_line
+from slim_plugins.adapters import Adapter, parameter_shapes
+from slim_plugins.errors import AdapterError, OptionError, exception_line, user_errors
 from slim_plugins.hooks import hookimpl
 from slim_plugins.run import EvalBatches, Metric
 
@@ -59,7 +59,6 @@ class PPDetState:
 class PPDetAdapter(Adapter):
     name = "ppdet"
     modules = ("ppdet.engine.trainer",)
-    description = "PaddleDetection 2.6: ppdet.engine.Trainer train / eval / export / resume"
     distributions = ("paddledet",)
     supported = ("2.6.",)
     targets = {"ppdet.engine.trainer:Trainer.__init__": ("cfg",), "ppdet.engine.trainer:Trainer.train": (),
@@ -166,7 +165,7 @@ class PPDetAdapter(Adapter):
             with adapter.training(run):
                 if not run.before_train_fired:
                     model = trainer.model
-                    shapes = _shapes(model)
+                    shapes = parameter_shapes(model)
                     was_training = model.training
                     model.eval()  # the train-mode forward of a detector needs ground truth
                     try:
@@ -175,7 +174,7 @@ class PPDetAdapter(Adapter):
                     finally:
                         if was_training:
                             model.train()
-                    if shapes != _shapes(model):
+                    if shapes != parameter_shapes(model):
                         _rebuild_ema(trainer)
                 result = train(trainer, *args, **kwargs)
                 with _ema_weights(trainer):
@@ -406,10 +405,6 @@ def _weights_files(save_dir):
 
 
 # ---------------------------------------------------------------------- model helpers
-def _shapes(model):
-    return [tuple(p.shape) for p in model.parameters()]
-
-
 def _rebuild_ema(trainer):
     """ModelEMA holds zeros_like copies of the old shapes: build a new one (reset() keeps them)."""
     if not getattr(trainer, "use_ema", False) or getattr(trainer, "ema", None) is None:

@@ -130,7 +130,6 @@ def _unwrap(model):
 class PaddleOCRAdapter(Adapter):
     name = "ppocr"
     modules = (SAVE_LOAD,)
-    description = "PaddleOCR 2.x tools/train.py, tools/eval.py, tools/export_model.py"
     distributions = ("unstructured-paddleocr", "paddleocr")
     supported = ("2.10.",)
     targets = {f"{SAVE_LOAD}:load_model": ("config", "model", "optimizer"),

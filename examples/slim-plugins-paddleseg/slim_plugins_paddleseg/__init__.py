@@ -90,7 +90,6 @@ def _unwrap(model):
 class SegAdapter(Adapter):
     name = "paddleseg"
     modules = ("paddleseg.core",)
-    description = "PaddleSeg 2.8 paddleseg.core.train / evaluate (slim-plugins-paddleseg)"
     distributions = ("paddleseg",)
     supported = SUPPORTED
 
