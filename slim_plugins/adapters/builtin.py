@@ -102,7 +102,13 @@ class HapiAdapter(Adapter):
         return run.state.get("fit_args", {}).get("train_data")
 
     def eval_loader(self, run):
-        return run.state.get("fit_args", {}).get("eval_data")
+        args = run.state.get("fit_args", {})
+        eval_data = args.get("eval_data")
+        from paddle.io import DataLoader
+
+        if eval_data is None or isinstance(eval_data, DataLoader):
+            return eval_data
+        return DataLoader(eval_data, batch_size=args.get("batch_size", 1), shuffle=False)  # as fit batches it
 
     def metric(self, run):
         hapi = run.handle

@@ -22,6 +22,13 @@ OPTIONS = (
      "choose per group the largest ratio whose relative metric loss stays under this budget"),
     ("pruned_flops", optional(FRACTION), None,
      "choose ratios from the sensitivities so that this fraction of FLOPs is removed"),
+    ("pruned_latency", optional(FRACTION), None,
+     "cut this fraction of the latency measured in Paddle Inference on CPU (at latency_batch_size): "
+     "ratios shaped by the sensitivities, scaled until the measured cut is within 0.025 of the target"),
+    ("latency_batch_size", optional(POSITIVE), None,
+     "batch size latency is measured at besides 1, and the one pruned_latency targets "
+     "(default: the eval batch size)"),
+    ("latency_threads", POSITIVE, 1, "CPU threads of the latency measurements (Paddle Inference, ONNX Runtime)"),
     ("budget_rule", str, "model",
      "model: eval_metric_loss holds for the whole pruned model (ratios backed off until its measured loss "
      "is within it) and pruned_flops takes the candidate plan with the lowest measured loss; per_group: "

@@ -6,7 +6,7 @@ import time
 from dataclasses import asdict
 
 from slim_plugins.errors import AdapterError, OptionError
-from slim_plugins.plugins.prune import flops_model, measure, report
+from slim_plugins.plugins.prune import flops_model, latency, measure, report
 from slim_plugins.plugins.prune.inventory import inventory, summary, table_text
 from slim_plugins.plugins.prune.model import PrunableModel
 from slim_plugins.plugins.prune.plan import PrunePlan, attach, attached, find_plan, make_plan, plan_path, replay
@@ -98,15 +98,16 @@ class PruneWorkflow:
     # ------------------------------------------------------------------ steps
     def execute(self):
         cfg = self.config
-        modes = [k for k in ("ratios", "eval_metric_loss", "pruned_flops") if getattr(cfg, k) is not None]
+        modes = [k for k in ("ratios", "eval_metric_loss", "pruned_flops", "pruned_latency")
+                 if getattr(cfg, k) is not None]
         if cfg.action == "prune" and not modes:
             raise OptionError(
                 "the prune plugin is on but has no way to choose ratios", plugin="prune",
                 hint="give one of --prune.ratios 'glob=0.3', --prune.eval_metric_loss 0.02, "
-                     "--prune.pruned_flops 0.3 (or --prune.action show to list groups)")
+                     "--prune.pruned_flops 0.3, --prune.pruned_latency 0.3 (or --prune.action show to list groups)")
         if len(modes) > 1:
             raise OptionError(f"choose ratios one way only, got {', '.join(modes)}", plugin="prune",
-                              hint="keep one of ratios, eval_metric_loss, pruned_flops")
+                              hint="keep one of ratios, eval_metric_loss, pruned_flops, pruned_latency")
         if attached(self.model) is not None:
             log("the model already carries a pruning plan (resumed checkpoint): not pruning again")
             return
@@ -189,9 +190,80 @@ class PruneWorkflow:
                     row.status, row.reason = "skipped", reason
 
     def _measure(self):
-        return {"flops": measure.flops(self.model, self.check_inputs),
-                "params": measure.parameters(self.model),
-                "latency_ms": measure.latency_ms(self.model, self.check_inputs, repeat=10, warmup=2)}
+        figures = {"flops": measure.flops(self.model, self.check_inputs), "params": measure.parameters(self.model)}
+        figures["latency"] = self._latency()
+        return figures
+
+    # ------------------------------------------------------------------ latency (see latency.py)
+    def _latency_batch_sizes(self):
+        if not hasattr(self, "latency_batch_sizes"):
+            size = self.config.latency_batch_size or latency.batch_size_of(self.run.eval_loader)
+            if size is None:
+                log("latency at batch 1 only: the adapter gives no eval batch size "
+                    "(--prune.latency_batch_size N adds one)")
+            self.latency_batch_sizes = sorted({1, size or 1})
+        return self.latency_batch_sizes
+
+    def _latency(self, batch_sizes=None, onnx=True):
+        """Latency of the model as it is now, exported; None (logged) when the model does not
+        export, unless pruned_latency needs it."""
+        cfg = self.config
+        try:
+            return latency.measure(self.model, self.run.forward_inputs, batch_sizes or self._latency_batch_sizes(),
+                                   threads=cfg.latency_threads, onnx=onnx, log=log)
+        except Exception as exc:  # noqa: BLE001
+            message = f"latency not measured: paddle.jit.save or Paddle Inference failed: {type(exc).__name__}: " \
+                      f"{str(exc).splitlines()[0][:200] if str(exc) else ''}"
+            if cfg.pruned_latency is not None:
+                raise AdapterError(message, plugin="prune",
+                                   hint="pruned_latency times the exported model: use pruned_flops for a model "
+                                        "that paddle.jit.save cannot export") from exc
+            log(message)
+            return None
+
+    def _latency_cut(self, prunable, ratios, reference):
+        """``(cut, ms)``: the latency cut of the model pruned at ``ratios`` (then restored),
+        measured against the unpruned model's ``reference`` predictor."""
+        applied = prunable.apply(ratios)
+        try:
+            cut, ms, _ref = reference.cut(self.model)
+        finally:
+            applied.restore()
+        return cut, ms
+
+    def _choose_for_latency(self, prunable, sens, limits, channels, budget_report):
+        cfg = self.config
+        batch_size = max(self._latency_batch_sizes())
+        base = latency.entry(self.before["latency"], batch_size)
+        pruned_fraction = lambda ratios: self._pruned_fraction(prunable, ratios)  # noqa: E731
+        try:  # the sensitivities' shape: the loss-budget plan at the target taken as a FLOPs cut
+            shape, _fraction, _budget = ratios_for_flops(sens, cfg.pruned_latency, pruned_fraction, channels, cfg.align)
+            how = "loss-budget plan"
+        except OptionError:
+            shape, how = {g: 1.0 for g in sens}, "uniform"
+        reference = latency.Reference(self.model, self.run.forward_inputs, batch_size, cfg.latency_threads)
+        cut_of = lambda r: self._latency_cut(prunable, r, reference)  # noqa: E731
+        align = cfg.align or latency.ALIGN
+        try:
+            ratios, cut, evaluations = latency.plan_for_latency(shape, cfg.pruned_latency, cut_of, limits, channels,
+                                                                align)
+        finally:
+            reference.close()
+        for e in evaluations:
+            log(f"pruned_latency={cfg.pruned_latency}: {how} x {e['scale']:.3f} ({e['groups']} groups): "
+                f"{base['label']} {e['ms']:.3f} ms, cut {e['cut']:.1%} against the unpruned model timed alongside"
+                + ("  <- chosen" if e["ratios"] is ratios else ""))
+        if ratios is None:
+            raise OptionError(
+                f"pruned_latency={cfg.pruned_latency} cannot be reached: pruning every analysed group as far as "
+                f"the sensitivities go cuts the measured {base['label']} by {cut:.1%}", plugin="prune",
+                hint="lower pruned_latency, analyse more ratios (sen_ratios up to 0.9) or a larger latency_batch_size")
+        budget_report["latency"] = {
+            "target": cfg.pruned_latency, "tolerance": latency.TOLERANCE, "runtime": base["runtime"],
+            "batch_size": batch_size, "threads": base["threads"], "label": base["label"],
+            "baseline_ms": base["ms"], "shape": how, "align": align, "cut": cut,
+            "evaluations": [{k: v for k, v in e.items() if k != "ratios"} for e in evaluations]}
+        return ratios
 
     def _sen_file_path(self):
         return self.config.sen_file or os.path.join(self.save_dir, "sensitivities.json")
@@ -336,7 +408,9 @@ class PruneWorkflow:
             log(f"the sensitivity file has no baseline metric: measured {baseline:.4f}")
         loss_of = lambda ratios: self._whole_loss(prunable, baseline, ratios)  # noqa: E731
         budget_report = {"rule": cfg.budget_rule}
-        if cfg.pruned_flops is not None and cfg.budget_rule == "per_group":
+        if cfg.pruned_latency is not None:
+            ratios = self._choose_for_latency(prunable, sens, self._limits(sfile, sens), channels, budget_report)
+        elif cfg.pruned_flops is not None and cfg.budget_rule == "per_group":
             ratios, fraction, budget = ratios_for_flops(sens, cfg.pruned_flops, pruned_fraction, channels, cfg.align)
             why = " (below 0: only groups whose pruning raised the metric)" if budget < 0 else ""
             log(f"pruned_flops={cfg.pruned_flops}: loss budget {budget:.4f}{why} removes {fraction:.1%} of FLOPs")
@@ -416,6 +490,10 @@ class PruneWorkflow:
               file=sys.stderr)
         log(f"pruned {len(plan.ratios)} groups: FLOPs {self.before['flops']} -> {self.after['flops']} "
             f"({(self.after['flops'] - self.before['flops']) / self.before['flops']:+.1%})")
+        for line in report.latency_lines(self.before.get("latency"), self.after.get("latency")):
+            log(line)
+        if self.before.get("latency") and not latency.onnx_available():
+            log(latency.ONNX_MISSING)
         self.run.state["prune_report"] = self.report
         if not self.run.is_main_process:
             return
