@@ -23,6 +23,7 @@ TOLERANCE = 0.025  # pruned_latency: a measured cut within this of the target is
 ALIGN = 8  # pruned_latency rounds kept channels to this multiple unless prune.align says otherwise: CPU kernels
 # (oneDNN's blocked layouts) run channel counts off a multiple of 8 slower than the next multiple up
 MIN_SECONDS = 0.4  # time each measurement at least this long (after warm-up): a stable median
+PAIRED_SECONDS = 1.2  # models compared: each timed this long in all, in alternating rounds
 
 
 def label(runtime, batch_size, threads):
@@ -180,65 +181,56 @@ class OnnxRuntime:
         return lambda: self.session.run(None, feed)
 
 
-def measure(model, inputs_for, batch_sizes, threads=1, onnx=True, log=None):
-    """Latency of ``model`` exported once, at each batch size, in each runtime available.
+class Exported:
+    """``model`` as it is now, exported and loaded into each runtime available (the files are
+    gone once loaded: the predictors keep the model in memory)."""
 
-    :param inputs_for: ``inputs_for(batch_size) -> [tensor or dict]``: positional model inputs.
-    :returns: a list of ``{"runtime", "batch_size", "threads", "ms", "runs", "label"}``.
-    """
-    directory = tempfile.mkdtemp(prefix="slim-latency-")
-    try:
-        model_file = export(model, inputs_for(1), os.path.join(directory, "model"))
-        runtimes = [PaddleInference]
-        if onnx and onnx_available():
-            runtimes.append(OnnxRuntime)
-        out = []
-        for runtime in runtimes:
-            try:
-                engine = runtime(model_file, threads)
-            except Exception as exc:  # noqa: BLE001  ONNX is an extra: a failed conversion is one line
-                if runtime is PaddleInference:
-                    raise
-                if log:
-                    log(f"{runtime.runtime} latency skipped: {type(exc).__name__}: {str(exc)[:200]}")
-                continue
-            for batch_size in batch_sizes:
-                ms, runs = _median_ms(engine.timer(_feeds(inputs_for(batch_size))))
-                out.append({"runtime": runtime.runtime, "batch_size": int(batch_size), "threads": int(threads),
-                            "ms": ms, "runs": runs, "label": label(runtime.runtime, batch_size, threads)})
-        return out
-    finally:
-        shutil.rmtree(directory, ignore_errors=True)
-
-
-class Reference:
-    """The unpruned model's predictor, kept to time every candidate against it in the same
-    minute: on a loaded machine the speed of the CPU drifts more between minutes than the
-    cut being measured, so a candidate and the reference run in alternating rounds and the cut
-    is the ratio of their medians."""
-
-    def __init__(self, model, inputs_for, batch_size, threads=1):
-        self.inputs_for, self.batch_size, self.threads = inputs_for, batch_size, threads
-        self.directory = tempfile.mkdtemp(prefix="slim-latency-")
-        model_file = export(model, inputs_for(1), os.path.join(self.directory, "reference"))
-        self.step = PaddleInference(model_file, threads).timer(_feeds(inputs_for(batch_size)))
-        self.label = label(PADDLE_INFERENCE, batch_size, threads)
-
-    def cut(self, model, rounds=6):
-        """``(cut, ms, reference ms)`` of ``model`` (exported now) against the reference."""
+    def __init__(self, model, inputs_for, threads=1, onnx=True, log=None):
+        self.inputs_for, self.threads = inputs_for, int(threads)
         directory = tempfile.mkdtemp(prefix="slim-latency-")
         try:
-            model_file = export(model, self.inputs_for(1), os.path.join(directory, "model"))
-            step = PaddleInference(model_file, self.threads).timer(_feeds(self.inputs_for(self.batch_size)))
-            timed = dict(warmup=2, seconds=MIN_SECONDS / rounds, runs=5)
-            pairs = [(_median_ms(self.step, **timed)[0], _median_ms(step, **timed)[0]) for _ in range(rounds)]
+            model_file = export(model, inputs_for(1), os.path.join(directory, "model"))
+            self.engines = [PaddleInference(model_file, threads)]
+            if onnx and onnx_available():
+                try:
+                    self.engines.append(OnnxRuntime(model_file, threads))
+                except Exception as exc:  # noqa: BLE001  ONNX is an extra: a failed conversion is one line
+                    if log:
+                        log(f"{ONNX_RUNTIME} latency skipped: {type(exc).__name__}: {str(exc)[:200]}")
         finally:
             shutil.rmtree(directory, ignore_errors=True)
-        ref, ms = float(np.median([p[0] for p in pairs])), float(np.median([p[1] for p in pairs]))
-        return 1 - ms / ref, ms, ref
 
-    def close(self):
-        shutil.rmtree(self.directory, ignore_errors=True)
+    def timers(self, batch_sizes):
+        feeds = {b: _feeds(self.inputs_for(b)) for b in batch_sizes}
+        return [(engine.runtime, b, engine.timer(feeds[b])) for engine in self.engines for b in batch_sizes]
+
+
+def timed(exported, batch_sizes, rounds=1):
+    """Latency entries ``{"runtime", "batch_size", "threads", "ms", "runs", "label"}`` of each
+    :class:`Exported` in ``exported``, one list each. With several models, they run in
+    alternating ``rounds`` and each figure is the median of its rounds' medians: on a loaded
+    machine the CPU's speed drifts between minutes by more than a pruning cut, so figures that
+    are compared are measured in the same minute."""
+    timers = [e.timers(batch_sizes) for e in exported]
+    medians = [[[] for _ in t] for t in timers]
+    runs = [[0] * len(t) for t in timers]
+    for _ in range(rounds):
+        for i, model_timers in enumerate(timers):
+            for j, (_runtime, _batch, step) in enumerate(model_timers):
+                seconds = MIN_SECONDS if rounds == 1 else PAIRED_SECONDS / rounds
+                ms, n = _median_ms(step, warmup=5 if rounds == 1 else 2, seconds=seconds,
+                                   runs=20 if rounds == 1 else 5)
+                medians[i][j].append(ms)
+                runs[i][j] += n
+    return [[{"runtime": runtime, "batch_size": int(batch), "threads": e.threads, "ms": float(np.median(m)),
+              "runs": n, "label": label(runtime, batch, e.threads)}
+             for (runtime, batch, _step), m, n in zip(t, ms_lists, run_counts)]
+            for e, t, ms_lists, run_counts in zip(exported, timers, medians, runs)]
+
+
+def measure(model, inputs_for, batch_sizes, threads=1, onnx=True, log=None):
+    """Latency entries of ``model`` alone (see :func:`timed`)."""
+    return timed([Exported(model, inputs_for, threads, onnx, log)], batch_sizes)[0]
 
 
 def entry(latencies, batch_size, runtime=PADDLE_INFERENCE):
@@ -247,6 +239,15 @@ def entry(latencies, batch_size, runtime=PADDLE_INFERENCE):
 
 
 # ------------------------------------------------------------------------------------ target
+def cut_against(reference, model, batch_size, rounds=8):
+    """``(cut, ms)``: ``model``'s latency cut against the :class:`Exported` ``reference``, the
+    two timed in alternating rounds (Paddle Inference only)."""
+    candidate = Exported(model, reference.inputs_for, reference.threads, onnx=False)
+    ref, cand = timed([reference, candidate], [batch_size], rounds)
+    ref, cand = entry(ref, batch_size), entry(cand, batch_size)
+    return 1 - cand["ms"] / ref["ms"], cand["ms"]
+
+
 def _scaled(shape, k, limits, channels, align):
     from slim_plugins.plugins.prune.ratios import align_ratios
 

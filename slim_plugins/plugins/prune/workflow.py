@@ -161,6 +161,7 @@ class PruneWorkflow:
         if not ratios:
             log("no group can be pruned within the given budget: training the unpruned model")
             return
+        self._latency_reference()
         prunable.prune(ratios, optimizer=self.run.optimizer, check_inputs=self.check_inputs)
         self.after = self._measure()
         plan = make_plan(prunable, ratios, base_shapes, base_fp,
@@ -204,13 +205,28 @@ class PruneWorkflow:
             self.latency_batch_sizes = sorted({1, size or 1})
         return self.latency_batch_sizes
 
-    def _latency(self, batch_sizes=None, onnx=True):
-        """Latency of the model as it is now, exported; None (logged) when the model does not
-        export, unless pruned_latency needs it."""
+    def _latency_reference(self):
+        """The unpruned model exported now, to time the pruned one alongside: both predictors
+        fresh (one made before the sensitivity analysis ran slower in our measurements)."""
+        self.latency_reference = None
+        if self.before.get("latency") is not None:
+            self.latency_reference = latency.Exported(self.model, self.run.forward_inputs, self.config.latency_threads,
+                                                      log=log)
+
+    def _latency(self):
+        """Latency entries of the model as it is now, exported (see latency.py). The pruned
+        model is timed alongside the unpruned one, in the same minute, and the report's "before"
+        figures are those. None (logged) when the model does not export, unless pruned_latency
+        needs it."""
         cfg = self.config
         try:
-            return latency.measure(self.model, self.run.forward_inputs, batch_sizes or self._latency_batch_sizes(),
-                                   threads=cfg.latency_threads, onnx=onnx, log=log)
+            exported = latency.Exported(self.model, self.run.forward_inputs, cfg.latency_threads, log=log)
+            if getattr(self, "latency_reference", None) is None:
+                return latency.timed([exported], self._latency_batch_sizes())[0]
+            before, after = latency.timed([self.latency_reference, exported], self._latency_batch_sizes(), rounds=8)
+            self.before["latency"] = before
+            self.report["latency_timed_alongside"] = True
+            return after
         except Exception as exc:  # noqa: BLE001
             message = f"latency not measured: paddle.jit.save or Paddle Inference failed: {type(exc).__name__}: " \
                       f"{str(exc).splitlines()[0][:200] if str(exc) else ''}"
@@ -221,15 +237,15 @@ class PruneWorkflow:
             log(message)
             return None
 
-    def _latency_cut(self, prunable, ratios, reference):
+    def _latency_cut(self, prunable, ratios, batch_size):
         """``(cut, ms)``: the latency cut of the model pruned at ``ratios`` (then restored),
-        measured against the unpruned model's ``reference`` predictor."""
+        timed alongside the unpruned model, both exported now."""
+        reference = latency.Exported(self.model, self.run.forward_inputs, self.config.latency_threads, onnx=False)
         applied = prunable.apply(ratios)
         try:
-            cut, ms, _ref = reference.cut(self.model)
+            return latency.cut_against(reference, self.model, batch_size)
         finally:
             applied.restore()
-        return cut, ms
 
     def _choose_for_latency(self, prunable, sens, limits, channels, budget_report):
         cfg = self.config
@@ -241,14 +257,9 @@ class PruneWorkflow:
             how = "loss-budget plan"
         except OptionError:
             shape, how = {g: 1.0 for g in sens}, "uniform"
-        reference = latency.Reference(self.model, self.run.forward_inputs, batch_size, cfg.latency_threads)
-        cut_of = lambda r: self._latency_cut(prunable, r, reference)  # noqa: E731
+        cut_of = lambda r: self._latency_cut(prunable, r, batch_size)  # noqa: E731
         align = cfg.align or latency.ALIGN
-        try:
-            ratios, cut, evaluations = latency.plan_for_latency(shape, cfg.pruned_latency, cut_of, limits, channels,
-                                                                align)
-        finally:
-            reference.close()
+        ratios, cut, evaluations = latency.plan_for_latency(shape, cfg.pruned_latency, cut_of, limits, channels, align)
         for e in evaluations:
             log(f"pruned_latency={cfg.pruned_latency}: {how} x {e['scale']:.3f} ({e['groups']} groups): "
                 f"{base['label']} {e['ms']:.3f} ms, cut {e['cut']:.1%} against the unpruned model timed alongside"
