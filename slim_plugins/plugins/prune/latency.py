@@ -85,18 +85,44 @@ def _eval_mode(model):
         model.train() if was_training else model.eval()
 
 
-def export(model, inputs, prefix):
+def export(model, inputs, prefix, context=None):
     """``paddle.jit.save`` of ``model`` in eval mode, with a free batch dimension; the model's
-    mode and its sublayers' ``forward`` are left as they were. Returns the model file."""
+    mode and its sublayers' ``forward`` are left as they were. ``context``: a context manager
+    to export in (the tracer's stand-ins for post-processing that does not convert). Returns
+    the model file."""
     from slim_plugins.plugins.prune.program import _restored_forward
 
     specs = [_spec(v, f"input_{i}") for i, v in enumerate(inputs)]
-    with _eval_mode(model), _restored_forward(model), _quiet():
-        paddle.jit.save(model, prefix, input_spec=specs)
+    with _eval_mode(model), _restored_forward(model), (context or contextlib.nullcontext()), _quiet():
+        try:
+            paddle.jit.save(model, prefix, input_spec=specs)
+        except ValueError as exc:  # Paddle 3 refuses inputs the outputs do not use (a detector's im_shape)
+            if "not involved in the target_vars" not in str(exc):
+                raise
+            _save_without_unused(model, prefix, specs)
     for ext in (".json", ".pdmodel"):  # PIR (Paddle 3) or the old program format
         if os.path.exists(prefix + ext):
             return prefix + ext
     raise FileNotFoundError(f"paddle.jit.save wrote no model file next to {prefix}")
+
+
+def _save_without_unused(model, prefix, specs):
+    """Leave out dict inputs one at a time while the export still refuses an unused input, as
+    ppdet's export prunes its input spec."""
+    for i, spec in enumerate(specs):
+        if not isinstance(spec, dict):
+            continue
+        for key in list(spec)[1:]:
+            trial = list(specs)
+            trial[i] = {k: v for k, v in specs[i].items() if k != key}
+            try:
+                paddle.jit.save(model, prefix, input_spec=trial)
+                return
+            except ValueError as exc:
+                if "not involved in the target_vars" not in str(exc):
+                    continue  # the model needs this input
+                specs = trial
+    paddle.jit.save(model, prefix, input_spec=specs)
 
 
 @contextlib.contextmanager
@@ -127,34 +153,56 @@ def _median_ms(step, warmup=5, seconds=MIN_SECONDS, runs=20):
 
 # ------------------------------------------------------------------------------------ runtimes
 class PaddleInference:
-    """A CPU predictor of an exported model: inputs copied in, outputs copied out, per run."""
+    """A CPU predictor of an exported model: inputs copied in, outputs copied out, per run.
+    A model whose ops oneDNN cannot run (Paddle 3.3: a detector's prior boxes) runs without it,
+    and its runtime says so."""
 
     runtime = PADDLE_INFERENCE
 
     def __init__(self, model_file, threads):
+        self.model_file, self.threads = model_file, threads
+        self.predictor = self._predictor(onednn=True)
+
+    def _predictor(self, onednn):
         from paddle import inference
 
-        config = inference.Config(model_file, os.path.splitext(model_file)[0] + ".pdiparams")
+        config = inference.Config(self.model_file, os.path.splitext(self.model_file)[0] + ".pdiparams")
         config.disable_gpu()
-        config.set_cpu_math_library_num_threads(int(threads))
+        config.set_cpu_math_library_num_threads(int(self.threads))
+        if not onednn:
+            config.disable_mkldnn()
         config.disable_glog_info()
-        self.predictor = inference.create_predictor(config)
+        return inference.create_predictor(config)
 
-    def timer(self, feeds):
+    def _step(self, feeds):
         names = self.predictor.get_input_names()
         by_name = dict(feeds)
         handles = [(self.predictor.get_input_handle(n), by_name[n] if n in by_name else feeds[i][1])
                    for i, n in enumerate(names)]
         outputs = [self.predictor.get_output_handle(n) for n in self.predictor.get_output_names()]
+        predictor = self.predictor
 
         def step():
             for handle, array in handles:
                 handle.reshape(array.shape)
                 handle.copy_from_cpu(array)
-            self.predictor.run()
+            predictor.run()
             for out in outputs:
                 out.copy_to_cpu()
 
+        return step
+
+    def timer(self, feeds):
+        step = self._step(feeds)
+        try:
+            step()
+        except Exception:  # noqa: BLE001
+            if self.runtime != PADDLE_INFERENCE:
+                raise
+            self.predictor = self._predictor(onednn=False)
+            self.runtime = PADDLE_INFERENCE + " without oneDNN"
+            step = self._step(feeds)
+            step()
         return step
 
 
@@ -185,12 +233,13 @@ class Exported:
     """``model`` as it is now, exported and loaded into each runtime available (the files are
     gone once loaded: the predictors keep the model in memory)."""
 
-    def __init__(self, model, inputs_for, threads=1, onnx=True, log=None):
-        self.inputs_for, self.threads = inputs_for, int(threads)
+    def __init__(self, model, inputs_for, threads=1, onnx=True, log=None, context=None):
+        self.inputs_for, self.threads, self.context = inputs_for, int(threads), context
         directory = tempfile.mkdtemp(prefix="slim-latency-")
         try:
-            model_file = export(model, inputs_for(1), os.path.join(directory, "model"))
+            model_file = export(model, inputs_for(1), os.path.join(directory, "model"), context and context())
             self.engines = [PaddleInference(model_file, threads)]
+            self.engines[0].timer(_feeds(inputs_for(1)))  # one run, while the files are there to fall back on
             if onnx and onnx_available():
                 try:
                     self.engines.append(OnnxRuntime(model_file, threads))
@@ -202,7 +251,12 @@ class Exported:
 
     def timers(self, batch_sizes):
         feeds = {b: _feeds(self.inputs_for(b)) for b in batch_sizes}
-        return [(engine.runtime, b, engine.timer(feeds[b])) for engine in self.engines for b in batch_sizes]
+        timers = []
+        for engine in self.engines:
+            for b in batch_sizes:
+                step = engine.timer(feeds[b])
+                timers.append((engine.runtime, b, step))
+        return timers
 
 
 def timed(exported, batch_sizes, rounds=1):
@@ -242,7 +296,7 @@ def entry(latencies, batch_size, runtime=PADDLE_INFERENCE):
 def cut_against(reference, model, batch_size, rounds=8):
     """``(cut, ms)``: ``model``'s latency cut against the :class:`Exported` ``reference``, the
     two timed in alternating rounds (Paddle Inference only)."""
-    candidate = Exported(model, reference.inputs_for, reference.threads, onnx=False)
+    candidate = Exported(model, reference.inputs_for, reference.threads, onnx=False, context=reference.context)
     ref, cand = timed([reference, candidate], [batch_size], rounds)
     ref, cand = entry(ref, batch_size), entry(cand, batch_size)
     return 1 - cand["ms"] / ref["ms"], cand["ms"]

@@ -1,4 +1,5 @@
 """The prune workflow as one object, run from ``slim_before_train``."""
+import contextlib
 import functools
 import os
 import sys
@@ -8,7 +9,7 @@ from dataclasses import asdict
 from slim_plugins.errors import AdapterError, OptionError
 from slim_plugins.plugins.prune import flops_model, latency, measure, report
 from slim_plugins.plugins.prune.inventory import inventory, summary, table_text
-from slim_plugins.plugins.prune.model import PrunableModel
+from slim_plugins.plugins.prune.model import PrunableModel, _dy2st_error, _opaque
 from slim_plugins.plugins.prune.plan import PrunePlan, attach, attached, find_plan, make_plan, plan_path, replay
 from slim_plugins.plugins.prune.ratios import (
     align_ratios,
@@ -134,6 +135,8 @@ class PruneWorkflow:
             print(table_text(rows))
             print(summary(rows))
             raise SystemExit(0)
+        self.prunable = prunable
+        self.before["latency"] = self._latency()
         for row in rows:
             if row.status == "skipped" and row.reason and self.run.is_main_process:
                 log(f"skip {row.weight}: {row.reason}")
@@ -192,7 +195,8 @@ class PruneWorkflow:
 
     def _measure(self):
         figures = {"flops": measure.flops(self.model, self.check_inputs), "params": measure.parameters(self.model)}
-        figures["latency"] = self._latency()
+        if getattr(self, "prunable", None) is not None:  # the before figures: measured once traced
+            figures["latency"] = self._latency()
         return figures
 
     # ------------------------------------------------------------------ latency (see latency.py)
@@ -205,13 +209,30 @@ class PruneWorkflow:
             self.latency_batch_sizes = sorted({1, size or 1})
         return self.latency_batch_sizes
 
+    def _exported(self, onnx=True):
+        """The model as it is now, exported for timing in the adapter's trace context (the suite's
+        export paths: a detector's NMS through Paddle 3's PIR ops); sublayers the tracer replaced
+        by stand-ins (post-processing that paddle.jit.to_static cannot convert) are replaced the
+        same way."""
+        opaque = self.prunable.opaque
+
+        @contextlib.contextmanager
+        def context():
+            with self.run.trace_context(), (_opaque(self.model, opaque, self.check_inputs) if opaque
+                                            else contextlib.nullcontext()):
+                yield
+        if opaque and not self.report.get("latency_excludes"):
+            self.report["latency_excludes"] = sorted(opaque)
+            log(f"latency excludes {', '.join(sorted(opaque))}: post-processing paddle.jit.to_static cannot convert")
+        return latency.Exported(self.model, self.run.forward_inputs, self.config.latency_threads, onnx=onnx,
+                                log=log, context=context)
+
     def _latency_reference(self):
         """The unpruned model exported now, to time the pruned one alongside: both predictors
         fresh (one made before the sensitivity analysis ran slower in our measurements)."""
         self.latency_reference = None
         if self.before.get("latency") is not None:
-            self.latency_reference = latency.Exported(self.model, self.run.forward_inputs, self.config.latency_threads,
-                                                      log=log)
+            self.latency_reference = self._exported()
 
     def _latency(self):
         """Latency entries of the model as it is now, exported (see latency.py). The pruned
@@ -220,7 +241,7 @@ class PruneWorkflow:
         needs it."""
         cfg = self.config
         try:
-            exported = latency.Exported(self.model, self.run.forward_inputs, cfg.latency_threads, log=log)
+            exported = self._exported()
             if getattr(self, "latency_reference", None) is None:
                 return latency.timed([exported], self._latency_batch_sizes())[0]
             before, after = latency.timed([self.latency_reference, exported], self._latency_batch_sizes(), rounds=8)
@@ -228,8 +249,9 @@ class PruneWorkflow:
             self.report["latency_timed_alongside"] = True
             return after
         except Exception as exc:  # noqa: BLE001
-            message = f"latency not measured: paddle.jit.save or Paddle Inference failed: {type(exc).__name__}: " \
-                      f"{str(exc).splitlines()[0][:200] if str(exc) else ''}"
+            source, why = _dy2st_error(exc)
+            message = (f"latency not measured: paddle.jit.save or Paddle Inference failed"
+                       f"{' at ' + source if source else ''}: {type(exc).__name__}: {why}")
             if cfg.pruned_latency is not None:
                 raise AdapterError(message, plugin="prune",
                                    hint="pruned_latency times the exported model: use pruned_flops for a model "
@@ -240,7 +262,7 @@ class PruneWorkflow:
     def _latency_cut(self, prunable, ratios, batch_size):
         """``(cut, ms)``: the latency cut of the model pruned at ``ratios`` (then restored),
         timed alongside the unpruned model, both exported now."""
-        reference = latency.Exported(self.model, self.run.forward_inputs, self.config.latency_threads, onnx=False)
+        reference = self._exported(onnx=False)
         applied = prunable.apply(ratios)
         try:
             return latency.cut_against(reference, self.model, batch_size)
