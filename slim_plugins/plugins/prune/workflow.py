@@ -274,18 +274,24 @@ class PruneWorkflow:
         batch_size = max(self._latency_batch_sizes())
         base = latency.entry(self.before["latency"], batch_size)
         pruned_fraction = lambda ratios: self._pruned_fraction(prunable, ratios)  # noqa: E731
+        shapes = []
         try:  # the sensitivities' shape: the loss-budget plan at the target taken as a FLOPs cut
             shape, _fraction, _budget = ratios_for_flops(sens, cfg.pruned_latency, pruned_fraction, channels, cfg.align)
-            how = "loss-budget plan"
+            shapes.append(("loss-budget plan", shape))
         except OptionError:
-            shape, how = {g: 1.0 for g in sens}, "uniform"
+            pass
+        shapes.append(("uniform", {g: 1.0 for g in sens}))  # every group: when the plan's groups cannot reach it
         cut_of = lambda r: self._latency_cut(prunable, r, batch_size)  # noqa: E731
         align = cfg.align or latency.ALIGN
-        ratios, cut, evaluations = latency.plan_for_latency(shape, cfg.pruned_latency, cut_of, limits, channels, align)
-        for e in evaluations:
-            log(f"pruned_latency={cfg.pruned_latency}: {how} x {e['scale']:.3f} ({e['groups']} groups): "
-                f"{base['label']} {e['ms']:.3f} ms, cut {e['cut']:.1%} against the unpruned model timed alongside"
-                + ("  <- chosen" if e["ratios"] is ratios else ""))
+        for how, shape in shapes:
+            ratios, cut, evaluations = latency.plan_for_latency(shape, cfg.pruned_latency, cut_of, limits, channels,
+                                                                align)
+            for e in evaluations:
+                log(f"pruned_latency={cfg.pruned_latency}: {how} x {e['scale']:.3f} ({e['groups']} groups): "
+                    f"{base['label']} {e['ms']:.3f} ms, cut {e['cut']:.1%} against the unpruned model timed alongside"
+                    + ("  <- chosen" if e["ratios"] is ratios else ""))
+            if ratios is not None:
+                break
         if ratios is None:
             raise OptionError(
                 f"pruned_latency={cfg.pruned_latency} cannot be reached: pruning every analysed group as far as "
