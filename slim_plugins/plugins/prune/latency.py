@@ -288,8 +288,10 @@ def measure(model, inputs_for, batch_sizes, threads=1, onnx=True, log=None):
 
 
 def entry(latencies, batch_size, runtime=PADDLE_INFERENCE):
-    """The measurement of ``runtime`` at ``batch_size`` in a list :func:`measure` returned."""
-    return next((e for e in latencies or () if e["runtime"] == runtime and e["batch_size"] == batch_size), None)
+    """The measurement of ``runtime`` (or its variant: "... without oneDNN") at ``batch_size`` in a
+    list :func:`measure` returned."""
+    return next((e for e in latencies or () if e["runtime"].startswith(runtime) and e["batch_size"] == batch_size),
+                None)
 
 
 # ------------------------------------------------------------------------------------ target
