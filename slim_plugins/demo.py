@@ -16,7 +16,7 @@ import paddle
 import paddle.nn as nn
 from paddle.static import InputSpec
 
-from slim_plugins.plugins.prune import measure, report
+from slim_plugins.plugins.prune import latency, measure, report
 from slim_plugins.progress import Progress
 
 LATENCY_BATCH = 64
@@ -85,14 +85,23 @@ def hapi_model(network):
     return model
 
 
-def figures(model, test, batch_size=LATENCY_BATCH):
+def figures(model, test, reference=None, batch_size=LATENCY_BATCH):
+    """The plugin's own figures: FLOPs at batch 1, latency of the exported model in Paddle
+    Inference (1 CPU thread) at batch 1 and at the eval batch size; with the ``reference``
+    (the unpruned model, exported), both timed alongside, and the reference's figures too."""
     network = model.network
     one = [paddle.zeros([1, 1, 8, 8])]
-    batch = [paddle.to_tensor(np.stack([test[i][0] for i in range(batch_size)]))]
+    inputs_for = lambda n: [paddle.to_tensor(np.stack([test[i][0] for i in range(n)]))]  # noqa: E731
+    exported = latency.Exported(network, inputs_for)
+    if reference is None:
+        timed = latency.timed([exported], sorted({1, batch_size}))[0]
+    else:
+        reference_timed, timed = latency.timed([reference, exported], sorted({1, batch_size}), rounds=8)
     return {
         "params": measure.parameters(network),
         "flops": measure.flops(network, one),
-        "latency_ms": measure.latency_ms(network, batch),
+        "latency": timed if reference is None else (reference_timed, timed),
+        "exported": exported,
         "metric": float(model.evaluate(test, batch_size=128, verbose=0)["acc"]),
     }
 
@@ -124,6 +133,7 @@ def _run_demo(report_path, quick, budget, workdir, seed):
                   nn.CrossEntropyLoss(), paddle.metric.Accuracy())
     model.fit(train, test, batch_size=64, epochs=epochs, verbose=0, callbacks=[EpochProgress("train")])
     before = figures(model, test)
+    reference = before.pop("exported")
 
     print(f"2/3 prune plugin: sensitivity analysis, ratios for an accuracy-loss budget of {budget:g}, prune",
           file=sys.stderr)
@@ -136,7 +146,9 @@ def _run_demo(report_path, quick, budget, workdir, seed):
     print(f"3/3 fine-tuning the pruned model ({finetune} epochs)", file=sys.stderr)
     finetuner.fit(train, test, batch_size=64, epochs=finetune, verbose=0, save_dir=workdir,
                   save_freq=finetune, callbacks=[EpochProgress("fine-tune")])
-    after = figures(finetuner, test)
+    after = figures(finetuner, test, reference)
+    after.pop("exported")
+    before["latency"], after["latency"] = after["latency"]  # timed alongside, in the same minute
     result = finetuner._slim_run.results.get("prune")
     prune_report = result.report if result is not None else {}
 

@@ -256,10 +256,44 @@ def user_error(args, cwd, env=None, within=30):
     (["--prune.eval_metric_loss", "0.1", "--prune.sen_workers", "0"], "sen_workers='0'"),
     (["--prune.eval_metric_loss", "0.1", "--prune.sen_batches", "0"], "sen_batches='0'"),
     (["--prune.ratios", "0.weight=0.5", "--prune.align", "0"], "align='0'"),
+    (["--prune.pruned_latency", "1"], "pruned_latency='1'"),
+    (["--prune.pruned_latency", "0.3", "--prune.latency_batch_size", "0"], "latency_batch_size='0'"),
 ])
 def test_invalid_options_stop_before_any_work(tmp_path, args, named):
     line = user_error(["--plugin", "prune"] + args, tmp_path)
     assert named in line and (" is outside " in line or "empty" in line), line
+
+
+def test_latency_target_excludes_the_other_ways_to_choose_ratios(tmp_path):
+    line = user_error(["--plugin", "prune", "--prune.pruned_latency", "0.3", "--prune.pruned_flops", "0.3"], tmp_path)
+    assert "choose ratios one way only, got pruned_flops, pruned_latency" in line, line
+
+
+def test_latency_target_is_searched_with_measured_latency(tmp_path, python, trained):
+    """pruned_latency: every candidate plan is exported and timed in Paddle Inference (no timing
+    threshold here: the run's own measurements must show the target reached and labelled)."""
+    report_path = tmp_path / "report.json"
+    proc = python([SCRIPT, str(tmp_path), "--epochs", "1", "--init", str(trained), "--plugin", "prune",
+                   "--prune.pruned_latency", "0.3", "--prune.sen_ratios", "0.3,0.8", "--prune.sen_batches", "2",
+                   "--prune.plot", "false", "--prune.report", str(report_path)], cwd=str(tmp_path))
+    report = json.loads(report_path.read_text())
+    labels = {"latency (Paddle Inference CPU, batch 1, 1 thread)", "latency (Paddle Inference CPU, batch 64, 1 thread)"}
+    for side in ("before", "after"):  # batch 1 and the eval batch size (fit's 64), with runtime and threads
+        assert {e["label"] for e in report[side]["latency"]} == labels
+        assert all(e["ms"] > 0 and e["runs"] >= 20 for e in report[side]["latency"])
+    for label in labels:
+        assert f"{label}: " in proc.stderr and " ms (" in proc.stderr
+    searched = report["budget"]["latency"]
+    assert searched["target"] == 0.3 and searched["batch_size"] == 64 and searched["runtime"] == "Paddle Inference CPU"
+    evaluations = searched["evaluations"]
+    assert evaluations and all(e["ms"] > 0 for e in evaluations)
+    # the chosen plan is the measured one closest to the target among those that reach it
+    reached = [e for e in evaluations if e["cut"] >= 0.3 - searched["tolerance"]]
+    assert reached and searched["cut"] == min(reached, key=lambda e: abs(e["cut"] - 0.3))["cut"]
+    assert report["ratios"] and report["after"]["flops"] < report["before"]["flops"]
+    chosen = next(e for e in evaluations if e["cut"] == searched["cut"])
+    assert chosen["groups"] == len(report["ratios"])
+    assert "ONNX Runtime" in proc.stderr  # measured, or one line saying how to get it
 
 
 @pytest.mark.parametrize("section, named", [

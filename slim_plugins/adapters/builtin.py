@@ -140,7 +140,13 @@ class HapiAdapter(Adapter):
         return self.state(run).fit_args.get("train_data")
 
     def eval_loader(self, run):
-        return self.state(run).fit_args.get("eval_data")
+        args = self.state(run).fit_args
+        eval_data = args.get("eval_data")
+        from paddle.io import DataLoader
+
+        if eval_data is None or isinstance(eval_data, DataLoader):
+            return eval_data
+        return DataLoader(eval_data, batch_size=args.get("batch_size", 1), shuffle=False)  # as fit batches it
 
     def metric(self, run):
         hapi = run.handle

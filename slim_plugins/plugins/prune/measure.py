@@ -1,6 +1,4 @@
-"""FLOPs, parameters and latency of a dygraph model, measured with forward hooks."""
-import time
-
+"""FLOPs and parameters of a dygraph model, measured with forward hooks (latency: latency.py)."""
 import numpy as np
 import paddle
 import paddle.nn as nn
@@ -74,24 +72,3 @@ def parameters(model):
     """Trainable parameter count (BN running statistics excluded)."""
     return int(sum(int(np.prod(p.shape)) for p in model.parameters() if not p.stop_gradient))
 
-
-def latency_ms(model, inputs, repeat=20, warmup=3):
-    """Median milliseconds of one forward pass of ``inputs`` (one batch) on the current device."""
-    was_training = model.training
-    model.eval()
-    times = []
-    try:
-        with paddle.no_grad():
-            for i in range(warmup + repeat):
-                start = time.perf_counter()
-                out = model(*inputs)
-                if isinstance(out, (list, tuple)):
-                    out = out[0]
-                if hasattr(out, "numpy"):
-                    out.numpy()
-                if i >= warmup:
-                    times.append((time.perf_counter() - start) * 1000)
-    finally:
-        if was_training:
-            model.train()
-    return float(np.median(times))

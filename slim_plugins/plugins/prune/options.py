@@ -31,6 +31,16 @@ class PruneOptions:
         None, optional(FRACTION),
         "in (0, 1): remove this fraction of FLOPs: with `budget_rule model`, the plan with the lowest "
         "measured whole-model loss among the loss-budget bisection plan, a uniform ratio and two blends")
+    pruned_latency: Optional[float] = option(
+        None, optional(FRACTION),
+        "in (0, 1): cut this fraction of the measured latency (Paddle Inference CPU, at `latency_batch_size`): "
+        "ratios shaped by the sensitivities, scaled until the measured cut is within 0.025 of the target "
+        "(see \"Latency\")")
+    latency_batch_size: Optional[int] = option(
+        None, optional(POSITIVE), "batch size latency is measured at besides 1, and the one `pruned_latency` "
+        "targets", shown="the eval batch size")
+    latency_threads: int = option(1, POSITIVE, "CPU threads of every latency measurement (Paddle Inference, "
+                                               "ONNX Runtime)")
     budget_rule: str = option(
         "model", str,
         "`model`: the budget holds for the whole model (see above); `per_group`: PaddleSlim's rule, "

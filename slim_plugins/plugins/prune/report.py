@@ -13,13 +13,29 @@ def human(n):
     return f"{n:.3g}P"
 
 
+def _latency_pairs(before, after):
+    """``(label, before ms, after ms or None)`` per measurement (see latency.measure)."""
+    after = {(e["runtime"], e["batch_size"], e["threads"]): e["ms"] for e in after or ()}
+    return [(e["label"], e["ms"], after.get((e["runtime"], e["batch_size"], e["threads"]))) for e in before or ()]
+
+
+def latency_lines(before, after):
+    """``latency (Paddle Inference CPU, batch 1, 1 thread): 0.44 -> 0.31 ms (-30.0%)``, per measurement."""
+    return [f"{lbl}: {b:.3f} -> {a:.3f} ms ({(a - b) / b:+.1%})" if a is not None else f"{lbl}: {b:.3f} ms"
+            for lbl, b, a in _latency_pairs(before, after)]
+
+
 def before_after_table(before, after, metric_name):
-    """``before``/``after``: dicts with params, flops, latency_ms, metric (any may be missing)."""
+    """``before``/``after``: dicts with params, flops, latency (a list of measurements), metric
+    (any may be missing)."""
     rows = []
-    for key, label, fmt in (("params", "parameters", human), ("flops", "FLOPs", human),
-                            ("latency_ms", "latency / batch (ms)", lambda v: f"{v:.2f}"),
-                            ("metric", metric_name, lambda v: f"{v:.4f}")):
-        b, a = before.get(key), after.get(key)
+    keys = [("params", "parameters", human), ("flops", "FLOPs", human)]
+    for lbl, b, _a in _latency_pairs(before.get("latency"), after.get("latency")):
+        keys.append((lbl, lbl + " ms", lambda v: f"{v:.3f}"))
+    keys.append(("metric", metric_name, lambda v: f"{v:.4f}"))
+    latencies = {lbl: (b, a) for lbl, b, a in _latency_pairs(before.get("latency"), after.get("latency"))}
+    for key, label, fmt in keys:
+        b, a = latencies[key] if key in latencies else (before.get(key), after.get(key))
         if b is None and a is None:
             continue
         change = f"{(a - b) / b:+.1%}" if (a is not None and b) else ""

@@ -1,4 +1,5 @@
 """The prune workflow as one object, run from ``slim_before_train``."""
+import contextlib
 import functools
 import os
 import sys
@@ -7,10 +8,10 @@ from dataclasses import asdict, dataclass
 from typing import Optional
 
 from slim_plugins.errors import AdapterError, OptionError, StopRun
-from slim_plugins.plugins.prune import flops_model, measure, report
+from slim_plugins.plugins.prune import flops_model, latency, measure, report
 from slim_plugins.plugins.prune.inventory import inventory, summary, table_text
 from slim_plugins.plugins.prune.legacy import imported_sen_file
-from slim_plugins.plugins.prune.model import PrunableModel
+from slim_plugins.plugins.prune.model import PrunableModel, _dy2st_error, _opaque
 from slim_plugins.plugins.prune.plan import PrunePlan, attach, attached, find_plan, make_plan, plan_path, replay
 from slim_plugins.plugins.prune.ratios import (
     align_ratios,
@@ -121,6 +122,8 @@ class PruneWorkflow:
         prunable, rows = self._trace(trace_inputs)
         if cfg.action == "show":
             self._show(rows)
+        self.prunable = prunable
+        self.before["latency"] = self._latency()
         groups = self._groups(prunable, rows)
         sfile = None
         if cfg.ratios is not None:
@@ -142,15 +145,16 @@ class PruneWorkflow:
     def _check_options(self):
         """Option combinations no single option's check sees: one way to choose ratios."""
         cfg = self.config
-        modes = [k for k in ("ratios", "eval_metric_loss", "pruned_flops") if getattr(cfg, k) is not None]
+        modes = [k for k in ("ratios", "eval_metric_loss", "pruned_flops", "pruned_latency")
+                 if getattr(cfg, k) is not None]
         if cfg.action == "prune" and not modes:
             raise OptionError(
                 "the prune plugin is on but has no way to choose ratios", plugin="prune",
                 hint="give one of --prune.ratios 'glob=0.3', --prune.eval_metric_loss 0.02, "
-                     "--prune.pruned_flops 0.3 (or --prune.action show to list groups)")
+                     "--prune.pruned_flops 0.3, --prune.pruned_latency 0.3 (or --prune.action show to list groups)")
         if len(modes) > 1:
             raise OptionError(f"choose ratios one way only, got {', '.join(modes)}", plugin="prune",
-                              hint="keep one of ratios, eval_metric_loss, pruned_flops")
+                              hint="keep one of ratios, eval_metric_loss, pruned_flops, pruned_latency")
 
     def _resolve_inputs(self):
         """The adapter's trace inputs and check inputs, and the unpruned model's shapes and figures."""
@@ -209,6 +213,7 @@ class PruneWorkflow:
 
     def _apply(self, prunable, ratios):
         """Prune the model in place and attach the plan that rebuilds its shapes."""
+        self._latency_reference()
         prunable.prune(ratios, optimizer=self.run.optimizer, check_inputs=self.check_inputs)
         self.after = self._measure()
         plan = make_plan(prunable, ratios, self.base_shapes, self.base_fingerprint,
@@ -242,9 +247,115 @@ class PruneWorkflow:
                     row.status, row.reason = "skipped", reason
 
     def _measure(self):
-        return {"flops": measure.flops(self.model, self.check_inputs),
-                "params": measure.parameters(self.model),
-                "latency_ms": measure.latency_ms(self.model, self.check_inputs, repeat=10, warmup=2)}
+        figures = {"flops": measure.flops(self.model, self.check_inputs), "params": measure.parameters(self.model)}
+        if getattr(self, "prunable", None) is not None:  # the before figures: measured once traced
+            figures["latency"] = self._latency()
+        return figures
+
+    # ------------------------------------------------------------------ latency (see latency.py)
+    def _latency_batch_sizes(self):
+        if not hasattr(self, "latency_batch_sizes"):
+            size = self.config.latency_batch_size or latency.batch_size_of(self.run.eval_loader)
+            if size is None:
+                log("latency at batch 1 only: the adapter gives no eval batch size "
+                    "(--prune.latency_batch_size N adds one)")
+            self.latency_batch_sizes = sorted({1, size or 1})
+        return self.latency_batch_sizes
+
+    def _exported(self, onnx=True):
+        """The model as it is now, exported for timing in the adapter's trace context (the suite's
+        export paths: a detector's NMS through Paddle 3's PIR ops); sublayers the tracer replaced
+        by stand-ins (post-processing that paddle.jit.to_static cannot convert) are replaced the
+        same way."""
+        opaque = self.prunable.opaque
+
+        @contextlib.contextmanager
+        def context():
+            with self.run.trace_context(), (_opaque(self.model, opaque, self.check_inputs) if opaque
+                                            else contextlib.nullcontext()):
+                yield
+        if opaque and not self.report.get("latency_excludes"):
+            self.report["latency_excludes"] = sorted(opaque)
+            log(f"latency excludes {', '.join(sorted(opaque))}: post-processing paddle.jit.to_static cannot convert")
+        return latency.Exported(self.model, self.run.forward_inputs, self.config.latency_threads, onnx=onnx,
+                                log=log, context=context)
+
+    def _latency_reference(self):
+        """The unpruned model exported now, to time the pruned one alongside: both predictors
+        fresh (one made before the sensitivity analysis ran slower in our measurements)."""
+        self.latency_reference = None
+        if self.before.get("latency") is not None:
+            self.latency_reference = self._exported()
+
+    def _latency(self):
+        """Latency entries of the model as it is now, exported (see latency.py). The pruned
+        model is timed alongside the unpruned one, in the same minute, and the report's "before"
+        figures are those. None (logged) when the model does not export, unless pruned_latency
+        needs it."""
+        cfg = self.config
+        try:
+            exported = self._exported()
+            if getattr(self, "latency_reference", None) is None:
+                return latency.timed([exported], self._latency_batch_sizes())[0]
+            before, after = latency.timed([self.latency_reference, exported], self._latency_batch_sizes(), rounds=8)
+            self.before["latency"] = before
+            self.report["latency_timed_alongside"] = True
+            return after
+        except Exception as exc:  # noqa: BLE001
+            source, why = _dy2st_error(exc)
+            message = (f"latency not measured: paddle.jit.save or Paddle Inference failed"
+                       f"{' at ' + source if source else ''}: {type(exc).__name__}: {why}")
+            if cfg.pruned_latency is not None:
+                raise AdapterError(message, plugin="prune",
+                                   hint="pruned_latency times the exported model: use pruned_flops for a model "
+                                        "that paddle.jit.save cannot export") from exc
+            log(message)
+            return None
+
+    def _latency_cut(self, prunable, ratios, batch_size):
+        """``(cut, ms)``: the latency cut of the model pruned at ``ratios`` (then restored),
+        timed alongside the unpruned model, both exported now."""
+        reference = self._exported(onnx=False)
+        applied = prunable.apply(ratios)
+        try:
+            return latency.cut_against(reference, self.model, batch_size)
+        finally:
+            applied.restore()
+
+    def _choose_for_latency(self, prunable, sens, limits, channels, budget_report):
+        cfg = self.config
+        batch_size = max(self._latency_batch_sizes())
+        base = latency.entry(self.before["latency"], batch_size)
+        pruned_fraction = lambda ratios: self._pruned_fraction(prunable, ratios)  # noqa: E731
+        shapes = []
+        try:  # the sensitivities' shape: the loss-budget plan at the target taken as a FLOPs cut
+            shape, _fraction, _budget = ratios_for_flops(sens, cfg.pruned_latency, pruned_fraction, channels, cfg.align)
+            shapes.append(("loss-budget plan", shape))
+        except OptionError:
+            pass
+        shapes.append(("uniform", {g: 1.0 for g in sens}))  # every group: when the plan's groups cannot reach it
+        cut_of = lambda r: self._latency_cut(prunable, r, batch_size)  # noqa: E731
+        align = cfg.align or latency.ALIGN
+        for how, shape in shapes:
+            ratios, cut, evaluations = latency.plan_for_latency(shape, cfg.pruned_latency, cut_of, limits, channels,
+                                                                align)
+            for e in evaluations:
+                log(f"pruned_latency={cfg.pruned_latency}: {how} x {e['scale']:.3f} ({e['groups']} groups): "
+                    f"{base['label']} {e['ms']:.3f} ms, cut {e['cut']:.1%} against the unpruned model timed alongside"
+                    + ("  <- chosen" if e["ratios"] is ratios else ""))
+            if ratios is not None:
+                break
+        if ratios is None:
+            raise OptionError(
+                f"pruned_latency={cfg.pruned_latency} cannot be reached: pruning every analysed group as far as "
+                f"the sensitivities go cuts the measured {base['label']} by {cut:.1%}", plugin="prune",
+                hint="lower pruned_latency, analyse more ratios (sen_ratios up to 0.9) or a larger latency_batch_size")
+        budget_report["latency"] = {
+            "target": cfg.pruned_latency, "tolerance": latency.TOLERANCE, "runtime": base["runtime"],
+            "batch_size": batch_size, "threads": base["threads"], "label": base["label"],
+            "baseline_ms": base["ms"], "shape": how, "align": align, "cut": cut,
+            "evaluations": [{k: v for k, v in e.items() if k != "ratios"} for e in evaluations]}
+        return ratios
 
     def _sen_file_path(self):
         path = self.config.sen_file or os.path.join(self.save_dir, "sensitivities.json")
@@ -390,7 +501,9 @@ class PruneWorkflow:
             log(f"the sensitivity file has no baseline metric: measured {baseline:.4f}")
         loss_of = lambda ratios: self._whole_loss(prunable, baseline, ratios)  # noqa: E731
         budget_report = {"rule": cfg.budget_rule}
-        if cfg.pruned_flops is not None and cfg.budget_rule == "per_group":
+        if cfg.pruned_latency is not None:
+            ratios = self._choose_for_latency(prunable, sens, self._limits(sfile, sens), channels, budget_report)
+        elif cfg.pruned_flops is not None and cfg.budget_rule == "per_group":
             ratios, fraction, budget = ratios_for_flops(sens, cfg.pruned_flops, pruned_fraction, channels, cfg.align)
             why = " (below 0: only groups whose pruning raised the metric)" if budget < 0 else ""
             log(f"pruned_flops={cfg.pruned_flops}: loss budget {budget:.4f}{why} removes {fraction:.1%} of FLOPs")
@@ -470,6 +583,10 @@ class PruneWorkflow:
               file=sys.stderr)
         log(f"pruned {len(plan.ratios)} groups: FLOPs {self.before['flops']} -> {self.after['flops']} "
             f"({(self.after['flops'] - self.before['flops']) / self.before['flops']:+.1%})")
+        for line in report.latency_lines(self.before.get("latency"), self.after.get("latency")):
+            log(line)
+        if self.before.get("latency") and not latency.onnx_available():
+            log(latency.ONNX_MISSING)
         self.run.results["prune"] = result = PruneResult(self.report)
         if not self.run.is_main_process:
             return
