@@ -88,6 +88,10 @@ class TrainingRun:
     :ivar handle: the suite's own object for the run (``paddle.Model``, ppdet ``Trainer`` ...).
     :ivar mode: ``train``, ``eval``, ``export`` or ``load``.
     :ivar state: free room for the adapter's own bookkeeping (not for plugins).
+    :ivar weights_loaded: the :func:`~slim_plugins.hooks.spec.slim_initial_weights` the adapter
+        loaded before ``slim_before_train``, None if it loaded none.
+    :ivar epochs_done: epochs trained when ``slim_before_train`` fired (see
+        :func:`~slim_plugins.hooks.spec.slim_epochs_before_train`).
     """
 
     adapter: str
@@ -95,6 +99,8 @@ class TrainingRun:
     handle: Any = None
     mode: str = "train"
     state: Dict[str, Any] = field(default_factory=dict)
+    weights_loaded: Optional[str] = None
+    epochs_done: int = 0
 
     def _ask(self, hook, **kwargs):
         return getattr(self.session.pm.hook, hook)(run=self, **kwargs)
@@ -167,6 +173,16 @@ class TrainingRun:
         import contextlib
 
         return self._ask("slim_trace_context") or contextlib.nullcontext()
+
+    @property
+    def initial_weights(self):
+        """Weights a plugin wants loaded before training, or None."""
+        return self._ask("slim_initial_weights")
+
+    @property
+    def epochs_before_train(self):
+        """Epochs a plugin wants trained before ``slim_before_train``, or None."""
+        return self._ask("slim_epochs_before_train")
 
     @property
     def save_dir(self):

@@ -50,6 +50,8 @@ class Adapter:
     :cvar description: one line for ``slim-plugins list``.
     :cvar distributions: pip names of the suite; ``slim-plugins list`` shows the version installed.
     :cvar supported: version prefixes the adapter is tested with (``("2.6.",)``).
+    :cvar weights_hint: how a user of this suite loads trained weights before training, for the
+        errors that refuse an untrained model or an option the adapter cannot honour.
     """
 
     name = "base"
@@ -57,6 +59,7 @@ class Adapter:
     description = ""
     distributions = ()
     supported = ()
+    weights_hint = ""
 
     # ---- override these -----------------------------------------------------------------
     def install(self, session):

@@ -79,6 +79,7 @@ def install_import_shims():
 # ------------------------------------------------------------------------------ the adapter
 class PaddleXAdapter(Adapter):
     name = "paddlex"
+    weights_hint = "load trained weights: model.train(..., pretrain_weights=PATH/model.pdparams)"
     modules = ("paddlex",)
     description = "PaddleX 2.x: model.train / save / pdx.load_model / export"
     distributions = ("paddlex",)
@@ -298,7 +299,7 @@ class PaddleXAdapter(Adapter):
             classes = getattr(model, "num_classes", None) or len(getattr(dataset, "labels", []) or [])
             chance = 1.0 / classes if classes and classes > 1 else None
         return Metric(name, evaluate, chance=chance,
-                      weights_hint="load trained weights: model.train(..., pretrain_weights=PATH/model.pdparams)")
+                      weights_hint=self.weights_hint)
 
     def input_spec(self, run):
         model = run.handle

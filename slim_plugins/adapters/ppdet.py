@@ -41,6 +41,7 @@ DEFAULT_SIZE = 640  # input side when the config names none (ppdet's usual defau
 
 class PPDetAdapter(Adapter):
     name = "ppdet"
+    weights_hint = "load trained weights: -o pretrain_weights=PATH (or weights=PATH)"
     modules = ("ppdet.engine.trainer",)
     description = "PaddleDetection 2.6: ppdet.engine.Trainer train / eval / export / resume"
     distributions = ("paddledet",)
@@ -197,7 +198,7 @@ class PPDetAdapter(Adapter):
             return _EvalData.of(run, max_batches).evaluate(run.handle.model)
 
         return Metric(name, evaluate, chance=0.0,
-                      weights_hint="load trained weights: -o pretrain_weights=PATH (or weights=PATH)")
+                      weights_hint=self.weights_hint)
 
     def forward_inputs(self, run, batch_size):
         import paddle

@@ -108,6 +108,7 @@ def _weights_file(path):
 
 class PaddleOCRAdapter(Adapter):
     name = "ppocr"
+    weights_hint = "load trained weights: -o Global.pretrained_model=PATH"
     modules = (SAVE_LOAD,)
     description = "PaddleOCR 2.x tools/train.py, tools/eval.py, tools/export_model.py"
     distributions = ("unstructured-paddleocr", "paddleocr")
@@ -458,7 +459,7 @@ class PaddleOCRAdapter(Adapter):
             return float(result[eval_class.main_indicator])
 
         return Metric(name, evaluate, chance=_chance(config),
-                      weights_hint="load trained weights: -o Global.pretrained_model=PATH")
+                      weights_hint=self.weights_hint)
 
 
 adapter = PaddleOCRAdapter()

@@ -6,6 +6,8 @@ Switched on with ``--plugin prune``, a ``plugins: {prune: ...}`` config section,
 ``slim_on_checkpoint_save``) works whenever the plugin is not blocked, so the suite's eval and
 export commands need no option to load a pruned checkpoint.
 """
+import os
+
 from slim_plugins.config import bounded, non_empty, optional, to_bool, to_list, to_mapping
 from slim_plugins.hooks import hookimpl
 from slim_plugins.plugins.prune.sensitivity import DEFAULT_RATIOS
@@ -14,6 +16,19 @@ NAME = "prune"
 
 FRACTION = bounded(float, 0, 1, low_open=True, high_open=True)  # 0 < x < 1
 POSITIVE = bounded(int, 1)
+
+
+def weights_file(value):
+    """A checkpoint prefix (``Model.save``'s) or ``.pdparams`` path whose file exists: checked when
+    given, so a typo stops the command before any training."""
+    path = str(value).strip()
+    params = path if path.endswith(".pdparams") else path + ".pdparams"
+    if not os.path.isfile(params):
+        raise ValueError(f"there is no weights file {params}")
+    return path
+
+
+weights_file.__name__ = "a checkpoint prefix or .pdparams path"
 
 OPTIONS = (
     ("ratios", optional(to_mapping(bounded(float, 0, 1, high_open=True))), None,
@@ -48,6 +63,10 @@ OPTIONS = (
     ("action", str, "prune", "prune (then train), show (print groups and exit) or analyze (exit after analysis)"),
     ("report", optional(str), None, "report JSON path (default: <save_dir>/prune_report.json)"),
     ("plot", to_bool, True, "write PNG plots next to the sensitivity file"),
+    ("weights", optional(weights_file), None,
+     "trained weights loaded before the analysis (a Model.save prefix or .pdparams file; hapi scripts)"),
+    ("after_epochs", optional(POSITIVE), None,
+     "train this many epochs first, then analyse, prune and train on to the last epoch (hapi scripts)"),
 )
 CHOICES = {"criterion": ("l1_norm", "l2_norm", "fpgm"), "action": ("prune", "show", "analyze"),
            "budget_rule": ("model", "per_group")}
@@ -64,6 +83,18 @@ def slim_before_load_weights(run, path):
     from slim_plugins.plugins.prune.workflow import replay_for_checkpoint
 
     replay_for_checkpoint(run, path)
+
+
+@hookimpl
+def slim_initial_weights(run):
+    if run.session.is_enabled(NAME):
+        return run.plugin_config(NAME).weights
+
+
+@hookimpl
+def slim_epochs_before_train(run):
+    if run.session.is_enabled(NAME):
+        return run.plugin_config(NAME).after_epochs
 
 
 @hookimpl

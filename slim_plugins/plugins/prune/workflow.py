@@ -52,6 +52,24 @@ def check_trained(metric, baseline):
         + "; or prune with fixed --prune.ratios")
 
 
+def check_schedule(run, config):
+    """``weights`` and ``after_epochs`` need an adapter that honoured them (hapi's); elsewhere the
+    suite's own way to start from trained weights is the answer."""
+    adapter = run.session.adapters.get(run.adapter)
+    hint = getattr(adapter, "weights_hint", "") or "load trained weights before the training starts"
+    if config.weights is not None and run.weights_loaded is None:
+        raise OptionError(f"--prune.weights is for hapi scripts: the {run.adapter} adapter does not load it",
+                          plugin="prune", hint=hint)
+    if config.after_epochs is not None and run.epochs_done != config.after_epochs:
+        raise OptionError(f"--prune.after_epochs: the {run.adapter} adapter has no epoch boundary to prune at",
+                          plugin="prune", hint=hint + ", then run the train command again with the prune plugin")
+    if run.weights_loaded is not None:
+        log(f"loaded the trained weights {run.weights_loaded} before the analysis")
+    if run.epochs_done:
+        log(f"trained {run.epochs_done} epoch{'s' if run.epochs_done != 1 else ''} (prune.after_epochs): analysing "
+            "and pruning now, then training on to the last epoch")
+
+
 def replay_for_checkpoint(run, path):
     model = run.model
     if model is None:
@@ -98,6 +116,7 @@ class PruneWorkflow:
     # ------------------------------------------------------------------ steps
     def execute(self):
         cfg = self.config
+        check_schedule(self.run, cfg)
         modes = [k for k in ("ratios", "eval_metric_loss", "pruned_flops") if getattr(cfg, k) is not None]
         if cfg.action == "prune" and not modes:
             raise OptionError(
