@@ -104,8 +104,12 @@ def cmd_sens_show(args):
 
     sfile = _load(args.file)
     d = sfile.data
-    print(f"{args.file}: metric {d['metric']['name']} baseline {d['metric']['baseline']}, "
-          f"criterion {d['criterion']}, {len(d['groups'])} groups")
+    metric, baseline = d["metric"].get("name"), d["metric"].get("baseline")
+    print(f"{args.file}: "
+          + (f"metric {metric}" if metric else "metric not named yet (an imported file: the first run that uses it "
+                                              "names it)")
+          + (f", baseline {baseline:.4f}" if baseline is not None else "")
+          + (f", criterion {d['criterion']}" if d.get("criterion") else "") + f", {len(d['groups'])} groups")
     ratios = sorted({float(r) for g in d["groups"].values() for r in g["ratios"]})
     rows = []
     for name, losses in sfile.losses().items():

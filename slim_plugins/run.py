@@ -4,6 +4,13 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Optional
 
 
+def format_metric(value, percent=False):
+    """A metric value as a user reads it: 4 decimals (``0.9944``), or percent with 2 (``0.15%``)."""
+    if value is None:
+        return "-"
+    return f"{100 * float(value):.2f}%" if percent else f"{float(value):.4f}"
+
+
 @dataclass
 class Metric:
     """The suite's own evaluation, reduced to one number.
@@ -19,15 +26,22 @@ class Metric:
         to 1.
     :ivar weights_hint: how a user of this suite loads trained weights, for that refusal
         (``-o pretrain_weights=PATH``).
+    :ivar percent: the suite prints this metric in percent (ppdet's VOC mAP: ``0.15%`` for
+        0.0015), so the plugin's lines do too; values stay fractions in files and reports.
     """
 
     name: str
     evaluate: Callable[..., float]
     chance: Optional[float] = 0.0
     weights_hint: str = ""
+    percent: bool = False
 
     def __call__(self, max_batches=None):
         return float(self.evaluate(max_batches=max_batches))
+
+    def format(self, value):
+        """``value`` in the suite's own units, for a line a user reads."""
+        return format_metric(value, self.percent)
 
     def untrained(self, value):
         """Is ``value`` what a model that learned nothing scores? (0 always is: every relative

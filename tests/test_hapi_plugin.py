@@ -1,6 +1,7 @@
 """An unchanged hapi training script, run with and without `--plugin prune` (issue: core)."""
 import json
 import os
+import re
 
 import numpy as np
 import paddle
@@ -46,6 +47,7 @@ def test_with_plugin_the_trained_model_is_the_pruned_one(pruned_run):
     assert not any("backup" in k for k in saved)
     assert os.path.exists(out / "final.prune.json")
     assert "pruned 2 groups" in proc.stderr
+    assert re.search(r"after training: acc 0\.\d{4}$", proc.stderr, re.M)  # fixed ratios: no 'before pruning None'
     assert result["acc"] > 0.5
     assert BATCH_NORM_WARNING not in proc.stderr  # the plugin's lines are not drowned in it
 
@@ -132,9 +134,26 @@ def test_flops_target_from_a_yaml_plugin_config(tmp_path, python, trained):
                                                  else first["loss"])
     assert budget["whole_model_loss"] == pytest.approx(budget["whole_model_loss_chosen"], abs=1e-9)
     assert "derived_loss_cap" in report  # the pruned_flops analysis was bounded by a cap
-    assert (tmp_path / "output" / "sensitivities.png").exists()
-    assert (tmp_path / "output" / "sensitivities.flops.png").exists()
+    # the curves beside the sensitivity file, FLOPs against budget beside the report (issue 14)
+    plots = [os.path.join(tmp_path, p) for p in report["plots"]]
+    assert plots == [str(tmp_path / "output" / "sensitivities.png"), str(tmp_path / "report.flops.png")]
+    assert all(os.path.getsize(p) > 0 for p in plots)
     assert "ETA" in proc.stderr
+    assert_user_lines_are_readable(proc.stderr)
+
+
+def assert_user_lines_are_readable(stderr):
+    """What the plugin prints: a progress total that never changes, no raw floats, no None."""
+    ours = [line for line in stderr.splitlines() if line.startswith(("[slim-plugins", "slim-plugins"))]
+    runs = []  # (done, total) of each progress bar: a new bar starts at 1
+    for found in (re.search(r" sensitivity[^/]* (\d+)/(\d+) ", line) for line in ours):
+        if found:
+            done, total = map(int, found.groups())
+            if done == 1:
+                runs.append([])
+            runs[-1].append(total)
+    assert runs and all(len(set(totals)) == 1 for totals in runs), runs
+    assert not [line for line in ours if re.search(r"\d\.\d{7,}", line) or "None" in line], ours
 
 
 def test_eval_metric_loss_holds_for_the_whole_model(tmp_path, python):

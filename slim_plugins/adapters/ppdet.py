@@ -197,8 +197,8 @@ class PPDetAdapter(Adapter):
         def evaluate(max_batches=None):
             return _EvalData.of(run, max_batches).evaluate(run.handle.model)
 
-        return Metric(name, evaluate, chance=0.0,
-                      weights_hint=self.weights_hint)
+        return Metric(name, evaluate, chance=0.0, weights_hint=self.weights_hint,
+                      percent=cfg.metric == "VOC")  # ppdet prints VOC mAP in %, COCO's as a fraction
 
     def forward_inputs(self, run, batch_size):
         import paddle

@@ -464,8 +464,9 @@ def analyze(prunable, metric, sfile, *, groups, ratios=DEFAULT_RATIOS, cap=None,
         sfile.group(name, channels=g.channels, members=g.members, legacy_name=legacy.get(name))
     _baseline(sfile, metric, max_batches, check_baseline)
     if search and cap is not None:
-        progress = Progress(len(groups) * max(1, int(len(ratios)).bit_length()), "sensitivity (crossing search)",
-                            enabled=show_progress)
+        most = min(len(ratios), crossing_evaluations(len(ratios)))  # per group: the total never grows
+        progress = Progress(len(groups) * most, "sensitivity (crossing search)", enabled=show_progress,
+                            skipped_by="the search")
         found = []
         for name in groups:  # groups of one model tend to cross alike: the median so far is the first guess
             prior = sorted(found)[(len(found) - 1) // 2] if found else None
@@ -489,7 +490,7 @@ def analyze(prunable, metric, sfile, *, groups, ratios=DEFAULT_RATIOS, cap=None,
         sfile.save()
         if on_record:
             on_record(name, ratio, entry)
-        progress.step(f"{name} @ {ratio:g}: {metric.name} {value:.4f} loss {entry['loss']:+.4f}")
+        progress.step(f"{name} @ {ratio:g}: {metric.name} {metric.format(value)} loss {entry['loss']:+.4f}")
     return sfile
 
 
@@ -556,13 +557,13 @@ def search_crossing(prunable, metric, sfile, name, ratios, cap, max_batches=None
             if on_record:
                 on_record(name, ratio, entry)
             if progress:
-                progress.step(f"{name} @ {ratio:g}: {metric.name} {value:.4f} loss {entry['loss']:+.4f}")
+                progress.step(f"{name} @ {ratio:g}: {metric.name} {metric.format(value)} loss {entry['loss']:+.4f}")
         if _loss(sfile, name, ratio) <= cap:
             low = mid
         else:
             high = mid
     if progress:
-        progress.skip(max(0, int(len(grid)).bit_length() - evaluated))
+        progress.skip(max(0, min(len(grid), crossing_evaluations(len(grid))) - evaluated))
     return grid[low] if low >= 0 else 0.0
 
 
@@ -767,7 +768,7 @@ def analyze_parallel(prunable, metric, sfile, *, groups, ratios=DEFAULT_RATIOS, 
                     sfile.save()
                     if on_record:
                         on_record(name, ratio, entry)
-                    progress.step(f"{name} @ {ratio:g}: {metric.name} {value:.4f} loss {entry['loss']:+.4f}")
+                    progress.step(f"{name} @ {ratio:g}: {metric.name} {metric.format(value)} loss {entry['loss']:+.4f}")
                 elif msg[0] == "failed":
                     _, name, ratio, error = msg
                     sfile.record_failure(name, ratio, error)

@@ -44,9 +44,9 @@ def check_trained(metric, baseline):
     if not metric.untrained(baseline):
         return
     chance = metric.chance or 0.0
-    level = f", at chance ({chance:.4g})" if chance > 0 else ""
+    level = f", at chance ({f'{100 * chance:.4g}%' if metric.percent else f'{chance:.4g}'})" if chance > 0 else ""
     raise OptionError(
-        f"the model's baseline {metric.name} is {baseline:.4g}{level}: it looks untrained, and "
+        f"the model's baseline {metric.name} is {metric.format(baseline)}{level}: it looks untrained, and "
         "sensitivities measured on it are noise", plugin="prune",
         hint=(metric.weights_hint or "load trained weights before the training starts")
         + "; or prune with fixed --prune.ratios")
@@ -89,8 +89,9 @@ def finish_report(run):
     if metric is None:
         return
     report_data["after_training"] = {"metric": metric(), "flops": report_data["after"]["flops"]}
-    log(f"after training: {metric.name} {report_data['after_training']['metric']:.4f} "
-        f"(before pruning {report_data['before'].get('metric')})")
+    before = report_data["before"].get("metric")
+    log(f"after training: {metric.name} {metric.format(report_data['after_training']['metric'])}"
+        + (f" (before pruning {metric.format(before)})" if before is not None else ""))
     if run.is_main_process and run.state.get("prune_report_path"):
         write_json_atomic(run.state["prune_report_path"], report_data)
 
@@ -185,7 +186,7 @@ class PruneWorkflow:
                          flops={"before": self.before["flops"], "after": self.after["flops"]},
                          params={"before": self.before["params"], "after": self.after["params"]})
         attach(self.model, plan)
-        metric = self.run.metric if sfile is not None else None
+        metric = self.metric = self.run.metric if sfile is not None else None
         if metric is not None:
             self.before["metric"] = sfile.baseline
             self.after["metric"] = metric(max_batches=cfg.sen_batches)
@@ -352,7 +353,7 @@ class PruneWorkflow:
         baseline = sfile.baseline
         if baseline is None and cfg.budget_rule == "model":  # an imported legacy file has none
             baseline = self.run.metric(max_batches=cfg.sen_batches)
-            log(f"the sensitivity file has no baseline metric: measured {baseline:.4f}")
+            log(f"the sensitivity file has no baseline metric: measured {self.run.metric.format(baseline)}")
         loss_of = lambda ratios: self._whole_loss(prunable, baseline, ratios)  # noqa: E731
         budget_report = {"rule": cfg.budget_rule}
         if cfg.pruned_flops is not None and cfg.budget_rule == "per_group":
@@ -390,7 +391,7 @@ class PruneWorkflow:
             if missing:
                 log(missing)
             else:
-                self._plots(prunable, sfile, sens)
+                self._plots(prunable, sfile, sens, ratios)
         return ratios
 
     def _report_whole_model_loss(self, baseline, value):
@@ -405,24 +406,31 @@ class PruneWorkflow:
         per_group = budget.get("per_group") or {}
         worst = max((e["loss"] for e in per_group.values()), default=0.0)
         log(f"whole-model loss before fine-tuning {loss:+.4f}" + (f" (budget {target})" if target is not None else "")
-            + (f"; per-group losses up to {worst:+.4f} ({len(per_group)} groups)" if per_group else ""))
+            + (f"; per-group losses up to {worst:+.4f} ({len(per_group)} group{'s' if len(per_group) != 1 else ''})"
+               if per_group else ""))
 
-    def _plots(self, prunable, sfile, sens):
-        base = self.before["flops"]
-        stem = os.path.splitext(sfile.path)[0]
-        report.plot_sensitivities(sens, stem + ".png", sfile.data["metric"]["name"],
-                                  budget=self.config.eval_metric_loss)
+    def _plots(self, prunable, sfile, sens, ratios):
+        """The sensitivity curves next to the sensitivity file (each group's chosen ratio marked);
+        pruned FLOPs against the loss budget next to the report, over budgets that reach past
+        the chosen plan's (detectors' losses run far beyond 0.1), the chosen plan marked."""
+        name = sfile.data["metric"].get("name") or self.report.get("metric_name") or "metric"
+        curves = os.path.splitext(sfile.path)[0] + ".png"
+        report.plot_sensitivities(sens, curves, name, budget=self.config.eval_metric_loss, chosen=ratios)
+        per_group = (self.report.get("budget") or {}).get("per_group") or {}
+        worst = max([e["loss"] for e in per_group.values()] + [0.0])
+        chosen = self.report.get("chosen_budget")
+        top = max(0.1, 1.25 * max(chosen or 0.0, worst))
         points = []
-        for budget in [0.005 * i for i in range(1, 21)]:
-            ratios = ratios_by_loss(sens, budget)
-            applied = prunable.apply(ratios)
-            try:
-                points.append((budget, (base - measure.flops(self.model, self.check_inputs)) / base))
-            finally:
-                applied.restore()
-        report.plot_flops_vs_budget(points, stem + ".flops.png", sfile.data["metric"]["name"],
-                                    chosen=self.report.get("chosen_budget"))
-        self.report["plots"] = [stem + ".png", stem + ".flops.png"]
+        for i in range(1, 21):
+            budget = top * i / 20
+            points.append((budget, self._pruned_fraction(prunable, ratios_by_loss(sens, budget))))
+        flops = os.path.splitext(self._report_path())[0] + ".flops.png"
+        report.plot_flops_vs_budget(points, flops, name, chosen=chosen,
+                                    plan=(worst, self._pruned_fraction(prunable, ratios), "chosen plan"))
+        self.report["plots"] = [curves, flops]
+
+    def _report_path(self):
+        return self.config.report or os.path.join(self.save_dir, "prune_report.json")
 
     def _write_report(self, plan, sfile, seconds):
         self.report.update({
@@ -430,15 +438,18 @@ class PruneWorkflow:
             "before": self.before, "after": self.after, "seconds": round(seconds, 2),
             "sensitivity_file": sfile.path if sfile else None,
         })
+        metric = getattr(self, "metric", None)
         print(report.before_after_table(self.before, self.after,
-                                        f"{self.report.get('metric_name', 'metric')} (before fine-tuning)"),
+                                        f"{self.report.get('metric_name', 'metric')} (before fine-tuning)",
+                                        metric_format=metric.format if metric else None),
               file=sys.stderr)
-        log(f"pruned {len(plan.ratios)} groups: FLOPs {self.before['flops']} -> {self.after['flops']} "
+        groups = f"{len(plan.ratios)} group{'s' if len(plan.ratios) != 1 else ''}"
+        log(f"pruned {groups}: FLOPs {self.before['flops']} -> {self.after['flops']} "
             f"({(self.after['flops'] - self.before['flops']) / self.before['flops']:+.1%})")
         self.run.state["prune_report"] = self.report
         if not self.run.is_main_process:
             return
-        self.report_path = self.config.report or os.path.join(self.save_dir, "prune_report.json")
+        self.report_path = self._report_path()
         write_json_atomic(self.report_path, self.report)
         plan.save(os.path.join(self.save_dir, "prune_plan.json"))
         self.run.state["prune_report_path"] = self.report_path
