@@ -1,7 +1,7 @@
 """Typed state shared by adapters and plugins."""
 import itertools
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional, Tuple
 
 
 def format_metric(value, percent=False):
@@ -106,6 +106,9 @@ class TrainingRun:
         loaded before ``slim_before_train``, None if it loaded none.
     :ivar epochs_done: epochs trained when ``slim_before_train`` fired (see
         :func:`~slim_plugins.hooks.spec.slim_epochs_before_train`).
+    :ivar best_checkpoint: ``(path, metric)`` of the checkpoint the suite keeps as its best, with
+        the metric the suite measured for it (the units of :attr:`metric`), set by the adapter
+        when the suite saves it; None when the suite keeps no best (no evaluation during training).
     """
 
     adapter: str
@@ -115,6 +118,7 @@ class TrainingRun:
     state: Dict[str, Any] = field(default_factory=dict)
     weights_loaded: Optional[str] = None
     epochs_done: int = 0
+    best_checkpoint: Optional[Tuple[str, float]] = None
 
     def _ask(self, hook, **kwargs):
         return getattr(self.session.pm.hook, hook)(run=self, **kwargs)

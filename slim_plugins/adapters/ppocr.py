@@ -210,6 +210,9 @@ class PaddleOCRAdapter(Adapter):
             adapter.fire(run, "slim_on_checkpoint_save", path=os.path.join(model_path, prefix))
             if prefix == "best_accuracy":  # save_model writes best_model/model.* as well
                 adapter.fire(run, "slim_on_checkpoint_save", path=os.path.join(model_path, "best_model", "model"))
+                best = (kwargs.get("best_model_dict") or {}).get(config["Metric"].get("main_indicator"))
+                if best is not None:
+                    run.best_checkpoint = (os.path.join(model_path, prefix), float(best))
             return save_model(model, optimizer, model_path, logger, config, is_best=is_best, prefix=prefix,
                               **kwargs)
 

@@ -88,10 +88,15 @@ def finish_report(run):
     metric = run.metric if report_data is not None else None
     if metric is None:
         return
-    report_data["after_training"] = {"metric": metric(), "flops": report_data["after"]["flops"]}
+    after = report_data["after_training"] = {"metric": metric(), "flops": report_data["after"]["flops"]}
     before = report_data["before"].get("metric")
-    log(f"after training: {metric.name} {metric.format(report_data['after_training']['metric'])}"
-        + (f" (before pruning {metric.format(before)})" if before is not None else ""))
+    best = run.best_checkpoint
+    if best is not None:
+        after["best_checkpoint"] = {"path": best[0], "metric": best[1]}
+    log(f"after training: {metric.name} {metric.format(after['metric'])}"
+        + (f" (last epoch); the best checkpoint {best[0]}: {metric.name} {metric.format(best[1])}"
+           if best is not None else "")
+        + (f"; before pruning {metric.format(before)}" if before is not None else ""))
     if run.is_main_process and run.state.get("prune_report_path"):
         write_json_atomic(run.state["prune_report_path"], report_data)
 
