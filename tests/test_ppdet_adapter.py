@@ -361,7 +361,7 @@ def test_best_model_written_as_develop_does_finds_its_plan(work, baseline):
     out = work / "best" / PICO
     assert (out / "best_model" / "model.pdparams").exists()
     # the final line names the checkpoint ppdet keeps as best, with the mAP ppdet logged for it
-    logged = float(re.findall(r"Best test bbox ap is ([0-9.]+)", proc.stdout + proc.stderr)[-1])
+    logged = float(re.findall(r"Best test bbox ap is (\d+\.\d+)", proc.stdout + proc.stderr)[-1])
     best = re.search(rf"the best checkpoint {re.escape(str(out / 'best_model'))}: COCO bbox mAP ([0-9.]+)$",
                      proc.stderr, re.M)
     assert best and float(best.group(1)) == pytest.approx(logged, abs=6e-4)  # ppdet prints 3 decimals

@@ -10,6 +10,7 @@ evaluated with ``Model.evaluate`` on the ``eval_data`` given to ``fit``.
 import contextlib
 import functools
 import inspect
+import sys
 
 from slim_plugins.adapters import Adapter, fixed_order_loader, user_errors
 from slim_plugins.hooks import hookimpl
@@ -74,6 +75,9 @@ class HapiAdapter(Adapter):
                         bound.arguments["callbacks"] = callbacks + [_at_epoch_end(after, functools.partial(
                             _before_train, adapter, run, model_self))]
                         result = fit(*bound.args, **bound.kwargs)
+                        if not run.epochs_done:  # e.g. early stopping before the boundary
+                            sys.stderr.write(f"[slim-plugins builtin] fit stopped before epoch {after} ended: "
+                                             "slim_before_train never fired, the model is not pruned\n")
                     else:
                         _before_train(adapter, run, model_self)
                         result = fit(model_self, *args, **kwargs)
