@@ -98,8 +98,12 @@ def cmd_sens_show(args):
     from slim_plugins.text import table
 
     sfile = _load(args.file)
-    print(f"{args.file}: metric {sfile.metric_name} baseline {sfile.baseline}, "
-          f"criterion {sfile.criterion}, {len(sfile.groups)} groups")
+    metric, baseline = sfile.metric_name, sfile.baseline
+    print(f"{args.file}: "
+          + (f"metric {metric}" if metric else "metric not named yet (an imported file: the first run that uses it "
+                                              "names it)")
+          + (f", baseline {baseline:.4f}" if baseline is not None else "")
+          + (f", criterion {sfile.criterion}" if sfile.criterion else "") + f", {len(sfile.groups)} groups")
     ratios = sorted({float(r) for g in sfile.groups.values() for r in g["ratios"]})
     rows = []
     for name, losses in sfile.losses().items():

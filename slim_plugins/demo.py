@@ -174,7 +174,8 @@ def _run_demo(report_path, quick, budget, workdir, seed):
         missing = report.plotting_unavailable()
         plot = None if missing else os.path.splitext(report_path)[0] + ".png"
         if plot:
-            report.plot_sensitivities(SensitivityFile.load(sen_file).losses(), plot, "accuracy", budget=budget)
+            report.plot_sensitivities(SensitivityFile.load(sen_file).losses(), plot, "accuracy", budget=budget,
+                                      chosen=prune_report.get("ratios"))
         result["plot"] = plot
         write_json_atomic(report_path, result)
         print(f"report: {report_path}\n" + (f"sensitivity curves: {plot}" if plot else missing))

@@ -1,7 +1,14 @@
 """Typed state shared by adapters and plugins."""
 import itertools
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional, Tuple
+
+
+def format_metric(value, percent=False):
+    """A metric value as a user reads it: 4 decimals (``0.9944``), or percent with 2 (``0.15%``)."""
+    if value is None:
+        return "-"
+    return f"{100 * float(value):.2f}%" if percent else f"{float(value):.4f}"
 
 
 @dataclass
@@ -19,15 +26,22 @@ class Metric:
         to 1.
     :ivar weights_hint: how a user of this suite loads trained weights, for that refusal
         (``-o pretrain_weights=PATH``).
+    :ivar percent: the suite prints this metric in percent (ppdet's VOC mAP: ``0.15%`` for
+        0.0015), so the plugin's lines do too; values stay fractions in files and reports.
     """
 
     name: str
     evaluate: Callable[..., float]
     chance: Optional[float] = 0.0
     weights_hint: str = ""
+    percent: bool = False
 
     def __call__(self, max_batches=None):
         return float(self.evaluate(max_batches=max_batches))
+
+    def format(self, value):
+        """``value`` in the suite's own units, for a line a user reads."""
+        return format_metric(value, self.percent)
 
     def untrained(self, value):
         """Is ``value`` what a model that learned nothing scores? (0 always is: every relative
@@ -92,6 +106,13 @@ class TrainingRun:
         plugin's :class:`~slim_plugins.plugins.prune.workflow.PruneResult` under ``"prune"``).
     :ivar adapter_state: the owning adapter's own record of the run (a dataclass of that adapter's,
         e.g. the arguments ``fit`` was called with); not for plugins.
+    :ivar weights_loaded: the :func:`~slim_plugins.hooks.spec.slim_initial_weights` the adapter
+        loaded before ``slim_before_train``, None if it loaded none.
+    :ivar epochs_done: epochs trained when ``slim_before_train`` fired (see
+        :func:`~slim_plugins.hooks.spec.slim_epochs_before_train`).
+    :ivar best_checkpoint: ``(path, metric)`` of the checkpoint the suite keeps as its best, with
+        the metric the suite measured for it (the units of :attr:`metric`), set by the adapter
+        when the suite saves it; None when the suite keeps no best (no evaluation during training).
     """
 
     adapter: str
@@ -101,6 +122,9 @@ class TrainingRun:
     before_train_fired: bool = False
     results: Dict[str, Any] = field(default_factory=dict)
     adapter_state: Any = None
+    weights_loaded: Optional[str] = None
+    epochs_done: int = 0
+    best_checkpoint: Optional[Tuple[str, float]] = None
 
     def _ask(self, hook, **kwargs):
         return getattr(self.session.pm.hook, hook)(run=self, **kwargs)
@@ -173,6 +197,16 @@ class TrainingRun:
         import contextlib
 
         return self._ask("slim_trace_context") or contextlib.nullcontext()
+
+    @property
+    def initial_weights(self):
+        """Weights a plugin wants loaded before training, or None."""
+        return self._ask("slim_initial_weights")
+
+    @property
+    def epochs_before_train(self):
+        """Epochs a plugin wants trained before ``slim_before_train``, or None."""
+        return self._ask("slim_epochs_before_train")
 
     @property
     def save_dir(self):

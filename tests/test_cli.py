@@ -87,6 +87,10 @@ def test_sens_show_plot_ratios_merge_import(tmp_path, capsys):
         pickle.dump({"conv2d_0.w_0": {0.1: 0.01, 0.2: 0.03}}, f)
     assert main(["sens", "import", str(tmp_path / "old.sensi.data"), str(tmp_path / "imp.json")]) == 0
     assert SensitivityFile.load(str(tmp_path / "imp.json")).losses() == {"conv2d_0.w_0": {0.1: 0.01, 0.2: 0.03}}
+    capsys.readouterr()
+    assert main(["sens", "show", str(tmp_path / "imp.json")]) == 0  # an imported file names no metric yet
+    out = capsys.readouterr().out
+    assert "None" not in out and "metric not named yet" in out and "conv2d_0.w_0" in out
     assert a.path
 
 

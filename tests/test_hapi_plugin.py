@@ -1,6 +1,7 @@
 """An unchanged hapi training script, run with and without `--plugin prune` (issue: core)."""
 import json
 import os
+import re
 
 import numpy as np
 import paddle
@@ -48,6 +49,7 @@ def test_with_plugin_the_trained_model_is_the_pruned_one(pruned_run):
     assert not any("backup" in k for k in saved)
     assert os.path.exists(out / "final.prune.json")
     assert "pruned 2 groups" in proc.stderr
+    assert re.search(r"after training: acc 0\.\d{4}$", proc.stderr, re.M)  # fixed ratios: no 'before pruning None'
     assert result["acc"] > 0.5
     assert result["patched"] == {"fit": True, "save": True, "load": True, "data_parallel": True}
     assert BATCH_NORM_WARNING not in proc.stderr  # the plugin's lines are not drowned in it
@@ -155,9 +157,26 @@ def test_flops_target_from_a_yaml_plugin_config(tmp_path, python, trained):
                                                  else first["loss"])
     assert budget["whole_model_loss"] == pytest.approx(budget["whole_model_loss_chosen"], abs=1e-9)
     assert "derived_loss_cap" in report  # the pruned_flops analysis was bounded by a cap
-    assert (tmp_path / "output" / "sensitivities.png").exists()
-    assert (tmp_path / "output" / "sensitivities.flops.png").exists()
+    # the curves beside the sensitivity file, FLOPs against budget beside the report (issue 14)
+    plots = [os.path.join(tmp_path, p) for p in report["plots"]]
+    assert plots == [str(tmp_path / "output" / "sensitivities.png"), str(tmp_path / "report.flops.png")]
+    assert all(os.path.getsize(p) > 0 for p in plots)
     assert "ETA" in proc.stderr
+    assert_user_lines_are_readable(proc.stderr)
+
+
+def assert_user_lines_are_readable(stderr):
+    """What the plugin prints: a progress total that never changes, no raw floats, no None."""
+    ours = [line for line in stderr.splitlines() if line.startswith(("[slim-plugins", "slim-plugins"))]
+    runs = []  # (done, total) of each progress bar: a new bar starts at 1
+    for found in (re.search(r" sensitivity[^/]* (\d+)/(\d+) ", line) for line in ours):
+        if found:
+            done, total = map(int, found.groups())
+            if done == 1:
+                runs.append([])
+            runs[-1].append(total)
+    assert runs and all(len(set(totals)) == 1 for totals in runs), runs
+    assert not [line for line in ours if re.search(r"\d\.\d{7,}", line) or "None" in line], ours
 
 
 def test_eval_metric_loss_holds_for_the_whole_model(tmp_path, python):
@@ -401,7 +420,8 @@ def trained(tmp_path_factory):
     from conftest import run_python
 
     out = tmp_path_factory.mktemp("trained")
-    run_python([SCRIPT, str(out), "--epochs", "2"], cwd=str(out))
+    proc = run_python([SCRIPT, str(out), "--epochs", "2"], cwd=str(out))
+    (out / "acc.json").write_text(json.dumps(last_json(proc.stdout)["acc"]))  # its accuracy on the eval data
     return out / "final"
 
 
@@ -461,7 +481,8 @@ def test_untrained_model_is_refused_before_the_analysis_but_fixed_ratios_prune(t
     assert proc.returncode == 2, proc.stderr[-3000:]
     error = [line for line in proc.stderr.splitlines() if line.startswith("slim-plugins: error:")]
     assert len(error) == 1 and "looks untrained" in error[0] and "at chance (0.1)" in error[0]
-    assert "hint: load trained weights with paddle.Model.load before fit" in proc.stderr
+    assert "hint: analyse trained weights: --prune.weights PATH" in proc.stderr
+    assert "--prune.after_epochs N" in proc.stderr and "paddle.Model.load before fit" in proc.stderr
     assert "Traceback" not in proc.stderr and "ETA" not in proc.stderr  # no sensitivity evaluation ran
     assert not (tmp_path / "output" / "sensitivities.json").exists()
     assert not (tmp_path / "final.pdparams").exists()
@@ -485,3 +506,81 @@ def test_every_group_at_high_ratios_replays_in_a_fresh_process(tmp_path, python,
     assert result["acc"] == pytest.approx(trained["acc"], abs=1e-9)
     layer = paddle.jit.load(str(tmp_path / "inference"))
     assert list(layer(paddle.zeros([2, 1, 8, 8])).shape) == [2, 10]
+
+
+# -------------------------------------------------------------------------------- trained weights (issue 14)
+def test_prune_weights_analyses_the_trained_weights(tmp_path, trained, python):
+    """A script that trains from scratch, given --prune.weights: the analysis sees the trained
+    model (no untrained refusal; the baseline is the trained model's accuracy), then prunes."""
+    proc = python([SCRIPT, str(tmp_path), "--epochs", "1", "--plugin", "prune", "--prune.weights", str(trained),
+                   "--prune.eval_metric_loss", "0.1", "--prune.sen_ratios", "0.3,0.6",
+                   "--prune.report", str(tmp_path / "report.json")], cwd=str(tmp_path))
+    report = json.loads((tmp_path / "report.json").read_text())
+    trained_acc = json.loads((trained.parent / "acc.json").read_text())
+    assert report["baseline_metric"] == pytest.approx(trained_acc, abs=1e-9)
+    assert report["before"]["metric"] == pytest.approx(trained_acc, abs=1e-9)
+    assert f"loaded the trained weights {trained} before the analysis" in proc.stderr
+    assert report["after"]["flops"] < report["before"]["flops"]
+    assert last_json(proc.stdout)["acc"] > 0.8
+
+
+def test_prune_weights_that_do_not_exist_stop_before_any_work(tmp_path):
+    line = user_error(["--plugin", "prune", "--prune.eval_metric_loss", "0.1", "--prune.weights", "nowhere/final"],
+                      tmp_path)
+    assert "weights='nowhere/final'" in line and "there is no weights file nowhere/final.pdparams" in line
+
+
+def test_after_epochs_not_below_the_epochs_of_fit_stops_before_training(tmp_path):
+    line = user_error(["--epochs", "2", "--plugin", "prune", "--prune.after_epochs", "2",
+                       "--prune.eval_metric_loss", "0.1"], tmp_path)
+    assert "after_epochs=2 leaves no epoch to train the pruned model: fit runs 2" in line
+
+
+def test_after_epochs_trains_prunes_at_the_boundary_and_finishes(tmp_path, python):
+    """One command: 1 epoch from scratch, analysis and pruning of those weights, 2 more epochs
+    of the pruned model (Adam's moments, created in epoch 1, pruned with the weights); every
+    checkpoint fit writes from the boundary on carries the plan, and a fresh process reloads
+    the final one with the pruned shapes and the same accuracy."""
+    ckpt = tmp_path / "ckpt"
+    proc = python([SCRIPT, str(tmp_path), "--epochs", "3", "--save-dir", str(ckpt), "--plugin", "prune",
+                   "--prune.after_epochs", "1", "--prune.eval_metric_loss", "0.1", "--prune.sen_ratios", "0.3,0.6"],
+                  cwd=str(tmp_path))
+    assert "trained 1 epoch (prune.after_epochs): analysing and pruning now" in proc.stderr
+    report = json.loads((ckpt / "prune_report.json").read_text())
+    assert report["baseline_metric"] > 0.5  # one epoch's weights were analysed, not random ones
+    assert report["after"]["flops"] < report["before"]["flops"]
+    result = last_json(proc.stdout)
+    pruned = {k: v for k, v in result["shapes"].items() if k in UNPRUNED and v != UNPRUNED[k]}
+    assert pruned and result["acc"] > 0.8
+    assert report["after_training"]["metric"] == pytest.approx(result["acc"], abs=1e-9)
+    # fit's own numbering goes on: 0 (the boundary: pruned after the epoch, saved with its plan), 1, 2, final
+    assert sorted(p.name for p in ckpt.glob("*.pdparams")) == ["0.pdparams", "1.pdparams", "2.pdparams",
+                                                               "final.pdparams"]
+    for name in ("0", "1", "2", "final"):
+        assert (ckpt / f"{name}.prune.json").exists(), name
+    moments = [list(v.shape) for k, v in paddle.load(str(ckpt / "final.pdopt")).items() if "moment1" in k]
+    assert all(shape in [list(s) for s in result["shapes"].values()] for shape in moments)
+    loaded = last_json(python([SCRIPT, str(tmp_path), "--load"], cwd=str(tmp_path)).stdout)
+    assert loaded["shapes"] == result["shapes"]
+    assert loaded["acc"] == pytest.approx(result["acc"], abs=1e-9)
+
+
+@pytest.mark.parametrize("adapter, way", [("ppdet", "-o pretrain_weights=PATH"),
+                                          ("ppocr", "-o Global.pretrained_model=PATH"),
+                                          ("paddlex", "pretrain_weights=PATH/model.pdparams")])
+def test_weights_and_after_epochs_elsewhere_name_the_suites_own_way(slim_session, tmp_path, adapter, way):
+    """Only hapi's loop loads --prune.weights and has the epoch boundary after_epochs needs: on
+    the other suites each is one error naming the suite and its own pretrained-weights option."""
+    from slim_plugins.errors import OptionError
+    from slim_plugins.plugins.prune.workflow import check_schedule
+
+    (tmp_path / "w.pdparams").write_bytes(b"")
+    for option, value, says in (("weights", str(tmp_path / "w"), "--prune.weights is for hapi scripts"),
+                                ("after_epochs", "1", "--prune.after_epochs: the")):
+        slim_session.enable("prune", {option: value, "eval_metric_loss": 0.1})
+        run = slim_session.new_run(adapter)
+        with pytest.raises(OptionError) as error:
+            check_schedule(run, run.plugin_config("prune"))
+        assert says in str(error.value) and f"the {adapter} adapter" in str(error.value)
+        assert way in str(error.value) and "\n" not in str(error.value)
+        slim_session.options.given["prune"].pop(option)

@@ -124,7 +124,11 @@ def test_command_line_prunes_before_paddlex_trains(baseline, pruned):
     for name, shape in plan["shapes"].items():
         assert after["shapes"][name] == shape
     assert report["metric_name"] == "acc1" and 0 < report["baseline_metric"] <= 1  # of best_model, the pretrain
-    assert "after_training" in report
+    # the final line names the checkpoint PaddleX keeps as best, with the acc1 PaddleX logged for it
+    best = report["after_training"]["best_checkpoint"]
+    logged = re.findall(r"best model on eval_dataset is epoch_\d+, acc1=([0-9.]+)", proc.stdout + proc.stderr)
+    assert best["path"] == str(out / "best_model") and best["metric"] == pytest.approx(float(logged[-1]), abs=1e-6)
+    assert f"the best checkpoint {out / 'best_model'}: acc1 {best['metric']:.4f}" in proc.stderr
     import paddle
 
     saved = paddle.load(str(out / "best_model" / "model.pdparams"))
@@ -146,6 +150,26 @@ def test_fresh_process_load_model_rebuilds_the_pruned_network(shapes_set, pruned
     assert result["flops"] == trained["flops"] and result["shapes"] == trained["shapes"]
     assert result["predicted"] in CLASSES
     assert (tmp_path / "inference_model" / "model.prune.json").exists()
+
+
+@needs_paddlex
+def test_a_pruned_run_never_writes_into_the_trained_models_folder(shapes_set, baseline, tmp_path):
+    """save_dir holding pretrain_weights: PaddleX would write the pruned epoch_N/ and best_model/
+    over the trained model; refused in one line before any work, the trained model untouched."""
+    import shutil
+
+    trained = tmp_path / "trained"
+    shutil.copytree(baseline[0] / "best_model", trained / "best_model")
+    weights = trained / "best_model" / "model.pdparams"
+    stamp = weights.stat().st_mtime_ns
+    proc = subprocess.run([sys.executable, SCRIPT, shapes_set, str(trained), "--epochs", "1", "--pretrain",
+                           str(weights), "--plugin", "prune", "--prune.ratios", "*=0.3"], cwd=str(tmp_path),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    ours = [line for line in proc.stderr.splitlines() if line.startswith("slim-plugins: error:")]
+    assert len(ours) == 1 and f"save_dir={str(trained)!r} holds the trained model" in ours[0]
+    assert f"save_dir={str(trained) + '_prune'!r}" in ours[0]
+    assert weights.stat().st_mtime_ns == stamp and not (trained / "epoch_1").exists()
 
 
 @needs_paddlex

@@ -78,6 +78,7 @@ def checkpoint_shapes(path):
 @needs_ppdet
 def test_train_prunes_by_the_planned_flops_and_saves_a_smaller_checkpoint(work, baseline, pruned):
     out, proc, report = pruned
+    assert (out / "sensitivities.json").exists()  # one output folder: checkpoints, sensitivities, report
     cut = 1 - report["after"]["flops"] / report["before"]["flops"]
     assert 0.3 <= cut < 0.5, cut
     plan = json.loads((out / "model_final.prune.json").read_text())
@@ -197,15 +198,18 @@ def test_a_user_error_in_a_hook_is_one_line_and_exit_2(work):
 
 @needs_ppdet
 def test_analyze_only_writes_the_sensitivities_and_leaves_no_temporary_files(work, baseline):
+    """Run with develop's checkpoint layout (save_dir itself, not save_dir/<config>): the plugin's
+    files go where the checkpoints go, one output folder (the 2.6 layout: the `pruned` run)."""
     tmp = work / "tmp_analyze"
     tmp.mkdir()
     proc = tools(["train", "-c", config(PICO), "-o", "save_dir=analyze_only", f"pretrain_weights={baseline}",
                   "--plugin", "prune", "--prune.action", "analyze", "--prune.sen_ratios", "0.5",
-                  "--prune.sen_batches", "1"], work, env={"TMPDIR": str(tmp)})
-    sens = json.loads((work / "analyze_only" / PICO / "sensitivities.json").read_text())
+                  "--prune.sen_batches", "1"], work, env={"TMPDIR": str(tmp), "PPDET_DEVELOP_LAYOUT": "1"})
+    sens = json.loads((work / "analyze_only" / "sensitivities.json").read_text())
     assert sens["groups"] and sens["metric"]["baseline"] is not None
+    assert not (work / "analyze_only" / PICO).exists()
     assert "Epoch:" not in proc.stdout + proc.stderr  # nothing trained
-    assert not (work / "analyze_only" / PICO / "model_final.pdparams").exists()
+    assert not (work / "analyze_only" / "model_final.pdparams").exists()
     assert list(tmp.iterdir()) == []
 
 
@@ -330,7 +334,9 @@ def sensitivity_records(path):
 def test_one_process_two_workers_and_two_ranks_give_identical_sensitivities(work, baseline, voc):
     analyse = ["train", "-c", voc, "-o", f"pretrain_weights={baseline}", "--plugin", "prune", "--prune.action",
                "analyze", "--prune.sen_ratios", "0.5", "--prune.sen_batches", "2"]
-    tools(analyse[:4] + ["save_dir=sens_one"] + analyse[4:], work)
+    one_proc = tools(analyse[:4] + ["save_dir=sens_one"] + analyse[4:], work)
+    # ppdet prints VOC mAP in percent: so does the plugin (was 0.0015 for ppdet's 0.15%)
+    assert re.search(r"VOC bbox mAP \(%\) \d+\.\d\d% loss", one_proc.stderr), one_proc.stderr[-2000:]
     tools(analyse[:4] + ["save_dir=sens_workers"] + analyse[4:] + ["--prune.sen_workers", "2"], work, timeout=300)
     cmd = [sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", "2", "--log_dir", "sens_logs",
            TOOLS] + analyse[:4] + ["save_dir=sens_ranks"] + analyse[4:]
@@ -346,10 +352,16 @@ def test_one_process_two_workers_and_two_ranks_give_identical_sensitivities(work
 @needs_ppdet
 def test_best_model_written_as_develop_does_finds_its_plan(work, baseline):
     """PaddleDetection develop with --eval also writes best_model/model.pdparams: eval of it."""
-    tools(["train", "-c", config(PICO), "-o", "epoch=1", "save_dir=best", f"pretrain_weights={baseline}", "--eval",
-           "--plugin", "prune", "--prune.ratios", "backbone.blocks5.2.pw_conv.conv.weight=0.5"], work)
+    proc = tools(["train", "-c", config(PICO), "-o", "epoch=1", "save_dir=best", f"pretrain_weights={baseline}",
+                  "--eval", "--plugin", "prune", "--prune.ratios", "backbone.blocks5.2.pw_conv.conv.weight=0.5"], work)
     out = work / "best" / PICO
     assert (out / "best_model" / "model.pdparams").exists()
+    # the final line names the checkpoint ppdet keeps as best, with the mAP ppdet logged for it
+    logged = float(re.findall(r"Best test bbox ap is (\d+\.\d+)", proc.stdout + proc.stderr)[-1])
+    best = re.search(r"\(last epoch\); the best checkpoint (\S+): COCO bbox mAP (\d+\.\d+)$", proc.stderr, re.M)
+    assert best, proc.stderr[-3000:]
+    assert os.path.abspath(os.path.join(work, best.group(1))) == str(out / "best_model")
+    assert float(best.group(2)) == pytest.approx(logged, abs=6e-4)  # ppdet prints 3 decimals
     for weights in (out / "best_model", out / "best_model" / "model", out / "model_final"):
         assert (weights.parent / (weights.name + ".prune.json")).exists(), weights
         proc = tools(["eval", "-c", config(PICO), "-o", f"weights={weights}"], work)

@@ -270,10 +270,11 @@ def det_base(work):
 
 @pytest.fixture(scope="module")
 def det_pruned(work, det_base):
-    """Sensitivity analysis (hmean, first 6 eval batches), ratios by loss budget, 4 epochs fine-tuning."""
+    """Sensitivity analysis (hmean, first 6 eval batches), ratios by loss budget, 4 epochs fine-tuning
+    (16 steps) and one evaluation at its end, which PaddleOCR saves as best_accuracy."""
     proc = run_tool("train.py", "det.yml",
                     ["Global.epoch_num=4", "Global.save_model_dir=./det_pruned", f"Global.pretrained_model={det_base}",
-                     "Optimizer.lr.learning_rate=0.002"],
+                     "Optimizer.lr.learning_rate=0.002", "Global.eval_batch_step=[0,16]"],
                     cwd=str(work),
                     extra=["--plugin", "prune", "--prune.eval_metric_loss", "0.05", "--prune.sen_ratios", "0.1,0.3",
                            "--prune.sen_batches", "6", "--prune.skip", "head.*"])
@@ -311,6 +312,12 @@ def test_db_sensitivities_use_hmean_and_the_plan_lowers_flops(det_pruned):
     prunable_share = sum(row["flops_share"] for row in report["convs"] if row["status"] != "skipped")
     assert prunable_share > 0.95  # PaddleSlim could reach 55% of DB-MobileNetV3's FLOPs
     assert "pruned" in proc.stderr and "after training: hmean" in proc.stderr
+    # the final line names the checkpoint PaddleOCR keeps as best, with the hmean it logged for it
+    logged = float(re.findall(r"best metric, hmean: ([0-9.]+)", proc.stdout + proc.stderr)[-1])
+    best = report["after_training"]["best_checkpoint"]
+    assert os.path.abspath(os.path.join(out.parent, best["path"])) == str(out / "best_accuracy")
+    assert best["metric"] == pytest.approx(logged, abs=1e-9)
+    assert f"the best checkpoint {best['path']}: hmean {logged:.4f}" in proc.stderr
 
     import paddle
 

@@ -71,6 +71,8 @@ class Adapter:
         calls, and the parameters its wrappers bind by name; :meth:`verify` checks every one
         before anything is patched.
     :cvar state_class: the dataclass of the adapter's own record of a run (``run.adapter_state``).
+    :cvar weights_hint: how a user of this suite loads trained weights before training, for the
+        errors that refuse an untrained model or an option the adapter cannot honour.
     """
 
     name = "base"
@@ -79,6 +81,7 @@ class Adapter:
     supported = ()
     targets = {}
     state_class = None
+    weights_hint = ""
 
     # ---- override these -----------------------------------------------------------------
     def install(self, session):

@@ -1,15 +1,17 @@
 """The builtin adapter: any script that trains with Paddle's high-level API (``paddle.Model``).
 
 Patches ``Model.load`` in every process (``slim_before_load_weights``, ``slim_after_load_weights``)
-and, once a plugin is enabled, ``paddle.Model.fit`` (fires ``slim_before_train`` before the first
-epoch, ``slim_after_train`` and ``slim_on_run_end``), ``Model.save`` (``slim_on_checkpoint_save``)
-and hapi's DataParallel wrapping (built at the first step, after pruning). The metric is the first
-of ``Model.prepare(metrics=...)``, evaluated with ``Model.evaluate`` on the ``eval_data`` given to
-``fit``.
+and, once a plugin is enabled, ``paddle.Model.fit`` (loads a plugin's ``slim_initial_weights``,
+fires ``slim_before_train`` before the first epoch, or at the end of the epoch a plugin's
+``slim_epochs_before_train`` names, then ``slim_after_train`` and ``slim_on_run_end``),
+``Model.save`` (``slim_on_checkpoint_save``) and hapi's DataParallel wrapping (built at the first
+step, after pruning). The metric is the first of ``Model.prepare(metrics=...)``, evaluated with
+``Model.evaluate`` on the ``eval_data`` given to ``fit``.
 """
 import contextlib
 import functools
 import inspect
+import sys
 from dataclasses import dataclass, field
 from typing import Any, Dict
 
@@ -47,6 +49,8 @@ class HapiAdapter(Adapter):
                "paddle.hapi.model:Model.save": ("path", "training"), "paddle.hapi.model:Model.load": ("path",),
                "paddle.hapi.model:Model.evaluate": (), "paddle.hapi.model:DynamicGraphAdapter.__init__": ()}
     state_class = HapiState
+    weights_hint = ("analyse trained weights: --prune.weights PATH (a Model.save prefix), or --prune.after_epochs N "
+                    "(train N epochs, then prune and train on), or paddle.Model.load before fit")
 
     def patched(self):
         from paddle.hapi.model import Model
@@ -106,12 +110,24 @@ class HapiAdapter(Adapter):
             run = adapter.run_for(get_session(), model_self)
             adapter.state(run).fit_args = dict(bound.arguments)
             with _quiet_if_active(run), adapter.training(run):
-                shapes = parameter_shapes(model_self.network)
-                with user_errors():
-                    fired = adapter.fire_before_train(run)
-                if fired and shapes != parameter_shapes(model_self.network):
-                    _rewrap_data_parallel(model_self)
-                result = fit(model_self, *args, **kwargs)
+                if run.before_train_fired:
+                    result = fit(model_self, *args, **kwargs)
+                else:
+                    with user_errors():
+                        _load_initial_weights(run, model_self)
+                        after = _epochs_before_train(run, bound.arguments)
+                    if after:
+                        callbacks = bound.arguments.get("callbacks") or []
+                        callbacks = list(callbacks) if isinstance(callbacks, (list, tuple)) else [callbacks]
+                        bound.arguments["callbacks"] = callbacks + [_at_epoch_end(after, functools.partial(
+                            _before_train, adapter, run, model_self))]
+                        result = fit(*bound.args, **bound.kwargs)
+                        if not run.epochs_done:  # e.g. early stopping before the boundary
+                            sys.stderr.write(f"[slim-plugins builtin] fit stopped before epoch {after} ended: "
+                                             "slim_before_train never fired, the model is not pruned\n")
+                    else:
+                        _before_train(adapter, run, model_self)
+                        result = fit(model_self, *args, **kwargs)
                 adapter.fire(run, "slim_after_train")
             return result
 
@@ -183,8 +199,7 @@ class HapiAdapter(Adapter):
             value = result[name]
             return float(value[0] if isinstance(value, (list, tuple)) else value)
 
-        return Metric(name, evaluate, chance=_chance(run, metrics[0]),
-                      weights_hint="load trained weights with paddle.Model.load before fit")
+        return Metric(name, evaluate, chance=_chance(run, metrics[0]), weights_hint=self.weights_hint)
 
     def input_spec(self, run):
         return getattr(run.handle, "_inputs", None) or None
@@ -215,6 +230,61 @@ def _chance(run, metric):
         if was_training:
             network.train()
     return min(1.0, metric.topk[0] / classes) if classes > 1 else None
+
+
+def _load_initial_weights(run, hapi_model):
+    """A plugin's trained weights (``--prune.weights``), loaded as the script's own
+    ``Model.load`` would (plan replay included), with a fresh optimizer state."""
+    path = run.initial_weights
+    if path is None:
+        return
+    prefix = path[: -len(".pdparams")] if path.endswith(".pdparams") else path
+    hapi_model.load(prefix, reset_optimizer=True)
+    run.weights_loaded = path
+
+
+def _epochs_before_train(run, fit_args):
+    """The epochs a plugin wants trained first, checked against this ``fit`` before it trains."""
+    from slim_plugins.errors import OptionError
+
+    after = run.epochs_before_train
+    if not after:
+        return None
+    epochs = fit_args.get("epochs")
+    if epochs is None or after >= epochs:
+        raise OptionError(f"after_epochs={after} leaves no epoch to train the pruned model: fit runs {epochs}",
+                          plugin="prune", hint=f"give an after_epochs below {epochs}, or more epochs to fit")
+    if run.world_size > 1:
+        raise OptionError(
+            f"after_epochs={after} under data-parallel training ({run.world_size} ranks): hapi's DataParallel "
+            "wrapper keeps gradient hooks sized for the unpruned parameters", plugin="prune",
+            hint="train first, then prune from the trained weights with --prune.weights PATH")
+    return after
+
+
+def _before_train(adapter, run, hapi_model, epochs_done=0):
+    """``slim_before_train`` once (after ``epochs_done`` epochs); hapi's DataParallel wrapper
+    rebuilt when it pruned."""
+    run.epochs_done = epochs_done
+    shapes = parameter_shapes(hapi_model.network)
+    with user_errors():
+        fired = adapter.fire_before_train(run)
+    if fired and shapes != parameter_shapes(hapi_model.network):
+        _rewrap_data_parallel(hapi_model)
+
+
+def _at_epoch_end(epochs, before_train):
+    """A hapi callback firing ``slim_before_train`` after ``epochs`` epochs, inside the one ``fit``:
+    its callbacks, LR scheduler and checkpoint numbering go on; pruning prunes the optimizer's
+    accumulators with the weights and drops their gradients, so the next step is consistent."""
+    import paddle
+
+    class BeforeTrainAtEpoch(paddle.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch + 1 == epochs:
+                before_train(epochs_done=epochs)
+
+    return BeforeTrainAtEpoch()
 
 
 class _LazyDataParallel:

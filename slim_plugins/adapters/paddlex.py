@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict
 
 from slim_plugins.adapters import Adapter
-from slim_plugins.errors import AdapterError
+from slim_plugins.errors import AdapterError, OptionError
 from slim_plugins.hooks import hookimpl
 from slim_plugins.run import Metric
 
@@ -97,6 +97,7 @@ class PaddleXState:
 
 class PaddleXAdapter(Adapter):
     name = "paddlex"
+    weights_hint = "load trained weights: model.train(..., pretrain_weights=PATH/model.pdparams)"
     modules = ("paddlex",)
     distributions = ("paddlex",)
     supported = ("2.1.",)
@@ -161,6 +162,7 @@ class PaddleXAdapter(Adapter):
             arguments = dict(bound.arguments)
             for name, param in signature.parameters.items():
                 arguments.setdefault(name, param.default)
+            _refuse_writing_over_the_trained_model(run, arguments)
             state.train_args, state.in_train = arguments, True
             run.before_train_fired = False
             run.mode = "train"
@@ -212,8 +214,11 @@ class PaddleXAdapter(Adapter):
             from slim_plugins.session import get_session
 
             # the plan before the weights: a kill in between leaves no new weights with an old plan
-            adapter.fire(adapter.run_for(get_session(), model), "slim_on_checkpoint_save",
-                         path=os.path.join(save_dir, "model.pdparams"))
+            run = adapter.run_for(get_session(), model)
+            adapter.fire(run, "slim_on_checkpoint_save", path=os.path.join(save_dir, "model.pdparams"))
+            if os.path.basename(os.path.normpath(save_dir)) == "best_model" and getattr(model, "eval_metrics", None):
+                # train_loop saves best_model right after the evaluation that made it the best
+                run.best_checkpoint = (save_dir, float(next(iter(model.eval_metrics.values()))))
             return save_model(model, save_dir)
 
         return patched_save_model
@@ -336,7 +341,7 @@ class PaddleXAdapter(Adapter):
             classes = getattr(model, "num_classes", None) or len(getattr(dataset, "labels", []) or [])
             chance = 1.0 / classes if classes and classes > 1 else None
         return Metric(name, evaluate, chance=chance,
-                      weights_hint="load trained weights: model.train(..., pretrain_weights=PATH/model.pdparams)")
+                      weights_hint=self.weights_hint)
 
     def input_spec(self, run):
         model = run.handle
@@ -409,6 +414,22 @@ def _enable_legacy_pruning(run, legacy, bound):
         options["budget_rule"] = "per_group"  # 1.3's ratios from 1.3's file (budget_rule model to back off)
     if options:
         session.enable("prune", options, source="python")
+
+
+def _refuse_writing_over_the_trained_model(run, arguments):
+    """A pruned run writes epoch_N/ and best_model/ into its save_dir: one that holds the trained
+    model it starts from (pretrain_weights) would replace that model's files with pruned ones."""
+    if not run.session.is_enabled("prune") or run.plugin_config("prune").action != "prune":
+        return
+    weights, save_dir = arguments.get("pretrain_weights"), arguments.get("save_dir") or "output"
+    if not isinstance(weights, str) or not os.path.exists(weights):
+        return
+    folder = os.path.realpath(save_dir)
+    if os.path.realpath(weights) == folder or os.path.realpath(weights).startswith(folder + os.sep):
+        raise OptionError(
+            f"save_dir={save_dir!r} holds the trained model the pruned run starts from "
+            f"(pretrain_weights={weights!r}): its checkpoints would overwrite that model", plugin="paddlex",
+            hint=f"give the pruned run a save_dir of its own, e.g. save_dir={save_dir.rstrip('/') + '_prune'!r}")
 
 
 def _sensitivity_file(path):

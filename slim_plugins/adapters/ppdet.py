@@ -58,6 +58,7 @@ class PPDetState:
 
 class PPDetAdapter(Adapter):
     name = "ppdet"
+    weights_hint = "load trained weights: -o pretrain_weights=PATH (or weights=PATH)"
     modules = ("ppdet.engine.trainer",)
     distributions = ("paddledet",)
     supported = ("2.6.",)
@@ -200,6 +201,8 @@ class PPDetAdapter(Adapter):
                     adapter.fire(run, "slim_on_checkpoint_save", path=path)
             before = _weights_files(save_dir)
             result = save_model(model, optimizer, save_dir, save_name, *args, **kwargs)
+            if run is not None and save_name == "best_model":
+                run.best_checkpoint = _best_checkpoint(run.handle, first[0])
             if run is not None:  # any other weights file the call wrote gets its plan too
                 covered = {os.path.normpath(f) for f in first}
                 for path in sorted(p for p, stamp in _weights_files(save_dir).items()
@@ -268,8 +271,8 @@ class PPDetAdapter(Adapter):
         def evaluate(max_batches=None):
             return _EvalData.of(run, max_batches).evaluate(run.handle.model)
 
-        return Metric(name, evaluate, chance=0.0,
-                      weights_hint="load trained weights: -o pretrain_weights=PATH (or weights=PATH)")
+        return Metric(name, evaluate, chance=0.0, weights_hint=self.weights_hint,
+                      percent=cfg.metric == "VOC")  # ppdet prints VOC mAP in %, COCO's as a fraction
 
     def forward_inputs(self, run, batch_size):
         import paddle
@@ -291,6 +294,10 @@ class PPDetAdapter(Adapter):
         return tracing_detector(run.handle.model, ops)
 
     def save_dir(self, run):
+        # where this ppdet's Checkpointer writes: 2.6 save_dir/<config name>, develop save_dir itself
+        for callback in getattr(run.handle, "_callbacks", None) or ():
+            if type(callback).__name__ == "Checkpointer" and getattr(callback, "save_dir", None):
+                return callback.save_dir
         cfg = run.handle.cfg
         return os.path.join(cfg.get("save_dir", "output"), cfg.get("filename", "model"))
 
@@ -381,6 +388,14 @@ def _peek_slim_kind(text):
     _Loader.add_multi_constructor("!", lambda loader, suffix, node: None)
     data = yaml.load(text, Loader=_Loader) or {}
     return data.get("slim") if isinstance(data, dict) else None
+
+
+def _best_checkpoint(trainer, path):
+    """``(path, best mAP)`` as ppdet's Checkpointer measured it before saving ``best_model``."""
+    for callback in getattr(trainer, "_callbacks", None) or ():
+        if type(callback).__name__ == "Checkpointer" and getattr(callback, "best_ap", None) is not None:
+            return path, float(callback.best_ap)
+    return None
 
 
 def _weights_files(save_dir):

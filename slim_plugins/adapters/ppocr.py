@@ -129,6 +129,7 @@ def _unwrap(model):
 
 class PaddleOCRAdapter(Adapter):
     name = "ppocr"
+    weights_hint = "load trained weights: -o Global.pretrained_model=PATH"
     modules = (SAVE_LOAD,)
     distributions = ("unstructured-paddleocr", "paddleocr")
     supported = ("2.10.",)
@@ -273,6 +274,11 @@ class PaddleOCRAdapter(Adapter):
             adapter.fire(run, "slim_on_checkpoint_save", path=os.path.join(model_path, prefix))
             if prefix == "best_accuracy":  # save_model writes best_model/model.* as well
                 adapter.fire(run, "slim_on_checkpoint_save", path=os.path.join(model_path, "best_model", "model"))
+                extra = given.get("kwargs") or {}  # save_model(..., **kwargs): best_model_dict among them
+                best_dict = given.get("best_model_dict") or extra.get("best_model_dict") or {}
+                best = best_dict.get(given["config"]["Metric"].get("main_indicator"))
+                if best is not None:
+                    run.best_checkpoint = (os.path.join(model_path, prefix), float(best))
             return save_model(*args, **kwargs)
 
         return patched_save_model
@@ -483,7 +489,7 @@ class PaddleOCRAdapter(Adapter):
             return float(result[eval_class.main_indicator])
 
         return Metric(name, evaluate, chance=_chance(config),
-                      weights_hint="load trained weights: -o Global.pretrained_model=PATH")
+                      weights_hint=self.weights_hint)
 
 
 adapter = PaddleOCRAdapter()

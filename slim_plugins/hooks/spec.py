@@ -183,6 +183,33 @@ def slim_train_forward(run: "TrainingRun") -> Optional[Callable[[], Any]]:
     """
 
 
+@hookspec(firstresult=True)
+def slim_initial_weights(run: "TrainingRun") -> Optional[str]:
+    """Trained weights to load into the model before training starts, for a plugin that must see
+    a trained model (a sensitivity analysis of random weights is noise).
+
+    :param run: the training run.
+    :returns: a checkpoint prefix or ``.pdparams`` path, or None. Answered by plugins (the prune
+        plugin's ``weights`` option). An adapter that can load them does so before
+        ``slim_before_train`` and sets ``run.weights_loaded``; a plugin refuses the option on
+        an adapter that did not. Stops at the first non-None result.
+    """
+
+
+@hookspec(firstresult=True)
+def slim_epochs_before_train(run: "TrainingRun") -> Optional[int]:
+    """Epochs to train the model as it is before ``slim_before_train`` fires, so that a plugin
+    changes a trained model and the same command trains on to the end.
+
+    :param run: the training run.
+    :returns: a number of epochs (>= 1), or None for "before the first one". Answered by plugins
+        (the prune plugin's ``after_epochs`` option). An adapter whose loop has an epoch-boundary
+        hook fires ``slim_before_train`` there, keeping optimizer and data-parallel wrapper
+        consistent, and sets ``run.epochs_done``; a plugin refuses the option on an adapter that
+        did not. Stops at the first non-None result.
+    """
+
+
 # --------------------------------------------------------------------------------------------
 # lifecycle events, in the order they fire
 

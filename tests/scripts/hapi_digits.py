@@ -1,6 +1,7 @@
 """A plain hapi training script that knows nothing of slim-plugins (used by the tests).
 
-usage: hapi_digits.py OUT_DIR [--epochs N] [--init WEIGHTS | --finetune WEIGHTS] [--load [--export]]
+usage: hapi_digits.py OUT_DIR [--epochs N] [--init WEIGHTS | --finetune WEIGHTS] [--save-dir DIR]
+                      [--load [--export]]
 Trains a small CNN (from WEIGHTS, loaded with ``Model.load`` before ``fit``, if given) on
 scikit-learn's digits, saves OUT_DIR/final(.pdparams) and prints the
 accuracy and the parameter shapes as JSON on its last line.
@@ -42,6 +43,7 @@ def main():
     parser.add_argument("--load", action="store_true", help="evaluate OUT/final instead of training")
     parser.add_argument("--export", action="store_true", help="with --load: also save an inference model")
     parser.add_argument("--finetune", help="load these weights and optimizer state, then train (fine-tune)")
+    parser.add_argument("--save-dir", help="fit's save_dir: a checkpoint after every epoch")
     args = parser.parse_args()
     paddle.seed(0)
     train, test = datasets()
@@ -58,7 +60,7 @@ def main():
             model.load(args.init, reset_optimizer=True)
         if args.finetune:
             model.load(args.finetune)  # optimizer state too: applied at the first step
-        model.fit(train, test, batch_size=64, epochs=args.epochs, verbose=0)
+        model.fit(train, test, batch_size=64, epochs=args.epochs, verbose=0, save_dir=args.save_dir)
         model.save(f"{args.out}/final")
     acc = model.evaluate(test, batch_size=64, verbose=0)["acc"]
     shapes = {k: list(v.shape) for k, v in model.network.state_dict().items()}

@@ -1,6 +1,7 @@
 """PaddleDetection's tools/train.py, eval.py and export_model.py in one script (the paddledet
 wheel ships no tools/): the same calls in the same order, knowing nothing of slim-plugins; its
-checkpoints are saved as PaddleDetection develop saves them (best_model/model.pdparams too).
+checkpoints are saved as PaddleDetection develop saves them (best_model/model.pdparams too; with
+PPDET_DEVELOP_LAYOUT=1 straight in save_dir, not save_dir/<config name>).
 
 usage: ppdet_tools.py train  -c CFG [-o k=v ...] [-r CKPT] [--eval] [--slim_config SLIM]
        ppdet_tools.py eval   -c CFG [-o weights=...] [--slim_config SLIM]
@@ -40,7 +41,26 @@ def save_best_model_as_develop_does():
     checkpoint.paddle = DevelopPaddle()
 
 
+def checkpoints_in_save_dir_as_develop_does():
+    """With PPDET_DEVELOP_LAYOUT=1, checkpoints go where PaddleDetection develop's Checkpointer
+    writes them, ``save_dir`` itself; the 2.6.0 wheel writes to ``save_dir/<config name>``."""
+    import os
+
+    if os.environ.get("PPDET_DEVELOP_LAYOUT") != "1":
+        return
+    from ppdet.engine import callbacks
+
+    init = callbacks.Checkpointer.__init__
+
+    def develop_init(self, model):
+        init(self, model)
+        self.save_dir = model.cfg.save_dir
+
+    callbacks.Checkpointer.__init__ = develop_init
+
+
 save_best_model_as_develop_does()
+checkpoints_in_save_dir_as_develop_does()
 
 from ppdet.core.workspace import load_config, merge_config  # noqa: E402
 from ppdet.engine import Trainer, init_parallel_env  # noqa: E402

@@ -26,6 +26,18 @@ def slim_before_load_weights(run, path):
 
 
 @hookimpl
+def slim_initial_weights(run):
+    if run.session.is_enabled(NAME):
+        return run.plugin_config(NAME).weights
+
+
+@hookimpl
+def slim_epochs_before_train(run):
+    if run.session.is_enabled(NAME):
+        return run.plugin_config(NAME).after_epochs
+
+
+@hookimpl
 def slim_before_train(run):
     if not run.session.is_enabled(NAME):
         return

@@ -4,6 +4,7 @@
 Adding an option is adding one field here; ``python scripts/options_table.py`` then prints the
 README table to paste (``tests/test_docs.py`` checks the README has it).
 """
+import os
 from dataclasses import dataclass
 from typing import Dict, List, Optional
 
@@ -12,6 +13,19 @@ from slim_plugins.plugins.prune.sensitivity import DEFAULT_RATIOS
 
 FRACTION = bounded(float, 0, 1, low_open=True, high_open=True)  # 0 < x < 1
 POSITIVE = bounded(int, 1)
+
+
+def weights_file(value):
+    """A checkpoint prefix (``Model.save``'s) or ``.pdparams`` path whose file exists: checked when
+    given, so a typo stops the command before any training."""
+    path = str(value).strip()
+    params = path if path.endswith(".pdparams") else path + ".pdparams"
+    if not os.path.isfile(params):
+        raise ValueError(f"there is no weights file {params}")
+    return path
+
+
+weights_file.__name__ = "a checkpoint prefix or .pdparams path"
 
 
 @dataclass(frozen=True)
@@ -78,6 +92,15 @@ class PruneOptions:
         "`analyze` (exit after the analysis)", choices=("prune", "show", "analyze"))
     report: Optional[str] = option(None, optional(str), "before/after figures (JSON)",
                                    shown="`<save_dir>/prune_report.json`")
-    plot: bool = option(True, to_bool,
-                        "PNG sensitivity curves and pruned-FLOPs-vs-budget next to the sensitivity file")
-
+    plot: bool = option(
+        True, to_bool, "PNG plots: the sensitivity curves (every group in the legend, its chosen ratio starred) next "
+        "to the sensitivity file; pruned FLOPs against the loss budget (`<report>.flops.png`, the chosen plan "
+        "starred, for `pruned_flops` too) next to the report")
+    weights: Optional[str] = option(
+        None, optional(weights_file),
+        "hapi scripts: trained weights (a `Model.save` prefix or a `.pdparams` file, which must exist) loaded "
+        "before the analysis, with a fresh optimizer state")
+    after_epochs: Optional[int] = option(
+        None, optional(POSITIVE),
+        "hapi scripts: train N (≥ 1, below `fit`'s epochs) epochs, then analyse, prune and train on to the last "
+        "epoch, in the one `fit`")

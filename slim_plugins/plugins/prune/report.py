@@ -25,14 +25,14 @@ def latency_lines(before, after):
             for lbl, b, a in _latency_pairs(before, after)]
 
 
-def before_after_table(before, after, metric_name):
+def before_after_table(before, after, metric_name, metric_format=None):
     """``before``/``after``: dicts with params, flops, latency (a list of measurements), metric
-    (any may be missing)."""
+    (any may be missing); ``metric_format``: the suite's units (:meth:`slim_plugins.run.Metric.format`)."""
     rows = []
     keys = [("params", "parameters", human), ("flops", "FLOPs", human)]
     for lbl, b, _a in _latency_pairs(before.get("latency"), after.get("latency")):
         keys.append((lbl, lbl + " ms", lambda v: f"{v:.3f}"))
-    keys.append(("metric", metric_name, lambda v: f"{v:.4f}"))
+    keys.append(("metric", metric_name, metric_format or (lambda v: f"{v:.4f}")))
     latencies = {lbl: (b, a) for lbl, b, a in _latency_pairs(before.get("latency"), after.get("latency"))}
     for key, label, fmt in keys:
         b, a = latencies[key] if key in latencies else (before.get(key), after.get(key))
@@ -61,21 +61,34 @@ def _pyplot():
     return plt
 
 
-def plot_sensitivities(sensitivities, path, metric_name="metric", budget=None):
-    """Loss against pruning ratio, one line per group."""
+def plot_sensitivities(sensitivities, path, metric_name="metric", budget=None, chosen=None):
+    """Loss against pruning ratio, one line per group, every group named in the legend; ``chosen``
+    (``{group: ratio}``) marks each group's chosen ratio on its curve with a star."""
+    from slim_plugins.plugins.prune.ratios import loss_at_ratio
+
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(8, 5), dpi=100)
-    for group, losses in sorted(sensitivities.items()):
-        if losses:
-            xs, ys = zip(*sorted(losses.items()))
-            ax.plot(xs, ys, marker="o", markersize=3, label=group)
+    curves = [(g, l) for g, l in sorted(sensitivities.items()) if l]
+    columns = max(1, -(-len(curves) // 30))  # the legend beside the axes: 30 names a column
+    fig, ax = plt.subplots(figsize=(8 + (2.6 * columns if len(curves) > 12 else 0), 5), dpi=100)
+    for group, losses in curves:
+        xs, ys = zip(*sorted(losses.items()))
+        (line,) = ax.plot(xs, ys, marker="o", markersize=3, label=group)
+        ratio = (chosen or {}).get(group)
+        if ratio:
+            ax.plot([ratio], [loss_at_ratio(losses, ratio)], marker="*", markersize=11, linestyle="none",
+                    color=line.get_color(), markeredgecolor="black", markeredgewidth=0.6)
+    if chosen:
+        ax.plot([], [], marker="*", markersize=11, linestyle="none", color="white", markeredgecolor="black",
+                label="chosen ratio")
     if budget is not None:
         ax.axhline(budget, color="red", linestyle="--", linewidth=1, label=f"budget {budget:g}")
     ax.set_xlabel("pruning ratio (fraction of channels removed)")
-    ax.set_ylabel(f"relative {metric_name} loss")
+    ax.set_ylabel(f"relative {metric_name or 'metric'} loss")
     ax.set_title("Sensitivity of each prunable group")
     ax.grid(alpha=0.3)
-    if len(sensitivities) <= 16:
+    if len(curves) > 12:
+        ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1), ncol=columns, borderaxespad=0)
+    else:
         ax.legend(fontsize=7, loc="upper left")
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
@@ -84,19 +97,26 @@ def plot_sensitivities(sensitivities, path, metric_name="metric", budget=None):
     return path
 
 
-def plot_flops_vs_budget(points, path, metric_name="metric", chosen=None):
+def plot_flops_vs_budget(points, path, metric_name="metric", chosen=None, plan=None):
     """Pruned FLOPs fraction against the metric-loss budget (PaddleX's slim_visualize view).
 
     :param points: list of ``(budget, pruned_fraction)``.
+    :param chosen: the loss budget the run was given or derived (a vertical line), or None.
+    :param plan: ``(loss, pruned_fraction, label)`` of the plan the run pruned with: its largest
+        per-group loss and the FLOPs it removes (a marked point), for ``pruned_flops`` too.
     """
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=100)
     xs, ys = zip(*points) if points else ((), ())
-    ax.plot(xs, [100 * y for y in ys], marker="o", markersize=3)
+    ax.plot(xs, [100 * y for y in ys], marker="o", markersize=3, label="largest ratio within the budget per group")
     if chosen is not None:
-        ax.axvline(chosen, color="red", linestyle="--", linewidth=1, label=f"chosen {chosen:g}")
-        ax.legend()
-    ax.set_xlabel(f"eval_metric_loss (relative {metric_name} loss budget)")
+        ax.axvline(chosen, color="red", linestyle="--", linewidth=1, label=f"budget {chosen:g}")
+    if plan is not None:
+        loss, fraction, label = plan
+        ax.plot([loss], [100 * fraction], marker="*", markersize=14, linestyle="none", color="red",
+                markeredgecolor="black", label=f"{label}: {fraction:.1%} of FLOPs")
+    ax.legend(fontsize=8, loc="lower right")
+    ax.set_xlabel(f"eval_metric_loss (relative {metric_name or 'metric'} loss budget)")
     ax.set_ylabel("pruned FLOPs (%)")
     ax.set_title("FLOPs removed for a given loss budget")
     ax.grid(alpha=0.3)

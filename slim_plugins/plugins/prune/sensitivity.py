@@ -483,8 +483,9 @@ def analyze(prunable, metric, sfile, *, groups, ratios=DEFAULT_RATIOS, cap=None,
     """
     _start_analysis(prunable, metric, sfile, groups, max_batches, check_baseline)
     if search and cap is not None:
-        progress = Progress(len(groups) * max(1, int(len(ratios)).bit_length()), "sensitivity (crossing search)",
-                            enabled=show_progress)
+        most = min(len(ratios), crossing_evaluations(len(ratios)))  # per group: the total never grows
+        progress = Progress(len(groups) * most, "sensitivity (crossing search)", enabled=show_progress,
+                            skipped_by="the search")
         found = []
         for name in groups:  # groups of one model tend to cross alike: the median so far is the first guess
             prior = sorted(found)[(len(found) - 1) // 2] if found else None
@@ -527,7 +528,7 @@ def _record_result(sfile, progress, metric, name, ratio, value, seconds):
     entry = sfile.record(name, ratio, value, seconds)
     sfile.save()
     if progress:
-        progress.step(f"{name} @ {ratio:g}: {metric.name} {value:.4f} loss {entry['loss']:+.4f}")
+        progress.step(f"{name} @ {ratio:g}: {metric.name} {metric.format(value)} loss {entry['loss']:+.4f}")
     return entry
 
 
@@ -595,7 +596,7 @@ def search_crossing(prunable, metric, sfile, name, ratios, cap, max_batches=None
         else:
             high = mid
     if progress:
-        progress.skip(max(0, int(len(grid)).bit_length() - evaluated))
+        progress.skip(max(0, min(len(grid), crossing_evaluations(len(grid))) - evaluated))
     return grid[low] if low >= 0 else 0.0
 
 

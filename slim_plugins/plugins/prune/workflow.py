@@ -47,12 +47,30 @@ def check_trained(metric, baseline):
     if not metric.untrained(baseline):
         return
     chance = metric.chance or 0.0
-    level = f", at chance ({chance:.4g})" if chance > 0 else ""
+    level = f", at chance ({f'{100 * chance:.4g}%' if metric.percent else f'{chance:.4g}'})" if chance > 0 else ""
     raise OptionError(
-        f"the model's baseline {metric.name} is {baseline:.4g}{level}: it looks untrained, and "
+        f"the model's baseline {metric.name} is {metric.format(baseline)}{level}: it looks untrained, and "
         "sensitivities measured on it are noise", plugin="prune",
         hint=(metric.weights_hint or "load trained weights before the training starts")
         + "; or prune with fixed --prune.ratios")
+
+
+def check_schedule(run, config):
+    """``weights`` and ``after_epochs`` need an adapter that honoured them (hapi's); elsewhere the
+    suite's own way to start from trained weights is the answer."""
+    adapter = run.session.adapters.get(run.adapter)
+    hint = getattr(adapter, "weights_hint", "") or "load trained weights before the training starts"
+    if config.weights is not None and run.weights_loaded is None:
+        raise OptionError(f"--prune.weights is for hapi scripts: the {run.adapter} adapter does not load it",
+                          plugin="prune", hint=hint)
+    if config.after_epochs is not None and run.epochs_done != config.after_epochs:
+        raise OptionError(f"--prune.after_epochs: the {run.adapter} adapter has no epoch boundary to prune at",
+                          plugin="prune", hint=hint + ", then run the train command again with the prune plugin")
+    if run.weights_loaded is not None:
+        log(f"loaded the trained weights {run.weights_loaded} before the analysis")
+    if run.epochs_done:
+        log(f"trained {run.epochs_done} epoch{'s' if run.epochs_done != 1 else ''} (prune.after_epochs): analysing "
+            "and pruning now, then training on to the last epoch")
 
 
 def replay_for_checkpoint(run, path):
@@ -83,9 +101,15 @@ def finish_report(run):
     metric = run.metric if report_data is not None else None
     if metric is None:
         return
-    report_data["after_training"] = {"metric": metric(), "flops": report_data["after"]["flops"]}
-    log(f"after training: {metric.name} {report_data['after_training']['metric']:.4f} "
-        f"(before pruning {report_data['before'].get('metric')})")
+    after = report_data["after_training"] = {"metric": metric(), "flops": report_data["after"]["flops"]}
+    before = report_data["before"].get("metric")
+    best = run.best_checkpoint
+    if best is not None:
+        after["best_checkpoint"] = {"path": best[0], "metric": best[1]}
+    log(f"after training: {metric.name} {metric.format(after['metric'])}"
+        + (f" (last epoch); the best checkpoint {best[0]}: {metric.name} {metric.format(best[1])}"
+           if best is not None else "")
+        + (f"; before pruning {metric.format(before)}" if before is not None else ""))
     if run.is_main_process and result.report_path:
         write_json_atomic(result.report_path, report_data)
 
@@ -113,6 +137,7 @@ class PruneWorkflow:
         """Resolve the inputs, trace and list the groups, analyse, choose ratios, apply, report.
         ``action`` show and analyze end the run (:class:`StopRun`) after their stage."""
         cfg = self.config
+        check_schedule(self.run, cfg)
         self._check_options()
         if attached(self.model) is not None:
             log("the model already carries a pruning plan (resumed checkpoint): not pruning again")
@@ -224,7 +249,7 @@ class PruneWorkflow:
 
     def _measure_metric(self, sfile):
         """The pruned model's metric (before fine-tuning) next to the analysis's baseline."""
-        metric = self.run.metric if sfile is not None else None
+        metric = self.metric = self.run.metric if sfile is not None else None
         if metric is None:
             return
         self.before["metric"] = sfile.baseline
@@ -498,7 +523,7 @@ class PruneWorkflow:
         baseline = sfile.baseline
         if baseline is None and cfg.budget_rule == "model":  # an imported legacy file has none
             baseline = self.run.metric(max_batches=cfg.sen_batches)
-            log(f"the sensitivity file has no baseline metric: measured {baseline:.4f}")
+            log(f"the sensitivity file has no baseline metric: measured {self.run.metric.format(baseline)}")
         loss_of = lambda ratios: self._whole_loss(prunable, baseline, ratios)  # noqa: E731
         budget_report = {"rule": cfg.budget_rule}
         if cfg.pruned_latency is not None:
@@ -538,7 +563,7 @@ class PruneWorkflow:
             if missing:
                 log(missing)
             else:
-                self._plots(prunable, sfile, sens)
+                self._plots(prunable, sfile, sens, ratios)
         return ratios
 
     def _report_whole_model_loss(self, baseline, value):
@@ -553,24 +578,31 @@ class PruneWorkflow:
         per_group = budget.get("per_group") or {}
         worst = max((e["loss"] for e in per_group.values()), default=0.0)
         log(f"whole-model loss before fine-tuning {loss:+.4f}" + (f" (budget {target})" if target is not None else "")
-            + (f"; per-group losses up to {worst:+.4f} ({len(per_group)} groups)" if per_group else ""))
+            + (f"; per-group losses up to {worst:+.4f} ({len(per_group)} group{'s' if len(per_group) != 1 else ''})"
+               if per_group else ""))
 
-    def _plots(self, prunable, sfile, sens):
-        base = self.before["flops"]
-        stem = os.path.splitext(sfile.path)[0]
-        report.plot_sensitivities(sens, stem + ".png", sfile.metric_name,
-                                  budget=self.config.eval_metric_loss)
+    def _plots(self, prunable, sfile, sens, ratios):
+        """The sensitivity curves next to the sensitivity file (each group's chosen ratio marked);
+        pruned FLOPs against the loss budget next to the report, over budgets that reach past
+        the chosen plan's (detectors' losses run far beyond 0.1), the chosen plan marked."""
+        name = sfile.data["metric"].get("name") or self.report.get("metric_name") or "metric"
+        curves = os.path.splitext(sfile.path)[0] + ".png"
+        report.plot_sensitivities(sens, curves, name, budget=self.config.eval_metric_loss, chosen=ratios)
+        per_group = (self.report.get("budget") or {}).get("per_group") or {}
+        worst = max([e["loss"] for e in per_group.values()] + [0.0])
+        chosen = self.report.get("chosen_budget")
+        top = max(0.1, 1.25 * max(chosen or 0.0, worst))
         points = []
-        for budget in [0.005 * i for i in range(1, 21)]:
-            ratios = ratios_by_loss(sens, budget)
-            applied = prunable.apply(ratios)
-            try:
-                points.append((budget, (base - measure.flops(self.model, self.check_inputs)) / base))
-            finally:
-                applied.restore()
-        report.plot_flops_vs_budget(points, stem + ".flops.png", sfile.metric_name,
-                                    chosen=self.report.get("chosen_budget"))
-        self.report["plots"] = [stem + ".png", stem + ".flops.png"]
+        for i in range(1, 21):
+            budget = top * i / 20
+            points.append((budget, self._pruned_fraction(prunable, ratios_by_loss(sens, budget))))
+        flops = os.path.splitext(self._report_path())[0] + ".flops.png"
+        report.plot_flops_vs_budget(points, flops, name, chosen=chosen,
+                                    plan=(worst, self._pruned_fraction(prunable, ratios), "chosen plan"))
+        self.report["plots"] = [curves, flops]
+
+    def _report_path(self):
+        return self.config.report or os.path.join(self.save_dir, "prune_report.json")
 
     def _write_report(self, plan, sfile, seconds):
         self.report.update({
@@ -578,10 +610,13 @@ class PruneWorkflow:
             "before": self.before, "after": self.after, "seconds": round(seconds, 2),
             "sensitivity_file": sfile.path if sfile else None,
         })
+        metric = getattr(self, "metric", None)
         print(report.before_after_table(self.before, self.after,
-                                        f"{self.report.get('metric_name', 'metric')} (before fine-tuning)"),
+                                        f"{self.report.get('metric_name', 'metric')} (before fine-tuning)",
+                                        metric_format=metric.format if metric else None),
               file=sys.stderr)
-        log(f"pruned {len(plan.ratios)} groups: FLOPs {self.before['flops']} -> {self.after['flops']} "
+        groups = f"{len(plan.ratios)} group{'s' if len(plan.ratios) != 1 else ''}"
+        log(f"pruned {groups}: FLOPs {self.before['flops']} -> {self.after['flops']} "
             f"({(self.after['flops'] - self.before['flops']) / self.before['flops']:+.1%})")
         for line in report.latency_lines(self.before.get("latency"), self.after.get("latency")):
             log(line)
@@ -590,7 +625,7 @@ class PruneWorkflow:
         self.run.results["prune"] = result = PruneResult(self.report)
         if not self.run.is_main_process:
             return
-        self.report_path = self.config.report or os.path.join(self.save_dir, "prune_report.json")
+        self.report_path = self._report_path()
         write_json_atomic(self.report_path, self.report)
         plan.save(os.path.join(self.save_dir, "prune_plan.json"))
         result.report_path = self.report_path
