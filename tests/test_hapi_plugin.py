@@ -218,11 +218,14 @@ def test_show_is_a_typed_stop_with_status_0(slim_session, hook_recorder, capsys)
     model.prepare(paddle.optimizer.SGD(parameters=net.parameters()), nn.CrossEntropyLoss())
     data = paddle.io.TensorDataset([paddle.zeros([4, 1, 8, 8]), paddle.zeros([4, 1], dtype="int64")])
     slim_session.enable("prune", {"action": "show"})
+    eager = []  # show's time is its eager forwards: one per traced pass, no before-pruning latency
+    net.register_forward_pre_hook(lambda _layer, _inputs: eager.append(1) if paddle.in_dynamic_mode() else None)
     with pytest.raises(StopRun) as stop:
         model.fit(data, batch_size=2, epochs=1, verbose=0)
     assert stop.value.code == 0 and stop.value.reason == "prune.action=show"
     assert "0.weight" in capsys.readouterr().out
     assert hook_recorder.names() == ["slim_before_train"]
+    assert len(eager) == 3  # eval, train, and eval at twice the size (which fails: Linear)
 
 
 def test_misspelt_plugin_and_option_are_clear_errors(tmp_path):

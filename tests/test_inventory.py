@@ -62,3 +62,26 @@ def test_reasons_for_every_kind_of_conv():
     assert list(model.out.weight.shape) == [4, 8, 1, 1]  # concat of the two halves, each halved
     applied.restore()
     assert list(model.grouped.weight.shape) == [16, 4, 3, 3]
+
+
+def test_tracer_and_inventory_share_one_eager_forward_per_pass():
+    """``show``'s time goes to eager forwards: the tracer's passes (eval, train, twice the size)
+    also give the inventory its conv calls and FLOPs, the same FLOPs a separate measurement gives.
+    Other inputs than the tracer's (ones, not zeros) get passes of their own."""
+    from slim_plugins.plugins.prune import measure
+
+    model = Zoo()
+    eager = []
+    model.register_forward_pre_hook(lambda layer, _inputs: eager.append(layer.training) if paddle.in_dynamic_mode()
+                                    else None)
+    prunable = PrunableModel(model, [1, 3, 16, 16])
+    rows = inventory(prunable, [paddle.zeros([1, 3, 16, 16])])
+    assert sorted(eager) == [False, False, True], eager
+    flops = measure.flops_by_layer(model, [paddle.zeros([1, 3, 16, 16])])
+    assert {r.weight: r.flops_share for r in rows} == {
+        r.weight: flops.get(r.weight[:-len(".weight")], 0) / sum(flops.values()) for r in rows}
+    assert rows[0].flops_share > 0
+    del eager[:]
+    again = inventory(prunable, [paddle.ones([1, 3, 16, 16])])
+    assert sorted(eager) == [False, True], eager  # the larger pass's zeros are the tracer's
+    assert again == rows

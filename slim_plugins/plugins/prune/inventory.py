@@ -8,6 +8,7 @@ the traced program never ran there).
 from dataclasses import dataclass
 from typing import Optional
 
+import numpy as np
 import paddle
 import paddle.nn as nn
 
@@ -26,37 +27,94 @@ class ConvRow:
     reason: str = ""
 
 
-def _call_counts(model, passes, keep_failed=False):
-    """Calls of every conv layer in each forward pass that succeeds (with ``keep_failed``, None
-    stands for a pass that failed)."""
-    layers = {name: layer for name, layer in model.named_sublayers() if isinstance(layer, CONVS)}
-    counts = []
-    current = {}
+@dataclass
+class PassRecord:
+    """One eager forward pass: which convs it ran and what each counted layer cost."""
+
+    mode: str
+    inputs: list
+    calls: Optional[dict]  # conv layer -> calls; None: the pass failed
+    flops: Optional[dict]  # counted layer -> FLOPs (measure's counters)
+    shapes: tuple  # the parameters' shapes it ran with
+
+
+def run_passes(model, passes):
+    """A :class:`PassRecord` per ``(mode, inputs)`` pass, each one eager forward without
+    gradients: conv calls and FLOPs come from the same forward, which costs more than anything
+    else in ``show``. A pass that fails (e.g. train mode wants labels, or a fixed input size)
+    records None. The parameters are restored after each train-mode pass (it moves BN
+    statistics), so every pass runs with the model's own weights."""
+    calls, flops = {}, {}
     handles = [layer.register_forward_post_hook(
-        lambda layer, _i, _o, n=name: current.__setitem__(n, current.get(n, 0) + 1))
-        for name, layer in layers.items()]
-    saved = {n: compat.numpy_of(p) for n, p in model.named_parameters()}
+        lambda layer, _i, _o, n=name: calls.__setitem__(n, calls.get(n, 0) + 1))
+        for name, layer in model.named_sublayers() if isinstance(layer, CONVS)]
+    handles += measure.flops_hooks(model, flops)
+    params = dict(model.named_parameters())
+    shapes = tuple((n, tuple(int(d) for d in p.shape)) for n, p in params.items())
+    saved = None
     was_training = model.training
+    records = []
     try:
         for mode, inputs in passes:
-            current.clear()
+            calls.clear()
+            flops.clear()
+            if mode == "train" and saved is None:
+                saved = {n: compat.numpy_of(p) for n, p in params.items()}
             model.train() if mode == "train" else model.eval()
             try:
                 with paddle.no_grad():
                     model(*inputs)
-            except Exception:  # e.g. train mode wants labels, or a fixed input size
-                if keep_failed:
-                    counts.append(None)
-                continue
-            counts.append(dict(current))
+                records.append(PassRecord(mode, inputs, dict(calls), dict(flops), shapes))
+            except Exception:  # noqa: BLE001  recorded as a failed pass
+                records.append(PassRecord(mode, inputs, None, None, shapes))
+            finally:
+                if mode == "train":
+                    for n, value in saved.items():
+                        compat.set_value(params[n], value)
     finally:
         for h in handles:
             h.remove()
-        params = dict(model.named_parameters())
-        for n, value in saved.items():  # train-mode passes moved BN statistics
-            compat.set_value(params[n], value)
         model.train() if was_training else model.eval()
-    return layers, counts
+    return records
+
+
+def _same_inputs(a, b):
+    """Equal example inputs: the same structure, and tensors of the same shape, dtype and values."""
+    if a is b:
+        return True
+    if isinstance(a, dict) or isinstance(b, dict):
+        return isinstance(a, dict) and isinstance(b, dict) and a.keys() == b.keys() and all(
+            _same_inputs(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)) or isinstance(b, (list, tuple)):
+        return (isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)) and len(a) == len(b)
+                and all(_same_inputs(x, y) for x, y in zip(a, b)))
+    if hasattr(a, "shape") and hasattr(a, "dtype"):
+        return (hasattr(b, "shape") and hasattr(b, "dtype") and list(a.shape) == list(b.shape)
+                and a.dtype == b.dtype and np.array_equal(_array(a), _array(b)))
+    try:
+        return bool(a == b) and type(a) is type(b)
+    except Exception:  # noqa: BLE001  incomparable values
+        return False
+
+
+def _array(value):
+    return value.numpy() if hasattr(value, "numpy") else np.asarray(value)
+
+
+def _records(prunable, passes):
+    """A record per pass: the tracer's own (:meth:`PrunableModel._passes_that_add` ran the same
+    passes: same mode, equal inputs, the parameters' shapes unchanged since) where it has one, a
+    new forward where not. The tracer's passes ran inside the adapter's trace context, which by
+    its contract changes nothing the network computes (only how post-processing is traced)."""
+    known = list(getattr(prunable, "eager_passes", None) or ())
+    if known:
+        shapes = tuple((n, tuple(int(d) for d in p.shape)) for n, p in prunable.model.named_parameters())
+        known = [r for r in known if r.shapes == shapes]
+    found = [next((r for r in known if r.mode == mode and _same_inputs(r.inputs, inputs)), None)
+             for mode, inputs in passes]
+    missing = [p for p, r in zip(passes, found) if r is None]
+    fresh = iter(run_passes(prunable.model, missing) if missing else ())
+    return [r if r is not None else next(fresh) for r in found]
 
 
 def _passes(inputs):
@@ -71,8 +129,12 @@ def inventory(prunable, inputs):
     """Rows for every conv weight. A conditional conv is safe when every pass that runs it was
     traced (its couplings are in the graph); one that no traced program holds is listed with why."""
     model = prunable.model
-    layers, counts = _call_counts(model, _passes(inputs))
-    per_layer = measure.flops_by_layer(model, inputs)
+    layers = {name: layer for name, layer in model.named_sublayers() if isinstance(layer, CONVS)}
+    records = _records(prunable, _passes(inputs))
+    counts = [r.calls for r in records if r.calls is not None]
+    per_layer = records[0].flops  # the eval pass at ``inputs``
+    if per_layer is None:  # it failed: measuring raises what broke it
+        per_layer = measure.flops_by_layer(model, inputs)
     total = sum(per_layer.values()) or 1
     member_of = {}
     for gname, group in prunable.groups.items():

@@ -29,6 +29,13 @@ def flops_by_layer(model, inputs):
     """Multiply-accumulate count per sublayer for one forward pass of ``inputs`` (batch 1 is
     the convention; the numbers are for the batch given). Layers called twice count twice."""
     counts = {}
+    forward_once(model, inputs, flops_hooks(model, counts), mode="eval")
+    return counts
+
+
+def flops_hooks(model, counts):
+    """Forward post-hooks adding each counted sublayer's FLOPs to ``counts`` (``{name: flops}``):
+    any forward pass can measure FLOPs on the way (the inventory's call-count passes do)."""
     handles = []
 
     def hook_for(name, fn):
@@ -43,8 +50,7 @@ def flops_by_layer(model, inputs):
             if isinstance(layer, types):
                 handles.append(layer.register_forward_post_hook(hook_for(name, fn)))
                 break
-    forward_once(model, inputs, handles, mode="eval")
-    return counts
+    return handles
 
 
 def forward_once(model, inputs, handles=(), mode=None):

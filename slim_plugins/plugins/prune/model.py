@@ -197,10 +197,12 @@ class PrunableModel:
     def _passes_that_add(self, passes):
         """The first pass, and each other pass whose eager run calls a conv the first does not,
         or calls one another number of times: only those can add couplings, and building a
-        program costs far more than running the model (PP-OCRv4 det: ~30 s against ~1 s)."""
-        from slim_plugins.plugins.prune.inventory import _call_counts
+        program costs far more than running the model (PP-OCRv4 det: ~30 s against ~1 s). The
+        records (:attr:`eager_passes`) serve the inventory too: its passes are these."""
+        from slim_plugins.plugins.prune.inventory import run_passes
 
-        _layers, counts = _call_counts(self.model, passes, keep_failed=True)
+        self.eager_passes = run_passes(self.model, passes)
+        counts = [r.calls for r in self.eager_passes]
         first = counts[0] or {}
         keep = [passes[0]]
         for extra, seen in zip(passes[1:], counts[1:]):

@@ -190,7 +190,8 @@ class PruneWorkflow:
         self.check_inputs = self.run.forward_inputs(1)
         self.base_shapes = {n: list(p.shape) for n, p in self.model.named_parameters()}
         self.base_fingerprint = architecture_fingerprint(self.model)
-        self.before = self._measure()
+        if self.config.action != "show":  # show reports no figures: its latency alone is 12 forwards
+            self.before = self._measure()
         return trace_inputs
 
     def _trace(self, trace_inputs):
