@@ -625,6 +625,7 @@ def v4_det_config(data):
                               "Head": {"name": "DBHead", "k": 50, "fix_nan": True}}
     config["Optimizer"]["lr"]["learning_rate"] = 0.001
     config["PostProcess"]["box_thresh"] = 0.6
+    config["Train"]["dataset"]["ratio_list"] = [0.5]  # 8 of the 16 training images: 2 steps
     return config
 
 
@@ -643,7 +644,7 @@ def v4_rec_config(data, plugins=None):
                                      "Head": {"fc_decay": 0.00001}}},
                         {"NRTRHead": {"nrtr_dim": 384, "max_text_length": 10}}]}}
     loss = {"name": "MultiLoss", "loss_config_list": [{"CTCLoss": None}, {"NRTRLoss": None}]}
-    config = _rec_config(data, "./v4_rec_out", architecture, loss, transforms, 0.001, 8, plugins)
+    config = _rec_config(data, "./v4_rec_out", architecture, loss, transforms, 0.001, 4, plugins)
     config["Metric"]["main_indicator"] = "norm_edit_dis"  # one epoch: acc stays 0
     return config
 
@@ -707,7 +708,7 @@ def fused_plan_shapes(plan, prefixes):
 
 
 def train_eval_export(work, yml, metric, extra=()):
-    """train.py (1 epoch), eval.py of `latest` in a fresh process, export_model.py; returns
+    """train.py (1 epoch, 2 steps), eval.py of `latest` in a fresh process, export_model.py; returns
     (output folder, report, plan, fresh metric, inference folder)."""
     config = yaml.safe_load(open(work / yml))
     out = work / config["Global"]["save_model_dir"]
@@ -737,7 +738,11 @@ def test_v4_mobile_det_trains_pruned_evaluates_the_same_and_exports(work):
     image = np.random.RandomState(0).rand(1, 3, SIZE, SIZE).astype("float32")
     maps = run_inference(infer, image)
     assert maps.shape == (1, 1, SIZE, SIZE) and np.isfinite(maps).all()
-    np.testing.assert_allclose(maps, checkpoint_output(work / "v4_det.yml", out / "latest", image), atol=2e-2)
+    # the folded convs agree with the branches to 1e-6 (relative) layer by layer; a barely trained
+    # DB amplifies that rounding in a few pixels of its sigmoid maps
+    reference = checkpoint_output(work / "v4_det.yml", out / "latest", image)
+    np.testing.assert_allclose(maps, reference, atol=2e-2)
+    assert np.abs(maps - reference).mean() < 1e-4
     exported = exported_shapes(infer)
     expected = fused_plan_shapes(plan, ("backbone.", "neck.", "head."))
     assert expected and all(shape in exported for shape in expected.values()), expected
@@ -747,8 +752,8 @@ def test_v4_mobile_rec_trains_pruned_evaluates_the_same_and_exports(work):
     """PP-OCRv4 mobile rec switched on by the config's plugins: section (every group at 0.3, the
     last backbone conv with NRTR's input projection), 1 epoch, a fresh eval.py equal to the end of
     training, export_model.py (CTC branch only) and Paddle Inference."""
-    make_rec_set(str(work / "v4_rec"), "train", 16, random.Random(3))
-    make_rec_set(str(work / "v4_rec"), "test", 8, random.Random(4))
+    make_rec_set(str(work / "v4_rec"), "train", 8, random.Random(3))  # 2 steps
+    make_rec_set(str(work / "v4_rec"), "test", 4, random.Random(4))
     plugins = {"prune": {"ratios": {"*": 0.3}, "plot": False}}
     with open(work / "v4_rec.yml", "w") as f:
         yaml.safe_dump(v4_rec_config(str(work / "v4_rec"), plugins), f, sort_keys=False)
