@@ -168,6 +168,34 @@ def test_v4_det_pruned_model_trains(det):
         applied.restore()
 
 
+def test_v4_det_pruned_rep_layers_fuse_for_export(det):
+    """PaddleOCR's export runs ``rep()`` on PPLCNetV3's LearnableRepLayers, which builds the fused
+    conv from the layer's own channel counts: the adapter syncs them to the pruned convs first."""
+    import copy
+
+    import paddle
+
+    from slim_plugins.adapters.ppocr import _sync_rep_layer_channels
+
+    model, prunable = det
+    applied = _prune_all(prunable, 0.5)
+    try:
+        fused = copy.deepcopy(model)
+        model.eval()
+        fused.eval()
+        image = paddle.rand([1] + DET_SHAPE)
+        with paddle.no_grad():
+            expected = model(image)["maps"].numpy()
+            _sync_rep_layer_channels(fused)
+            layers = [layer for layer in fused.sublayers() if hasattr(layer, "rep")]
+            for layer in layers:
+                layer.rep()
+            assert layers and all(layer.is_repped for layer in layers)
+            assert abs(fused(image)["maps"].numpy() - expected).max() < 1e-3
+    finally:
+        applied.restore()
+
+
 # ------------------------------------------------------------------ PP-OCRv4 mobile rec
 @pytest.fixture(scope="module")
 def rec():

@@ -620,3 +620,165 @@ def test_db_every_group_at_0_9_evaluates_and_exports_in_fresh_processes(work, de
     maps = layer(paddle.to_tensor(np.zeros((1, 3, SIZE, SIZE), dtype="float32")))
     maps = maps[0] if isinstance(maps, (list, tuple)) else maps
     assert list(maps.shape) == [1, 1, SIZE, SIZE]
+
+
+# ------------------------------------------------------------------ PP-OCRv4 mobile det and rec (issue 11)
+V4_REC_SHAPE = (3, 48, 320)  # C, H, W: configs/rec/PP-OCRv4/PP-OCRv4_mobile_rec.yml's own Eval size
+
+
+def v4_det_config(data):
+    """configs/det/PP-OCRv4/PP-OCRv4_mobile_det.yml's model (PPLCNetV3 x0.75 with learnable affine
+    blocks, RSEFPN, DBHead with fix_nan) on the generated 160-pixel set (its Eval resize made small)."""
+    config = det_config(data)
+    config["Global"]["save_model_dir"] = "./v4_det_out"
+    config["Architecture"] = {"model_type": "det", "algorithm": "DB", "Transform": None,
+                              "Backbone": {"name": "PPLCNetV3", "scale": 0.75, "det": True},
+                              "Neck": {"name": "RSEFPN", "out_channels": 96, "shortcut": True},
+                              "Head": {"name": "DBHead", "k": 50, "fix_nan": True}}
+    config["Optimizer"]["lr"]["learning_rate"] = 0.001
+    config["PostProcess"]["box_thresh"] = 0.6
+    config["Train"]["dataset"]["ratio_list"] = [0.5]  # 8 of the 16 training images: 2 steps
+    return config
+
+
+def v4_rec_config(data, plugins=None):
+    """configs/rec/PP-OCRv4/PP-OCRv4_mobile_rec.yml's model (PPLCNetV3 x0.95, MultiHead [CTC with
+    the SVTR neck, NRTR], MultiLoss) at its own 48x320, trained on a SimpleDataSet (not its
+    multi-scale sampler)."""
+    transforms = [{"DecodeImage": {"img_mode": "BGR", "channel_first": False}},
+                  {"MultiLabelEncode": {"gtc_encode": "NRTRLabelEncode"}},
+                  {"RecResizeImg": {"image_shape": list(V4_REC_SHAPE)}},
+                  {"KeepKeys": {"keep_keys": ["image", "label_ctc", "label_gtc", "length", "valid_ratio"]}}]
+    architecture = {"algorithm": "SVTR_LCNet", "Backbone": {"name": "PPLCNetV3", "scale": 0.95},
+                    "Head": {"name": "MultiHead", "head_list": [
+                        {"CTCHead": {"Neck": {"name": "svtr", "dims": 120, "depth": 2, "hidden_dims": 120,
+                                              "kernel_size": [1, 3], "use_guide": True},
+                                     "Head": {"fc_decay": 0.00001}}},
+                        {"NRTRHead": {"nrtr_dim": 384, "max_text_length": 10}}]}}
+    loss = {"name": "MultiLoss", "loss_config_list": [{"CTCLoss": None}, {"NRTRLoss": None}]}
+    config = _rec_config(data, "./v4_rec_out", architecture, loss, transforms, 0.001, 4, plugins)
+    config["Metric"]["main_indicator"] = "norm_edit_dis"  # one epoch: acc stays 0
+    return config
+
+
+def run_inference(folder, image):
+    """The exported model in Paddle Inference (CPU); returns its first output."""
+    import paddle.inference as pi
+
+    model_file = "inference.json" if (folder / "inference.json").exists() else "inference.pdmodel"
+    config = pi.Config(str(folder / model_file), str(folder / "inference.pdiparams"))
+    config.disable_gpu()
+    if compat.PADDLE_3:
+        config.disable_mkldnn()  # Paddle 3.3.1's oneDNN executor rejects some PIR attributes
+    predictor = pi.create_predictor(config)
+    predictor.get_input_handle(predictor.get_input_names()[0]).copy_from_cpu(image)
+    predictor.run()
+    return predictor.get_output_handle(predictor.get_output_names()[0]).copy_to_cpu()
+
+
+def checkpoint_output(config_file, checkpoint, image):
+    """The eval-mode output of ``checkpoint`` in this process: the model built as tools/train.py
+    builds it, the plan replayed, the weights loaded. The export must compute the same (its
+    re-parameterized convs fold the pruned branches)."""
+    import paddle
+
+    from slim_plugins.plugins.prune.plan import PrunePlan, replay
+
+    if ROOT not in sys.path:
+        sys.path.insert(0, ROOT)
+    from ppocr.modeling.architectures import build_model
+    from ppocr.postprocess import build_post_process
+
+    config = yaml.safe_load(open(config_file))
+    arch = config["Architecture"]
+    if arch["model_type"] == "rec":
+        chars = len(build_post_process(config["PostProcess"], config["Global"]).character)
+        arch["Head"]["out_channels_list"] = {"CTCLabelDecode": chars, "NRTRLabelDecode": chars + 3}
+    model = build_model(arch)
+    replay(model, PrunePlan.load(str(checkpoint) + ".prune.json"))
+    model.set_state_dict(paddle.load(str(checkpoint) + ".pdparams"))
+    model.eval()
+    with paddle.no_grad():
+        out = model(paddle.to_tensor(image))
+    return (out["maps"] if isinstance(out, dict) else out).numpy()
+
+
+def exported_shapes(folder):
+    import paddle
+
+    layer = paddle.jit.load(str(folder / "inference"))
+    return [tuple(p.shape) for p in layer.parameters()]
+
+
+def fused_plan_shapes(plan, prefixes):
+    """The plan's conv shapes the inference program holds: export re-parameterizes PPLCNetV3's
+    LearnableRepLayer into one conv shaped like its first kxk branch (the 1x1 and other branches
+    are folded into it)."""
+    return {name: tuple(shape) for name, shape in plan["shapes"].items()
+            if len(shape) == 4 and name.startswith(prefixes)
+            and not re.search(r"\.conv_1x1\.|\.conv_kxk\.[1-9]", name)}
+
+
+def train_eval_export(work, yml, metric, extra=()):
+    """train.py (1 epoch, 2 steps), eval.py of `latest` in a fresh process, export_model.py; returns
+    (output folder, report, plan, fresh metric, inference folder)."""
+    config = yaml.safe_load(open(work / yml))
+    out = work / config["Global"]["save_model_dir"]
+    run_tool("train.py", yml, [], cwd=str(work), extra=list(extra))
+    report, plan = report_of(out), json.load(open(out / "latest.prune.json"))
+    proc = run_tool("eval.py", yml, [f"Global.checkpoints={out / 'latest'}"], cwd=str(work))
+    assert "rebuilt pruned shapes" in proc.stderr and "not matched" not in proc.stdout + proc.stderr
+    infer = out.with_name(out.name + "_infer")
+    run_tool("export_model.py", yml,
+             [f"Global.checkpoints={out / 'latest'}", f"Global.save_inference_dir={infer}"] + EXPORT_OPTS,
+             cwd=str(work))
+    return out, report, plan, logged_metric(proc, metric), infer
+
+
+def test_v4_mobile_det_trains_pruned_evaluates_the_same_and_exports(work):
+    """PP-OCRv4 mobile det through train.py --plugin prune (every group at 0.3), a fresh eval.py
+    equal to the end of training, export_model.py (which re-parameterizes PPLCNetV3's blocks into
+    pruned convs) and Paddle Inference."""
+    with open(work / "v4_det.yml", "w") as f:
+        yaml.safe_dump(v4_det_config(str(work / "det")), f, sort_keys=False)
+    out, report, plan, hmean, infer = train_eval_export(
+        work, "v4_det.yml", "hmean", ["--plugin", "prune", "--prune.ratios", "*=0.3", "--prune.plot", "false"])
+    assert 1 - report["after"]["flops"] / report["before"]["flops"] > 0.3
+    assert hmean == pytest.approx(report["after_training"]["metric"], abs=1e-6)
+    assert any(".lab." not in n and "conv_kxk" in n for n in plan["shapes"])  # PPLCNetV3 blocks pruned
+    assert "neck.inp_conv.0.in_conv.weight" in plan["shapes"]  # convs feeding the FPN concat
+    image = np.random.RandomState(0).rand(1, 3, SIZE, SIZE).astype("float32")
+    maps = run_inference(infer, image)
+    assert maps.shape == (1, 1, SIZE, SIZE) and np.isfinite(maps).all()
+    # the folded convs agree with the branches to 1e-6 (relative) layer by layer; a barely trained
+    # DB's maps are steep sigmoids (mostly 0 or 1), where that rounding can move a pixel or two
+    reference = checkpoint_output(work / "v4_det.yml", out / "latest", image)
+    differ = np.abs(maps - reference)
+    assert differ.mean() < 1e-4 and (differ > 1e-3).mean() < 1e-3, (differ.mean(), differ.max())
+    exported = exported_shapes(infer)
+    expected = fused_plan_shapes(plan, ("backbone.", "neck.", "head."))
+    assert expected and all(shape in exported for shape in expected.values()), expected
+
+
+def test_v4_mobile_rec_trains_pruned_evaluates_the_same_and_exports(work):
+    """PP-OCRv4 mobile rec switched on by the config's plugins: section (every group at 0.3, the
+    last backbone conv with NRTR's input projection), 1 epoch, a fresh eval.py equal to the end of
+    training, export_model.py (CTC branch only) and Paddle Inference."""
+    make_rec_set(str(work / "v4_rec"), "train", 8, random.Random(3))  # 2 steps
+    make_rec_set(str(work / "v4_rec"), "test", 4, random.Random(4))
+    plugins = {"prune": {"ratios": {"*": 0.3}, "plot": False}}
+    with open(work / "v4_rec.yml", "w") as f:
+        yaml.safe_dump(v4_rec_config(str(work / "v4_rec"), plugins), f, sort_keys=False)
+    out, report, plan, ned, infer = train_eval_export(work, "v4_rec.yml", "norm_edit_dis")
+    assert 1 - report["after"]["flops"] / report["before"]["flops"] > 0.3
+    assert ned == pytest.approx(report["after_training"]["metric"], abs=1e-6)
+    # NRTR's input projection lost the rows of the last backbone conv's pruned channels
+    assert "head.before_gtc.1.fc.weight" in plan["shapes"]
+    assert any(n.startswith("head.ctc_encoder.") for n in plan["shapes"])  # the SVTR neck's convs
+    image = np.random.RandomState(0).rand(2, *V4_REC_SHAPE).astype("float32")
+    probs = run_inference(infer, image)
+    assert probs.shape == (2, V4_REC_SHAPE[2] // 8, len(DIGITS) + 1) and np.isfinite(probs).all()
+    np.testing.assert_allclose(probs, checkpoint_output(work / "v4_rec.yml", out / "latest", image), atol=1e-4)
+    exported = exported_shapes(infer)
+    expected = fused_plan_shapes(plan, ("backbone.", "head.ctc_encoder.", "head.ctc_head."))
+    assert expected and all(shape in exported for shape in expected.values()), expected

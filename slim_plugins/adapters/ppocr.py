@@ -123,6 +123,24 @@ def _old_ir_export_error(exc, config):
              "Paddle Inference on CPU then needs config.disable_mkldnn())")
 
 
+def _sync_rep_layer_channels(model):
+    """PPLCNetV3's ``LearnableRepLayer`` (PP-OCRv4 det and rec) keeps its channel counts in
+    ``in_channels``/``out_channels``/``groups`` and builds the fused conv (and the identity
+    branch's kernel) of ``rep()``, which export runs, from them: after pruning they must be the
+    convs' own counts, or the fused kernel does not fit."""
+    for layer in _unwrap(model).sublayers(include_self=True):
+        branches = getattr(layer, "conv_kxk", None)
+        if not (hasattr(layer, "rep") and hasattr(layer, "in_channels") and branches
+                and hasattr(branches[0], "conv")) or getattr(layer, "is_repped", False):
+            continue
+        conv = branches[0].conv
+        layer.groups = int(getattr(conv, "_groups", 1) or 1)
+        layer.in_channels = int(conv.weight.shape[1]) * layer.groups
+        layer.out_channels = int(conv.weight.shape[0])
+        if hasattr(layer, "id_tensor"):  # the identity kernel, cached at the old width
+            del layer.id_tensor
+
+
 def _unwrap(model):
     return getattr(model, "_layers", model)
 
@@ -308,6 +326,7 @@ class PaddleOCRAdapter(Adapter):
             config = given["config"]
             run = adapter.current_run_for(config, given["model"], None, "export")
             adapter.fire(run, "slim_before_export", path=given["save_path"])
+            _sync_rep_layer_channels(given["model"])
             try:
                 return export_single_model(*args, **kwargs)
             except (TypeError, ValueError) as exc:
