@@ -11,6 +11,7 @@ i.e. pruned shapes, FLOPs lower by the plan, and the same bbox_map and head outp
 import importlib.util
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -88,7 +89,7 @@ def test_metric_driven_pruning_of_an_untrained_detector_is_refused(boxes_set, ba
                            "--prune.eval_metric_loss", "0.1", "--prune.sen_ratios", "0.5", "--prune.sen_batches", "1"],
                           cwd=str(tmp_path), env=clean_env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode != 0
-    assert "baseline bbox_map is 0: it looks untrained" in proc.stderr
+    assert re.search(r"baseline bbox_map is 0(\.0+)?%?: it looks untrained", proc.stderr), proc.stderr[-2000:]
     assert "pretrain_weights=PATH/model.pdparams" in proc.stderr
     assert not (tmp_path / "out" / "sensitivities.json").exists()
 

@@ -159,9 +159,11 @@ class PaddleInference:
 
     runtime = PADDLE_INFERENCE
 
-    def __init__(self, model_file, threads):
+    def __init__(self, model_file, threads, onednn=True):
         self.model_file, self.threads = model_file, threads
-        self.predictor = self._predictor(onednn=True)
+        self.predictor = self._predictor(onednn=onednn)
+        if not onednn:
+            self.runtime = PADDLE_INFERENCE + " without oneDNN"
 
     def _predictor(self, onednn):
         from paddle import inference
@@ -229,6 +231,33 @@ class OnnxRuntime:
         return lambda: self.session.run(None, feed)
 
 
+def _runs_in_a_child(model_file, threads, feeds):
+    """Whether the exported model runs with oneDNN (True) or only without it (False), tried in
+    forked children: a predictor that crashes the process (Paddle 3.3.1's oneDNN on PaddleX's
+    YOLOv3: a segmentation fault) must not take the user's training with it. Raises RuntimeError
+    (the caller logs "latency not measured") when neither runs. Where fork is missing, True."""
+    if not hasattr(os, "fork"):
+        return True
+    for onednn in (True, False):
+        pid = os.fork()
+        if pid == 0:  # the child: one run, then leave without running the parent's clean-up
+            code = 1
+            try:
+                with _quiet():
+                    PaddleInference(model_file, threads, onednn=onednn).timer(feeds)
+                code = 0
+            except BaseException:  # noqa: BLE001
+                pass
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        if os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0:
+            return onednn
+        how = (f"signal {os.WTERMSIG(status)}" if os.WIFSIGNALED(status) else f"exit {os.WEXITSTATUS(status)}")
+        last = f"the exported model crashed or failed in Paddle Inference ({how}"
+    raise RuntimeError(last + ", with and without oneDNN)")
+
+
 class Exported:
     """``model`` as it is now, exported and loaded into each runtime available (the files are
     gone once loaded: the predictors keep the model in memory)."""
@@ -238,7 +267,8 @@ class Exported:
         directory = tempfile.mkdtemp(prefix="slim-latency-")
         try:
             model_file = export(model, inputs_for(1), os.path.join(directory, "model"), context and context())
-            self.engines = [PaddleInference(model_file, threads)]
+            self.engines = [PaddleInference(model_file, threads, onednn=_runs_in_a_child(model_file, threads,
+                                                                                        _feeds(inputs_for(1))))]
             self.engines[0].timer(_feeds(inputs_for(1)))  # one run, while the files are there to fall back on
             if onnx and onnx_available():
                 try:
