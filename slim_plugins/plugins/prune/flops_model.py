@@ -6,8 +6,11 @@ measured. When a group keeps the fraction ``k`` of its channels, a layer's FLOPs
 ``(k*K + 1) / (K + 1)`` where it prunes the input channels of a conv with a bias (``K`` weights per
 output), ``k * (k*K + 1) / (K + 1)`` where it prunes both (a conv inside a residual group). Two
 probes give ``a`` and ``b``, so the model is exact for convs, linears and norms; a plan's FLOPs are
-``sum(flops * prod(f_g(k_g)))`` over layers. ``slim-plugins sens ratios`` uses it; the prune plugin
-itself measures the pruned model.
+``sum(flops * prod(f_g(k_g)))`` over layers, except that groups pruning only a layer's input
+channels (the parts of a concat feeding one conv) remove FLOPs additively:
+``flops * prod(f_out) * (1 - sum(1 - f_in))``, exact for such convs too (``inputs`` in the data names
+those layers per group). ``slim-plugins sens ratios`` uses it; the prune plugin itself measures the
+pruned model.
 """
 from slim_plugins.plugins.prune import measure
 
@@ -20,10 +23,36 @@ def kept_fraction(channels, ratio):
     return (channels - pruned) / channels
 
 
+def _weight_shapes(model):
+    return {name: list(layer.weight.shape) for name, layer in model.named_sublayers()
+            if getattr(layer, "weight", None) is not None and len(layer.weight.shape) >= 1}
+
+
+def _side(layer, before, after):
+    """Which channels of ``layer`` a probe pruned: ``in``, ``out`` or ``both`` (None: neither).
+    Conv weights are ``[out, in, ...]``; Linear and conv-transpose weights ``[in, out, ...]``."""
+    changed = {axis for axis, (b, a) in enumerate(zip(before, after)) if b != a}
+    if not changed:
+        return None
+    input_first = type(layer).__name__ == "Linear" or "Transpose" in type(layer).__name__
+    sides = {("in" if input_first else "out") if axis == 0 else ("out" if input_first else "in")
+             for axis in changed if axis < 2}
+    if len(before) < 2 or getattr(layer, "_groups", 1) not in (1, None):  # norms, depthwise: one channel set
+        sides = {"out"}
+    return "both" if len(sides) == 2 else next(iter(sides), None)
+
+
 def _probe(prunable, inputs, name, ratio):
+    """FLOPs per layer with group ``name`` alone pruned at ``ratio``, and which side of each
+    layer's channels it pruned."""
+    model = prunable.model
+    before = _weight_shapes(model)
     applied = prunable.apply({name: ratio})
     try:
-        return measure.flops_by_layer(prunable.model, inputs)
+        after = _weight_shapes(model)
+        layers = dict(model.named_sublayers())
+        sides = {n: _side(layers[n], before[n], after[n]) for n in before if before[n] != after.get(n)}
+        return measure.flops_by_layer(model, inputs), sides
     finally:
         applied.restore()
 
@@ -43,15 +72,15 @@ def record(prunable, inputs, groups):
     """``{"total", "layers": {layer: flops}, "groups": {group: {layer: [a, b]}}}`` for one batch
     of ``inputs``; groups that cannot be pruned alone, or keep every channel, are left out."""
     base = measure.flops_by_layer(prunable.model, inputs)
-    out = {"total": int(sum(base.values())), "layers": base, "groups": {}}
+    out = {"total": int(sum(base.values())), "layers": base, "groups": {}, "inputs": {}}
     for name in groups:
         channels = prunable.groups[name].channels
-        probes = {}
+        probes, sides = {}, {}
         for ratio in PROBE_RATIOS:
             k = kept_fraction(channels, ratio)
             if k < 1 and k not in probes:
                 try:
-                    probes[k] = _probe(prunable, inputs, name, ratio)
+                    probes[k], sides = _probe(prunable, inputs, name, ratio)
                 except Exception:  # a group that breaks the model alone is never chosen
                     break
         else:
@@ -60,6 +89,9 @@ def record(prunable, inputs, groups):
                 out["groups"][name] = {
                     layer: _coefficients([(k, after.get(layer, 0) / base[layer]) for k, after in probes.items()])
                     for layer in sorted(layers) if base.get(layer)}
+                inputs_only = sorted(layer for layer in out["groups"][name] if sides.get(layer) == "in")
+                if inputs_only:
+                    out["inputs"][name] = inputs_only
     return out
 
 
@@ -67,11 +99,19 @@ def estimate(data, channels, ratios):
     """FLOPs after ``ratios`` (``{group: ratio}``) from :func:`record`'s ``data``; ``channels`` maps
     each group to its channel count. Groups the data lacks count as unchanged."""
     factor = {layer: 1.0 for layer in data["layers"]}
+    removed_inputs = {layer: 0.0 for layer in data["layers"]}
+    inputs = data.get("inputs") or {}  # files written before it: every factor multiplies
     for group, ratio in ratios.items():
         coefficients = data["groups"].get(group)
         if not coefficients or not channels.get(group):
             continue
         k = kept_fraction(channels[group], ratio)
+        only_inputs = set(inputs.get(group, ()))
         for layer, (a, b) in coefficients.items():
-            factor[layer] *= a * k * k + b * k + 1 - a - b
-    return int(round(sum(f * factor[layer] for layer, f in data["layers"].items())))
+            f = a * k * k + b * k + 1 - a - b
+            if layer in only_inputs:  # input channels of several groups (concat) remove additively
+                removed_inputs[layer] += 1 - f
+            else:
+                factor[layer] *= f
+    return int(round(sum(f * factor[layer] * max(0.0, 1 - removed_inputs[layer])
+                         for layer, f in data["layers"].items())))
