@@ -15,6 +15,8 @@ import time
 import numpy as np
 import paddle
 
+from slim_plugins.plugins.prune.program import spec_of
+
 PADDLE_INFERENCE = "Paddle Inference CPU"
 ONNX_RUNTIME = "ONNX Runtime CPU"
 ONNX_MISSING = ('ONNX Runtime latency skipped: paddle2onnx and onnxruntime are not installed '
@@ -62,19 +64,6 @@ def _flat(value, name, out):
     return out
 
 
-def _spec(value, name):
-    from paddle.static import InputSpec
-
-    if isinstance(value, dict):
-        return {k: _spec(v, k) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_spec(v, f"{name}_{i}") for i, v in enumerate(value)]
-    if hasattr(value, "shape"):
-        shape = list(value.shape)
-        return InputSpec([None] + shape[1:] if shape else shape, value.dtype, name)
-    return value
-
-
 @contextlib.contextmanager
 def _eval_mode(model):
     was_training = model.training
@@ -92,7 +81,7 @@ def export(model, inputs, prefix, context=None):
     the model file."""
     from slim_plugins.plugins.prune.program import _restored_forward
 
-    specs = [_spec(v, f"input_{i}") for i, v in enumerate(inputs)]
+    specs = [spec_of(v, f"input_{i}", dynamic_batch=True) for i, v in enumerate(inputs)]
     with _eval_mode(model), _restored_forward(model), (context or contextlib.nullcontext()), _quiet():
         try:
             paddle.jit.save(model, prefix, input_spec=specs)

@@ -341,15 +341,18 @@ def _inline_pir_ifs(ops):
 
 
 # ---------------------------------------------------------------------------------------- tracing
-def _spec_of(value, name):
+def spec_of(value, name, dynamic_batch=False):
+    """``InputSpec``s shaped like ``value`` (a tensor, or dicts and lists of them), named after
+    their place; ``dynamic_batch``: the first dimension left open (an export timed at any batch)."""
     from paddle.static import InputSpec
 
     if isinstance(value, dict):
-        return {k: _spec_of(v, k) for k, v in value.items()}
+        return {k: spec_of(v, k, dynamic_batch) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_spec_of(v, f"{name}_{i}") for i, v in enumerate(value)]
+        return [spec_of(v, f"{name}_{i}", dynamic_batch) for i, v in enumerate(value)]
     if hasattr(value, "shape") and hasattr(value, "dtype"):
-        return InputSpec(list(value.shape), value.dtype, name)
+        shape = list(value.shape)
+        return InputSpec([None] + shape[1:] if dynamic_batch and shape else shape, value.dtype, name)
     return value
 
 
@@ -374,7 +377,7 @@ def _restored_forward(model):
 def read_program(model, inputs):
     """The program of ``model(*inputs)`` (``inputs``: example tensors or dicts of them) in the
     model's current mode; the model itself is left as it was."""
-    specs = [_spec_of(v, f"input_{i}") for i, v in enumerate(inputs)]
+    specs = [spec_of(v, f"input_{i}") for i, v in enumerate(inputs)]
     param_names = {p.name for p in model.parameters()}
     kwargs = {"input_spec": specs, "full_graph": True}  # the AST route: a whole program, as export uses
     with _restored_forward(model):
