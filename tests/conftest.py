@@ -36,6 +36,23 @@ def pytest_configure(config):
               f"PYTHONPATH={REPO}")
 
 
+def pytest_xdist_auto_num_workers(config):
+    """``-n auto``: a worker per core, at most 4 (each runs suite trainings in child processes of
+    its own: more would only trade CPU for memory)."""
+    return max(1, min(os.cpu_count() or 1, 4))
+
+
+# The longest test files (`pytest --durations`: together over half of the suite's time), started
+# first: a worker that took one of them last would still be running it long after the others end.
+SLOWEST_FIRST = ("test_ppdet_adapter.py", "test_ppocr_adapter.py", "test_paddlex_adapter.py", "test_hapi_plugin.py",
+                 "test_paddlex_detector.py", "test_graph_flagship_det.py", "test_crash_safety.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(SLOWEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: each file keeps its order
+
+
 def clean_env(extra=None):
     """This environment without activation (SLIM_PLUGINS*) or distributed (PADDLE_*) variables a
     caller left, plus ``extra``: what a user's fresh shell would give a command."""
@@ -83,3 +100,24 @@ def last_json(text):
 @pytest.fixture
 def python():
     return run_python
+
+
+def paddle_inference(folder, stem, feeds):
+    """Run the model exported as ``folder/stem.{json|pdmodel}`` + ``stem.pdiparams`` in Paddle
+    Inference on CPU (oneDNN off: Paddle 3.3.1's oneDNN executor rejects some PIR attributes).
+    ``feeds``: ``{input name: array}``, or one array for the first input. Returns the outputs."""
+    import paddle.inference as pi
+
+    from slim_plugins import compat as compat_
+
+    model_file = f"{stem}.json" if (folder / f"{stem}.json").exists() else f"{stem}.pdmodel"
+    config = pi.Config(str(folder / model_file), str(folder / f"{stem}.pdiparams"))
+    config.disable_gpu()
+    if compat_.PADDLE_3:
+        config.disable_mkldnn()
+    predictor = pi.create_predictor(config)
+    names = predictor.get_input_names()
+    for name, value in (feeds.items() if isinstance(feeds, dict) else [(names[0], feeds)]):
+        predictor.get_input_handle(name).copy_from_cpu(value)
+    predictor.run()
+    return [predictor.get_output_handle(name).copy_to_cpu() for name in predictor.get_output_names()]

@@ -13,7 +13,7 @@ import types
 
 import pytest
 
-from conftest import SCRIPTS
+from conftest import SCRIPTS, paddle_inference
 
 needs_ppdet = pytest.mark.skipif(
     importlib.util.find_spec("ppdet") is None,
@@ -270,7 +270,6 @@ def test_ppyoloe_plus_pruned_by_the_train_command_evaluates_and_exports_the_same
     import numpy as np
 
     from conftest import HERE, clean_env
-    from slim_plugins import compat
 
     subprocess.run([sys.executable, os.path.join(SCRIPTS, "ppdet_shapes.py"), str(tmp_path / "data" / "shapes"),
                     "--train", "16", "--val", "8"], check=True, timeout=120)
@@ -309,21 +308,10 @@ def test_ppyoloe_plus_pruned_by_the_train_command_evaluates_and_exports_the_same
     # export, NMS included (on Paddle 3 through the adapter's PIR build of paddledet's NMS), and run
     tools("export", "-c", "ppyoloe_shapes.yml", "-o", f"weights={weights}", "--output_dir", "inference")
     exported = tmp_path / "inference" / "ppyoloe_shapes"
-    import paddle.inference as pi
-
-    model_file = "model.json" if (exported / "model.json").exists() else "model.pdmodel"
-    config_ = pi.Config(str(exported / model_file), str(exported / "model.pdiparams"))
-    config_.disable_gpu()
-    if compat.PADDLE_3:
-        config_.disable_mkldnn()
-    predictor = pi.create_predictor(config_)
     size = 128
     feeds = {"image": np.random.RandomState(0).rand(1, 3, size, size).astype("float32"),
              "im_shape": np.array([[size, size]], "float32"), "scale_factor": np.ones([1, 2], "float32")}
-    for name in predictor.get_input_names():
-        predictor.get_input_handle(name).copy_from_cpu(feeds[name])
-    predictor.run()
-    outputs = [predictor.get_output_handle(name).copy_to_cpu() for name in predictor.get_output_names()]
+    outputs = paddle_inference(exported, "model", feeds)
     assert outputs[0].ndim == 2 and outputs[0].shape[1] == 6 and np.isfinite(outputs[0]).all()  # NMS boxes
     # the RepVGG blocks' convs were pruned (so the export above fused pruned branches)
     repvgg = re.compile(r"backbone\.stages\.\d+\.blocks\.\d+\.conv2\.conv1\.conv\.weight")

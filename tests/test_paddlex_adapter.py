@@ -20,7 +20,15 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import SCRIPTS, clean_env, last_json, run_python, train_paddlex_script, write_paddlex_lists
+from conftest import (
+    SCRIPTS,
+    clean_env,
+    last_json,
+    paddle_inference,
+    run_python,
+    train_paddlex_script,
+    write_paddlex_lists,
+)
 
 HAVE_PADDLEX = importlib.util.find_spec("paddlex") is not None
 needs_paddlex = pytest.mark.skipif(
@@ -150,6 +158,32 @@ def test_fresh_process_load_model_rebuilds_the_pruned_network(shapes_set, pruned
     assert result["flops"] == trained["flops"] and result["shapes"] == trained["shapes"]
     assert result["predicted"] in CLASSES
     assert (tmp_path / "inference_model" / "model.prune.json").exists()
+
+
+@needs_paddlex
+def test_resnet50_vd_pruned_by_the_train_script_reloads_and_exports(shapes_set, tmp_path_factory, tmp_path):
+    """PaddleX ResNet50_vd (residual stages: the shortcut convs and each stage's last conv are
+    one group): trained, then the unchanged script with fixed ratios on every group fine-tunes
+    it; a fresh process's ``load_model`` equals the end of training, and the export computes the
+    same output in Paddle Inference."""
+    base, _ = train_paddlex_script(tmp_path_factory, "resnet_base", SCRIPT, shapes_set, 2, None,
+                                   "--arch", "ResNet50_vd")
+    out, proc = train_paddlex_script(tmp_path_factory, "resnet_pruned", SCRIPT, shapes_set, 1,
+                                     base / "best_model" / "model.pdparams", "--arch", "ResNet50_vd",
+                                     "--plugin", "prune", "--prune.ratios", "*=0.3")
+    trained = shapes_of(proc)
+    plan = json.loads((out / "epoch_1" / "model.prune.json").read_text())
+    assert 1 - plan["flops"]["after"] / plan["flops"]["before"] > 0.4
+    residual = [name for name in plan["shapes"] if re.fullmatch(r"blocks\.\d+\.short\.conv\.weight", name)]
+    assert residual, sorted(plan["shapes"])[:20]  # the residual-coupled groups were pruned too
+    loaded = run_python([SCRIPT, shapes_set, str(tmp_path), "--load", str(out / "epoch_1"), "--export"],
+                        cwd=str(tmp_path))
+    result = shapes_of(loaded)
+    assert result["acc1"] == pytest.approx(trained["acc1"], abs=1e-9)
+    assert result["flops"] == trained["flops"] and result["shapes"] == trained["shapes"]
+    probe = np.load(tmp_path / "probe_in.npy")
+    outputs = paddle_inference(tmp_path / "inference_model", "model", probe)
+    np.testing.assert_allclose(outputs[0], np.load(tmp_path / "probe_out.npy"), atol=1e-4)
 
 
 @needs_paddlex

@@ -15,7 +15,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import HERE, SCRIPTS, clean_env, last_json
+from conftest import HERE, SCRIPTS, clean_env, last_json, paddle_inference
 from slim_plugins import compat
 from slim_plugins.errors import OptionError
 
@@ -118,21 +118,11 @@ def test_fresh_eval_gives_the_metric_of_the_end_of_training(work, pruned):
 
 
 @needs_ppdet
-def predict(exported, model_file):
-    """Run an exported PicoDet in Paddle Inference on CPU; its outputs, in order."""
-    import paddle.inference as pi
-
-    config_ = pi.Config(str(exported / model_file), str(exported / "model.pdiparams"))
-    config_.disable_gpu()
-    if compat.PADDLE_3:
-        config_.disable_mkldnn()  # Paddle 3.3.1's oneDNN executor rejects PIR double-array attributes
-    predictor = pi.create_predictor(config_)
+def predict(exported):
+    """Run an exported PicoDet (128 px) in Paddle Inference on CPU; its outputs, in order."""
     feeds = {"image": np.random.RandomState(0).rand(1, 3, 128, 128).astype("float32"),
              "im_shape": np.array([[128.0, 128.0]], "float32"), "scale_factor": np.ones([1, 2], "float32")}
-    for name in predictor.get_input_names():
-        predictor.get_input_handle(name).copy_from_cpu(feeds[name])
-    predictor.run()
-    return [predictor.get_output_handle(name).copy_to_cpu() for name in predictor.get_output_names()]
+    return paddle_inference(exported, "model", feeds)
 
 
 @needs_ppdet
@@ -142,7 +132,7 @@ def test_export_has_the_pruned_shapes_and_runs(work, pruned):
     out, _, _ = pruned
     tools(["export", "-c", config(PICO), "-o", f"weights={out / 'model_final'}", "--output_dir", "inference"], work)
     exported = work / "inference" / PICO
-    boxes = predict(exported, "model.json" if compat.PADDLE_3 else "model.pdmodel")[0]
+    boxes = predict(exported)[0]
     assert boxes.ndim == 2 and boxes.shape[1] == 6
     assert os.path.getsize(exported / "model.pdiparams") < os.path.getsize(out / "model_final.pdparams") * 1.05
 
@@ -155,7 +145,7 @@ def test_pir_export_without_nms_has_the_pruned_shapes_and_runs(work, pruned):
            "--output_dir", "inference_pir"], work)
     exported = work / "inference_pir" / PICO
     assert (exported / "model.json").exists()  # a PIR program, written by paddle.jit.save
-    boxes, scores = predict(exported, "model.json")
+    boxes, scores = predict(exported)
     assert boxes.shape[0] == 1 and boxes.shape[2] == 4 and scores.shape == (1, 3, boxes.shape[1])
     assert os.path.getsize(exported / "model.pdiparams") < os.path.getsize(out / "model_final.pdparams") * 1.05
 

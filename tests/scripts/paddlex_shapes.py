@@ -3,9 +3,12 @@
 usage: paddlex_shapes.py DATA OUT [--epochs N] [--pretrain FILE_OR_DIR]
                          [--sensitivities-file F --eval-metric-loss L]   PaddleX 1.3's train() arguments
                          [--enable-prune JSON]   slim_plugins.enable("prune", **JSON) first (the Python way)
+                         [--arch MobileNetV2|ResNet50_vd|...]   a pdx.cls classifier (default MobileNetV2)
        paddlex_shapes.py DATA OUT --load DIR [--export]
-Trains MobileNetV2 on DATA (an image-folder set) into OUT, or loads DIR with paddlex.load_model.
-Prints acc1 (eval batch 6), FLOPs and parameter shapes as JSON on its last line.
+Trains a classifier on DATA (an image-folder set) into OUT, or loads DIR with paddlex.load_model.
+Prints acc1 (eval batch 6), FLOPs and parameter shapes as JSON on its last line. With --export,
+also writes OUT/probe_in.npy and the loaded network's eval output on it, OUT/probe_out.npy (what
+the exported model must compute in Paddle Inference).
 """
 import argparse
 import contextlib
@@ -24,6 +27,7 @@ def main():
     parser.add_argument("--sensitivities-file")
     parser.add_argument("--eval-metric-loss", type=float)
     parser.add_argument("--enable-prune")
+    parser.add_argument("--arch", default="MobileNetV2")
     parser.add_argument("--load")
     parser.add_argument("--export", action="store_true")
     args = parser.parse_args()
@@ -58,7 +62,7 @@ def main():
             data_dir=data, file_list=os.path.join(data, "train_list.txt"),
             label_list=os.path.join(data, "labels.txt"),
             transforms=T.Compose([T.RandomHorizontalFlip(), T.Normalize()]), shuffle=True, num_workers=0)
-        model = pdx.cls.MobileNetV2(num_classes=len(train_dataset.labels))
+        model = getattr(pdx.cls, args.arch)(num_classes=len(train_dataset.labels))
         legacy = {}
         if args.sensitivities_file:
             legacy = dict(sensitivities_file=args.sensitivities_file, eval_metric_loss=args.eval_metric_loss)
@@ -71,6 +75,11 @@ def main():
     with contextlib.redirect_stdout(io.StringIO()):
         flops = paddle.flops(model.net, shape, print_detail=False)
     shapes = {k: list(v.shape) for k, v in model.net.state_dict().items()}
+    if args.export:
+        probe = np.random.RandomState(0).rand(*shape).astype("float32")
+        np.save(os.path.join(args.out, "probe_in.npy"), probe)
+        exported = model._build_inference_net()(paddle.to_tensor(probe))  # the layer the export saved
+        np.save(os.path.join(args.out, "probe_out.npy"), np.asarray(exported.numpy()))
     with open(os.path.join(data, "val_list.txt")) as f:
         first_image = os.path.join(data, f.readline().split()[0])
     prediction = model.predict(first_image)
