@@ -651,41 +651,68 @@ def test_db_every_group_at_0_9_evaluates_and_exports_in_fresh_processes(work, de
     assert list(maps.shape) == [1, 1, SIZE, SIZE]
 
 
-# ------------------------------------------------------------------ PP-OCRv4 mobile det and rec (issue 11)
-V4_REC_SHAPE = (3, 48, 320)  # C, H, W: configs/rec/PP-OCRv4/PP-OCRv4_mobile_rec.yml's own Eval size
+# ------------------------------------------------------------------ PP-OCRv3 and PP-OCRv4 mobile det and rec (issue 11)
+MOBILE_REC_SHAPE = (3, 48, 320)  # C, H, W: both rec configs' own Eval size
+
+# the Architecture sections of PaddleOCR's public configs
+MOBILE_DET = {
+    # configs/det/PP-OCRv4/PP-OCRv4_mobile_det.yml: PPLCNetV3 x0.75 with learnable affine blocks,
+    # RSEFPN, DBHead with fix_nan
+    "v4": {"Backbone": {"name": "PPLCNetV3", "scale": 0.75, "det": True},
+           "Neck": {"name": "RSEFPN", "out_channels": 96, "shortcut": True},
+           "Head": {"name": "DBHead", "k": 50, "fix_nan": True}},
+    # configs/det/ch_PP-OCRv3/ch_PP-OCRv3_det_student.yml: MobileNetV3 large x0.5 without SE, RSEFPN
+    "v3": {"Backbone": {"name": "MobileNetV3", "scale": 0.5, "model_name": "large", "disable_se": True},
+           "Neck": {"name": "RSEFPN", "out_channels": 96, "shortcut": True},
+           "Head": {"name": "DBHead", "k": 50}},
+}
+MOBILE_REC = {
+    # configs/rec/PP-OCRv4/PP-OCRv4_mobile_rec.yml: PPLCNetV3 x0.95, MultiHead [CTC with the SVTR
+    # neck, NRTR]; the tensor reading the last backbone conv in the NRTR branch
+    "v4": ({"algorithm": "SVTR_LCNet", "Backbone": {"name": "PPLCNetV3", "scale": 0.95},
+            "Head": {"name": "MultiHead", "head_list": [
+                {"CTCHead": {"Neck": {"name": "svtr", "dims": 120, "depth": 2, "hidden_dims": 120,
+                                      "kernel_size": [1, 3], "use_guide": True},
+                             "Head": {"fc_decay": 0.00001}}},
+                {"NRTRHead": {"nrtr_dim": 384, "max_text_length": 10}}]}},
+           "NRTR", "head.before_gtc.1.fc.weight"),
+    # configs/rec/PP-OCRv3/ch_PP-OCRv3_rec.yml: MobileNetV1Enhance x0.5, MultiHead [CTC with the
+    # SVTR neck, SAR]; the SAR encoder's LSTM reads the last backbone conv
+    "v3": ({"algorithm": "SVTR_LCNet",
+            "Backbone": {"name": "MobileNetV1Enhance", "scale": 0.5, "last_conv_stride": [1, 2],
+                         "last_pool_type": "avg", "last_pool_kernel_size": [2, 2]},
+            "Head": {"name": "MultiHead", "head_list": [
+                {"CTCHead": {"Neck": {"name": "svtr", "dims": 64, "depth": 2, "hidden_dims": 120,
+                                      "use_guide": True},
+                             "Head": {"fc_decay": 0.00001}}},
+                {"SARHead": {"enc_dim": 512, "max_text_length": 10}}]}},
+           "SAR", "head.sar_head.encoder.rnn_encoder.weight_ih_l0"),
+}
 
 
-def v4_det_config(data):
-    """configs/det/PP-OCRv4/PP-OCRv4_mobile_det.yml's model (PPLCNetV3 x0.75 with learnable affine
-    blocks, RSEFPN, DBHead with fix_nan) on the generated 160-pixel set (its Eval resize made small)."""
+def mobile_det_config(data, version):
+    """A PP-OCR mobile detector (``MOBILE_DET``) on the generated 160-pixel set (its Eval resize
+    made small)."""
     config = det_config(data)
-    config["Global"]["save_model_dir"] = "./v4_det_out"
-    config["Architecture"] = {"model_type": "det", "algorithm": "DB", "Transform": None,
-                              "Backbone": {"name": "PPLCNetV3", "scale": 0.75, "det": True},
-                              "Neck": {"name": "RSEFPN", "out_channels": 96, "shortcut": True},
-                              "Head": {"name": "DBHead", "k": 50, "fix_nan": True}}
+    config["Global"]["save_model_dir"] = f"./{version}_det_out"
+    config["Architecture"] = dict({"model_type": "det", "algorithm": "DB", "Transform": None}, **MOBILE_DET[version])
     config["Optimizer"]["lr"]["learning_rate"] = 0.001
     config["PostProcess"]["box_thresh"] = 0.6
     config["Train"]["dataset"]["ratio_list"] = [0.5]  # 8 of the 16 training images: 2 steps
     return config
 
 
-def v4_rec_config(data, plugins=None):
-    """configs/rec/PP-OCRv4/PP-OCRv4_mobile_rec.yml's model (PPLCNetV3 x0.95, MultiHead [CTC with
-    the SVTR neck, NRTR], MultiLoss) at its own 48x320, trained on a SimpleDataSet (not its
-    multi-scale sampler)."""
+def mobile_rec_config(data, version, plugins=None):
+    """A PP-OCR mobile recogniser (``MOBILE_REC``) at its own 48x320, trained on a SimpleDataSet
+    (not its multi-scale sampler)."""
+    architecture, gtc, _ = MOBILE_REC[version]
     transforms = [{"DecodeImage": {"img_mode": "BGR", "channel_first": False}},
-                  {"MultiLabelEncode": {"gtc_encode": "NRTRLabelEncode"}},
-                  {"RecResizeImg": {"image_shape": list(V4_REC_SHAPE)}},
-                  {"KeepKeys": {"keep_keys": ["image", "label_ctc", "label_gtc", "length", "valid_ratio"]}}]
-    architecture = {"algorithm": "SVTR_LCNet", "Backbone": {"name": "PPLCNetV3", "scale": 0.95},
-                    "Head": {"name": "MultiHead", "head_list": [
-                        {"CTCHead": {"Neck": {"name": "svtr", "dims": 120, "depth": 2, "hidden_dims": 120,
-                                              "kernel_size": [1, 3], "use_guide": True},
-                                     "Head": {"fc_decay": 0.00001}}},
-                        {"NRTRHead": {"nrtr_dim": 384, "max_text_length": 10}}]}}
-    loss = {"name": "MultiLoss", "loss_config_list": [{"CTCLoss": None}, {"NRTRLoss": None}]}
-    config = _rec_config(data, "./v4_rec_out", architecture, loss, transforms, 0.001, 4, plugins)
+                  {"MultiLabelEncode": {"gtc_encode": "NRTRLabelEncode"} if gtc == "NRTR" else None},
+                  {"RecResizeImg": {"image_shape": list(MOBILE_REC_SHAPE)}},
+                  {"KeepKeys": {"keep_keys": ["image", "label_ctc", "label_gtc" if gtc == "NRTR" else "label_sar",
+                                              "length", "valid_ratio"]}}]
+    loss = {"name": "MultiLoss", "loss_config_list": [{"CTCLoss": None}, {f"{gtc}Loss": None}]}
+    config = _rec_config(data, f"./{version}_rec_out", architecture, loss, transforms, 0.001, 4, plugins)
     config["Metric"]["main_indicator"] = "norm_edit_dis"  # one epoch: acc stays 0
     return config
 
@@ -720,9 +747,11 @@ def checkpoint_output(config_file, checkpoint, image):
 
     config = yaml.safe_load(open(config_file))
     arch = config["Architecture"]
-    if arch["model_type"] == "rec":
+    if arch["model_type"] == "rec":  # tools/train.py's out_channels_list: SAR adds 2 symbols, NRTR 3
         chars = len(build_post_process(config["PostProcess"], config["Global"]).character)
-        arch["Head"]["out_channels_list"] = {"CTCLabelDecode": chars, "NRTRLabelDecode": chars + 3}
+        gtc = list(config["Loss"]["loss_config_list"][1])[0][:-len("Loss")]
+        arch["Head"]["out_channels_list"] = {"CTCLabelDecode": chars,
+                                             f"{gtc}LabelDecode": chars + (2 if gtc == "SAR" else 3)}
     model = build_model(arch)
     replay(model, PrunePlan.load(str(checkpoint) + ".prune.json"))
     model.set_state_dict(paddle.load(str(checkpoint) + ".pdparams"))
@@ -764,24 +793,30 @@ def train_eval_export(work, yml, metric, extra=()):
     return out, report, plan, logged_metric(proc, metric), infer
 
 
-def test_v4_mobile_det_trains_pruned_evaluates_the_same_and_exports(work):
-    """PP-OCRv4 mobile det through train.py --plugin prune (every group at 0.3), a fresh eval.py
-    equal to the end of training, export_model.py (which re-parameterizes PPLCNetV3's blocks into
-    pruned convs) and Paddle Inference."""
-    with open(work / "v4_det.yml", "w") as f:
-        yaml.safe_dump(v4_det_config(str(work / "det")), f, sort_keys=False)
+@pytest.mark.parametrize("version", ["v4", "v3"])
+def test_mobile_det_trains_pruned_evaluates_the_same_and_exports(work, version):
+    """PP-OCRv4 / v3 mobile det through train.py --plugin prune (every group at 0.3), a fresh
+    eval.py equal to the end of training, export_model.py (which re-parameterizes PPLCNetV3's
+    blocks into pruned convs) and Paddle Inference."""
+    yml = f"{version}_det.yml"
+    with open(work / yml, "w") as f:
+        yaml.safe_dump(mobile_det_config(str(work / "det"), version), f, sort_keys=False)
     out, report, plan, hmean, infer = train_eval_export(
-        work, "v4_det.yml", "hmean", ["--plugin", "prune", "--prune.ratios", "*=0.3", "--prune.plot", "false"])
+        work, yml, "hmean", ["--plugin", "prune", "--prune.ratios", "*=0.3", "--prune.plot", "false"])
     assert 1 - report["after"]["flops"] / report["before"]["flops"] > 0.3
     assert hmean == pytest.approx(report["after_training"]["metric"], abs=1e-6)
-    assert any(".lab." not in n and "conv_kxk" in n for n in plan["shapes"])  # PPLCNetV3 blocks pruned
+    if version == "v4":
+        assert any(".lab." not in n and "conv_kxk" in n for n in plan["shapes"])  # PPLCNetV3 blocks pruned
+    # only the one-channel DB outputs are skipped
+    assert {r["weight"] for r in report["convs"] if r["status"] == "skipped"} == {
+        "head.binarize.conv3.weight", "head.thresh.conv3.weight"}
     assert "neck.inp_conv.0.in_conv.weight" in plan["shapes"]  # convs feeding the FPN concat
     image = np.random.RandomState(0).rand(1, 3, SIZE, SIZE).astype("float32")
     maps = run_inference(infer, image)
     assert maps.shape == (1, 1, SIZE, SIZE) and np.isfinite(maps).all()
     # the folded convs agree with the branches to 1e-6 (relative) layer by layer; a barely trained
     # DB's maps are steep sigmoids (mostly 0 or 1), where that rounding can move a pixel or two
-    reference = checkpoint_output(work / "v4_det.yml", out / "latest", image)
+    reference = checkpoint_output(work / yml, out / "latest", image)
     differ = np.abs(maps - reference)
     assert differ.mean() < 1e-4 and (differ > 1e-3).mean() < 1e-3, (differ.mean(), differ.max())
     exported = exported_shapes(infer)
@@ -789,25 +824,30 @@ def test_v4_mobile_det_trains_pruned_evaluates_the_same_and_exports(work):
     assert expected and all(shape in exported for shape in expected.values()), expected
 
 
-def test_v4_mobile_rec_trains_pruned_evaluates_the_same_and_exports(work):
-    """PP-OCRv4 mobile rec switched on by the config's plugins: section (every group at 0.3, the
-    last backbone conv with NRTR's input projection), 1 epoch, a fresh eval.py equal to the end of
-    training, export_model.py (CTC branch only) and Paddle Inference."""
-    make_rec_set(str(work / "v4_rec"), "train", 8, random.Random(3))  # 2 steps
-    make_rec_set(str(work / "v4_rec"), "test", 4, random.Random(4))
+@pytest.mark.parametrize("version", ["v4", "v3"])
+def test_mobile_rec_trains_pruned_evaluates_the_same_and_exports(work, version):
+    """PP-OCRv4 / v3 mobile rec switched on by the config's plugins: section (every group at 0.3,
+    the last backbone conv with the training-only head's input: NRTR's projection, SAR's LSTM),
+    1 epoch, a fresh eval.py equal to the end of training, export_model.py (CTC branch only) and
+    Paddle Inference."""
+    data = work / "mobile_rec"
+    if not (data / "test_label.txt").exists():
+        make_rec_set(str(data), "train", 8, random.Random(3))  # 2 steps
+        make_rec_set(str(data), "test", 4, random.Random(4))
     plugins = {"prune": {"ratios": {"*": 0.3}, "plot": False}}
-    with open(work / "v4_rec.yml", "w") as f:
-        yaml.safe_dump(v4_rec_config(str(work / "v4_rec"), plugins), f, sort_keys=False)
-    out, report, plan, ned, infer = train_eval_export(work, "v4_rec.yml", "norm_edit_dis")
+    yml = f"{version}_rec.yml"
+    with open(work / yml, "w") as f:
+        yaml.safe_dump(mobile_rec_config(str(data), version, plugins), f, sort_keys=False)
+    out, report, plan, ned, infer = train_eval_export(work, yml, "norm_edit_dis")
     assert 1 - report["after"]["flops"] / report["before"]["flops"] > 0.3
     assert ned == pytest.approx(report["after_training"]["metric"], abs=1e-6)
-    # NRTR's input projection lost the rows of the last backbone conv's pruned channels
-    assert "head.before_gtc.1.fc.weight" in plan["shapes"]
+    # the training-only head lost the inputs of the last backbone conv's pruned channels
+    assert MOBILE_REC[version][2] in plan["shapes"]
     assert any(n.startswith("head.ctc_encoder.") for n in plan["shapes"])  # the SVTR neck's convs
-    image = np.random.RandomState(0).rand(2, *V4_REC_SHAPE).astype("float32")
+    image = np.random.RandomState(0).rand(2, *MOBILE_REC_SHAPE).astype("float32")
     probs = run_inference(infer, image)
-    assert probs.shape == (2, V4_REC_SHAPE[2] // 8, len(DIGITS) + 1) and np.isfinite(probs).all()
-    np.testing.assert_allclose(probs, checkpoint_output(work / "v4_rec.yml", out / "latest", image), atol=1e-4)
+    assert probs.shape == (2, MOBILE_REC_SHAPE[2] // 8, len(DIGITS) + 1) and np.isfinite(probs).all()
+    np.testing.assert_allclose(probs, checkpoint_output(work / yml, out / "latest", image), atol=1e-4)
     exported = exported_shapes(infer)
     expected = fused_plan_shapes(plan, ("backbone.", "head.ctc_encoder.", "head.ctc_head."))
     assert expected and all(shape in exported for shape in expected.values()), expected
