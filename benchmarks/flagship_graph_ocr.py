@@ -49,7 +49,9 @@ MODELS = {
               "Backbone": {"name": "PPLCNetV3", "scale": 0.75, "det": True},
               "Neck": {"name": "RSEFPN", "out_channels": 96, "shortcut": True},
               "Head": {"name": "DBHead", "k": 50, "fix_nan": True}}),
-    # configs/rec/rec_mv3_none_bilstm_ctc.yml
+    # configs/rec/rec_mv3_none_bilstm_ctc.yml: the last conv feeds Im2Seq and a 2-layer BiLSTM
+    # (pruned with the LSTM's first-layer input weights since the graph's rnn rule: prunable
+    # FLOPs 89.1% -> 96.0%, 29 -> 30 groups, on Paddle 2.6.2 and 3.3.1)
     "crnn_mv3": dict(
         arch={"model_type": "rec", "algorithm": "CRNN", "Transform": None,
               "Backbone": {"name": "MobileNetV3", "scale": 0.5, "model_name": "large"},

@@ -1,4 +1,4 @@
-"""PP-OCRv4 mobile det and rec through our pruning graph (issue 11).
+"""PP-OCRv4 mobile det and rec, and CRNN-BiLSTM, through our pruning graph (issue 11).
 
 Both models are built from the public configs' ``Architecture`` sections (written here) with
 PaddleOCR 2.10's own ``build_model``, as ``tools/train.py`` builds them, and traced in the mode
@@ -63,6 +63,17 @@ REC_CONFIG = {
     "Eval": {"dataset": {"transforms": [{"RecResizeImg": {"image_shape": REC_SHAPE}}]}},
 }
 
+CRNN_SHAPE = [3, 32, 100]
+# configs/rec/rec_mv3_none_bilstm_ctc.yml: the backbone's last conv -> Im2Seq -> 2-layer BiLSTM -> CTC
+CRNN_CONFIG = {
+    "Global": {"max_text_length": MAX_TEXT, "use_space_char": False},
+    "Architecture": {"model_type": "rec", "algorithm": "CRNN", "Transform": None,
+                     "Backbone": {"name": "MobileNetV3", "scale": 0.5, "model_name": "large"},
+                     "Neck": {"name": "SequenceEncoder", "encoder_type": "rnn", "hidden_size": 96},
+                     "Head": {"name": "CTCHead", "fc_decay": 0}},
+    "Eval": {"dataset": {"transforms": [{"RecResizeImg": {"image_shape": CRNN_SHAPE}}]}},
+}
+
 
 def _build(config):
     """``build_model(config["Architecture"])`` with tools/train.py's ``out_channels`` logic."""
@@ -78,7 +89,10 @@ def _build(config):
     arch = copy.deepcopy(config["Architecture"])
     if arch["model_type"] == "rec":
         chars = len(build_post_process({"name": "CTCLabelDecode"}, config["Global"]).character)
-        arch["Head"]["out_channels_list"] = {"CTCLabelDecode": chars, "NRTRLabelDecode": chars + 3}
+        if arch["Head"]["name"] == "MultiHead":
+            arch["Head"]["out_channels_list"] = {"CTCLabelDecode": chars, "NRTRLabelDecode": chars + 3}
+        else:
+            arch["Head"]["out_channels"] = chars
     paddle.seed(0)
     return build_model(arch)
 
@@ -244,5 +258,33 @@ def test_v4_rec_pruned_model_trains_both_heads(rec):
         model.eval()
         with paddle.no_grad():
             assert model(paddle.rand([1] + REC_SHAPE)).shape[0] == 1
+    finally:
+        applied.restore()
+
+
+# ------------------------------------------------------------------ CRNN-MobileNetV3-BiLSTM
+def test_crnn_last_conv_is_pruned_with_the_bilstms_input_weights():
+    """Im2Seq (squeeze, transpose) keeps the channels on the last axis; the LSTM's first layer reads
+    them through ``weight_ih_l0`` of each direction. Hidden sizes stay."""
+    import paddle
+
+    model, prunable = _traced(CRNN_CONFIG)
+    assert not prunable.blocked, prunable.blocked  # nothing is excluded: every conv is a group
+    group = prunable.groups["backbone.conv2.conv.weight"]
+    lstm = "neck.encoder.lstm."
+    assert {m for m in group.members if not m.startswith("backbone.")} == {
+        lstm + "weight_ih_l0", lstm + "weight_ih_l0_reverse"}
+    others = {n: list(p.shape) for n, p in model.named_parameters()
+              if n.startswith(lstm) and not n.startswith(lstm + "weight_ih_l0")}
+    applied = _prune_all(prunable, 0.5)
+    try:
+        kept = group.channels - round(group.channels * 0.5)
+        assert list(model.neck.encoder.lstm.weight_ih_l0.shape) == [4 * 96, kept]
+        assert list(model.neck.encoder.lstm.weight_ih_l0_reverse.shape) == [4 * 96, kept]
+        assert {n: list(p.shape) for n, p in model.named_parameters() if n in others} == others
+        _train_step(model, paddle.rand([2] + CRNN_SHAPE))
+        model.eval()
+        with paddle.no_grad():
+            assert list(model(paddle.rand([1] + CRNN_SHAPE)).shape) == [1, CRNN_SHAPE[2] // 4, 37]
     finally:
         applied.restore()

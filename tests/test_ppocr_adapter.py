@@ -441,7 +441,8 @@ def test_replay_eval_export_of_a_plan_made_without_paddleslim(work, det_base):
 @pytest.fixture(scope="module")
 def rec_pruned(work):
     """Switched on by the config's plugins: section alone; -o overrides one of its keys."""
-    plugins = {"prune": {"ratios": {"backbone.blocks.1.*": 0.5, "backbone.blocks.3.*": 0.3}, "criterion": "l1_norm"}}
+    plugins = {"prune": {"ratios": {"backbone.blocks.1.*": 0.5, "backbone.blocks.3.*": 0.3, "backbone.conv2.*": 0.5},
+                         "criterion": "l1_norm"}}
     with open(work / "rec.yml", "w") as f:
         yaml.safe_dump(rec_config(str(work / "rec"), plugins), f, sort_keys=False)
     hooks = work / "rec_train_hooks.json"
@@ -456,11 +457,24 @@ def test_rec_yaml_section_with_override_prunes_before_training(rec_pruned):
     report = report_of(out)
     assert report["criterion"] == "l2_norm"  # the -o override beat the YAML's l1_norm
     assert report["ratios"]
-    assert all(g.startswith(("backbone.blocks.1.", "backbone.blocks.3.")) for g in report["ratios"])
+    assert all(g.startswith(("backbone.blocks.1.", "backbone.blocks.3.", "backbone.conv2.")) for g in report["ratios"])
     assert report["after"]["flops"] < report["before"]["flops"]
+    # the last conv feeds Im2Seq and the bidirectional LSTM: pruned with the input columns of the
+    # LSTM's first layer, both directions; nothing is skipped
+    assert report["channels"]["backbone.conv2.conv.weight"] == [288, 144]
+    plan = json.load(open(out / "latest.prune.json"))
+    lstm = "neck.encoder.lstm."
+    assert {n: s for n, s in plan["shapes"].items() if n.startswith(lstm)} == {
+        lstm + "weight_ih_l0": [192, 144], lstm + "weight_ih_l0_reverse": [192, 144]}
+    assert plan["layer_attrs"]["neck.encoder.lstm"]["input_size"] == 144
+    assert not [row for row in report["convs"] if row["status"] == "skipped"]
     assert hooks[0] == "slim_before_train" and hooks[-2:] == ["slim_after_train", "slim_on_run_end"]
     assert hooks.count("slim_on_checkpoint_save") == 3  # `latest` after each epoch
-    assert os.path.exists(out / "latest.prune.json")
+    import paddle
+
+    # Adam's moments were built on (and stepped with) the pruned LSTM input weights
+    moments = [v for k, v in paddle.load(str(out / "latest.pdopt")).items() if "moment1" in k]
+    assert sum(list(m.shape) == [192, 144] and float(m.abs().sum()) > 0 for m in moments) == 2
 
 
 def test_rec_eval_and_export_of_the_pruned_checkpoint(work, rec_pruned):
@@ -487,6 +501,10 @@ def test_rec_eval_and_export_of_the_pruned_checkpoint(work, rec_pruned):
     plan = json.load(open(out / "latest.prune.json"))
     for shape in plan["shapes"].values():
         assert tuple(shape) in exported
+    image = np.random.RandomState(0).rand(2, 3, 32, 100).astype("float32")
+    probs = layer(paddle.to_tensor(image))  # Paddle Inference runs the exported program the same
+    probs = probs[0] if isinstance(probs, (list, tuple)) else probs
+    np.testing.assert_allclose(run_inference(infer, image), probs.numpy(), atol=1e-5)
 
 
 # ------------------------------------------------------------------ SVTR-LCNet (PP-OCRv3 rec), --plugin prune
@@ -494,7 +512,8 @@ SVTR_RATIOS = "backbone.block_list.1.*=0.5,backbone.block_list.1?._pointwise_con
 SVTR_GROUPS = {  # the groups those globs select: ratio, channels before and after
     "backbone.block_list.1._pointwise_conv._conv.weight": (0.5, 64, 32),
     "backbone.block_list.10._pointwise_conv._conv.weight": (0.25, 256, 192),
-    "backbone.block_list.11._pointwise_conv._conv.weight": (0.25, 512, 384)}
+    "backbone.block_list.11._pointwise_conv._conv.weight": (0.25, 512, 384),
+    "backbone.block_list.12._pointwise_conv._conv.weight": (0.25, 512, 384)}  # read by both heads
 
 
 @pytest.fixture(scope="module")
@@ -529,7 +548,15 @@ def test_svtr_lcnet_prunes_backbone_groups_before_training(svtr_pruned):
     assert not any(k.endswith("_backup") for k in saved)
     plan = json.load(open(out / "latest.prune.json"))
     assert set(plan["ratios"]) == set(SVTR_GROUPS)
-    assert all(name.startswith("backbone.") for name in plan["shapes"])
+    # the last backbone conv's readers lose its pruned channels: the SVTR neck's first conv (and
+    # its shortcut into conv4), the SAR encoder's LSTM (first layer's input columns), the SAR
+    # decoder's conv and the prediction rows of the attended features
+    head = {n[len("head."):] for n in plan["shapes"] if not n.startswith("backbone.")}
+    assert head == {"ctc_encoder.encoder.conv1.conv.weight", "ctc_encoder.encoder.conv4.conv.weight",
+                    "sar_head.encoder.rnn_encoder.weight_ih_l0", "sar_head.decoder.conv3x3_1.weight",
+                    "sar_head.decoder.prediction.weight"}, head
+    assert plan["shapes"]["head.sar_head.encoder.rnn_encoder.weight_ih_l0"][1] == 384
+    assert plan["layer_attrs"]["head.sar_head.encoder.rnn_encoder"]["input_size"] == 384
     for name, shape in plan["shapes"].items():
         assert list(saved[name].shape) == shape, name
     for group, (_, _, after) in SVTR_GROUPS.items():
@@ -546,8 +573,9 @@ def test_svtr_lcnet_log_says_which_convs_were_skipped_and_why(svtr_pruned):
     out, proc = svtr_pruned
     skipped = dict(re.findall(r"\[slim-plugins prune\] skip (\S+): (.+)", proc.stderr))
     neck = "head.ctc_encoder.encoder."
-    # the last backbone conv feeds the SAR head's LSTM (seen because the trace runs in train mode)
-    assert "LSTM" in skipped["backbone.block_list.12._pointwise_conv._conv.weight"]
+    # the last backbone conv feeds the SAR head's LSTM (seen because the trace runs in train mode):
+    # pruned with the LSTM's input weights
+    assert "backbone.block_list.12._pointwise_conv._conv.weight" not in skipped
     # in training MultiHead returns the neck's output (ctc_neck) next to the heads' outputs
     assert "model output" in skipped[neck + "conv1x1.conv.weight"]
     rows = {row["weight"]: row for row in report_of(out)["convs"]}
@@ -592,7 +620,8 @@ def test_svtr_lcnet_export_carries_the_pruned_weights(work, svtr_pruned):
     # ... and every tensor the plan changed carries the trained weights
     plan = json.load(open(out / "latest.prune.json"))
     for name in plan["shapes"]:
-        assert any(p.shape == saved[name].shape and np.array_equal(p, saved[name]) for p in exported), name
+        if not name.startswith("head.sar_head."):
+            assert any(p.shape == saved[name].shape and np.array_equal(p, saved[name]) for p in exported), name
 
 
 def test_db_every_group_at_0_9_evaluates_and_exports_in_fresh_processes(work, det_base):
@@ -622,41 +651,68 @@ def test_db_every_group_at_0_9_evaluates_and_exports_in_fresh_processes(work, de
     assert list(maps.shape) == [1, 1, SIZE, SIZE]
 
 
-# ------------------------------------------------------------------ PP-OCRv4 mobile det and rec (issue 11)
-V4_REC_SHAPE = (3, 48, 320)  # C, H, W: configs/rec/PP-OCRv4/PP-OCRv4_mobile_rec.yml's own Eval size
+# ------------------------------------------------------------------ PP-OCRv3 and PP-OCRv4 mobile det and rec (issue 11)
+MOBILE_REC_SHAPE = (3, 48, 320)  # C, H, W: both rec configs' own Eval size
+
+# the Architecture sections of PaddleOCR's public configs
+MOBILE_DET = {
+    # configs/det/PP-OCRv4/PP-OCRv4_mobile_det.yml: PPLCNetV3 x0.75 with learnable affine blocks,
+    # RSEFPN, DBHead with fix_nan
+    "v4": {"Backbone": {"name": "PPLCNetV3", "scale": 0.75, "det": True},
+           "Neck": {"name": "RSEFPN", "out_channels": 96, "shortcut": True},
+           "Head": {"name": "DBHead", "k": 50, "fix_nan": True}},
+    # configs/det/ch_PP-OCRv3/ch_PP-OCRv3_det_student.yml: MobileNetV3 large x0.5 without SE, RSEFPN
+    "v3": {"Backbone": {"name": "MobileNetV3", "scale": 0.5, "model_name": "large", "disable_se": True},
+           "Neck": {"name": "RSEFPN", "out_channels": 96, "shortcut": True},
+           "Head": {"name": "DBHead", "k": 50}},
+}
+MOBILE_REC = {
+    # configs/rec/PP-OCRv4/PP-OCRv4_mobile_rec.yml: PPLCNetV3 x0.95, MultiHead [CTC with the SVTR
+    # neck, NRTR]; the tensor reading the last backbone conv in the NRTR branch
+    "v4": ({"algorithm": "SVTR_LCNet", "Backbone": {"name": "PPLCNetV3", "scale": 0.95},
+            "Head": {"name": "MultiHead", "head_list": [
+                {"CTCHead": {"Neck": {"name": "svtr", "dims": 120, "depth": 2, "hidden_dims": 120,
+                                      "kernel_size": [1, 3], "use_guide": True},
+                             "Head": {"fc_decay": 0.00001}}},
+                {"NRTRHead": {"nrtr_dim": 384, "max_text_length": 10}}]}},
+           "NRTR", "head.before_gtc.1.fc.weight"),
+    # configs/rec/PP-OCRv3/ch_PP-OCRv3_rec.yml: MobileNetV1Enhance x0.5, MultiHead [CTC with the
+    # SVTR neck, SAR]; the SAR encoder's LSTM reads the last backbone conv
+    "v3": ({"algorithm": "SVTR_LCNet",
+            "Backbone": {"name": "MobileNetV1Enhance", "scale": 0.5, "last_conv_stride": [1, 2],
+                         "last_pool_type": "avg", "last_pool_kernel_size": [2, 2]},
+            "Head": {"name": "MultiHead", "head_list": [
+                {"CTCHead": {"Neck": {"name": "svtr", "dims": 64, "depth": 2, "hidden_dims": 120,
+                                      "use_guide": True},
+                             "Head": {"fc_decay": 0.00001}}},
+                {"SARHead": {"enc_dim": 512, "max_text_length": 10}}]}},
+           "SAR", "head.sar_head.encoder.rnn_encoder.weight_ih_l0"),
+}
 
 
-def v4_det_config(data):
-    """configs/det/PP-OCRv4/PP-OCRv4_mobile_det.yml's model (PPLCNetV3 x0.75 with learnable affine
-    blocks, RSEFPN, DBHead with fix_nan) on the generated 160-pixel set (its Eval resize made small)."""
+def mobile_det_config(data, version):
+    """A PP-OCR mobile detector (``MOBILE_DET``) on the generated 160-pixel set (its Eval resize
+    made small)."""
     config = det_config(data)
-    config["Global"]["save_model_dir"] = "./v4_det_out"
-    config["Architecture"] = {"model_type": "det", "algorithm": "DB", "Transform": None,
-                              "Backbone": {"name": "PPLCNetV3", "scale": 0.75, "det": True},
-                              "Neck": {"name": "RSEFPN", "out_channels": 96, "shortcut": True},
-                              "Head": {"name": "DBHead", "k": 50, "fix_nan": True}}
+    config["Global"]["save_model_dir"] = f"./{version}_det_out"
+    config["Architecture"] = dict({"model_type": "det", "algorithm": "DB", "Transform": None}, **MOBILE_DET[version])
     config["Optimizer"]["lr"]["learning_rate"] = 0.001
     config["PostProcess"]["box_thresh"] = 0.6
     config["Train"]["dataset"]["ratio_list"] = [0.5]  # 8 of the 16 training images: 2 steps
     return config
 
 
-def v4_rec_config(data, plugins=None):
-    """configs/rec/PP-OCRv4/PP-OCRv4_mobile_rec.yml's model (PPLCNetV3 x0.95, MultiHead [CTC with
-    the SVTR neck, NRTR], MultiLoss) at its own 48x320, trained on a SimpleDataSet (not its
-    multi-scale sampler)."""
+def mobile_rec_config(data, version, plugins=None):
+    """A PP-OCR mobile recogniser (``MOBILE_REC``) at its own 48x320, trained on a SimpleDataSet
+    (not its multi-scale sampler)."""
+    architecture, gtc, _ = MOBILE_REC[version]
     transforms = [{"DecodeImage": {"img_mode": "BGR", "channel_first": False}},
-                  {"MultiLabelEncode": {"gtc_encode": "NRTRLabelEncode"}},
-                  {"RecResizeImg": {"image_shape": list(V4_REC_SHAPE)}},
-                  {"KeepKeys": {"keep_keys": ["image", "label_ctc", "label_gtc", "length", "valid_ratio"]}}]
-    architecture = {"algorithm": "SVTR_LCNet", "Backbone": {"name": "PPLCNetV3", "scale": 0.95},
-                    "Head": {"name": "MultiHead", "head_list": [
-                        {"CTCHead": {"Neck": {"name": "svtr", "dims": 120, "depth": 2, "hidden_dims": 120,
-                                              "kernel_size": [1, 3], "use_guide": True},
-                                     "Head": {"fc_decay": 0.00001}}},
-                        {"NRTRHead": {"nrtr_dim": 384, "max_text_length": 10}}]}}
-    loss = {"name": "MultiLoss", "loss_config_list": [{"CTCLoss": None}, {"NRTRLoss": None}]}
-    config = _rec_config(data, "./v4_rec_out", architecture, loss, transforms, 0.001, 4, plugins)
+                  {"MultiLabelEncode": {"gtc_encode": "NRTRLabelEncode"} if gtc == "NRTR" else None},
+                  {"RecResizeImg": {"image_shape": list(MOBILE_REC_SHAPE)}},
+                  {"KeepKeys": {"keep_keys": ["image", "label_ctc", "label_gtc" if gtc == "NRTR" else "label_sar",
+                                              "length", "valid_ratio"]}}]
+    loss = {"name": "MultiLoss", "loss_config_list": [{"CTCLoss": None}, {f"{gtc}Loss": None}]}
+    config = _rec_config(data, f"./{version}_rec_out", architecture, loss, transforms, 0.001, 4, plugins)
     config["Metric"]["main_indicator"] = "norm_edit_dis"  # one epoch: acc stays 0
     return config
 
@@ -691,9 +747,11 @@ def checkpoint_output(config_file, checkpoint, image):
 
     config = yaml.safe_load(open(config_file))
     arch = config["Architecture"]
-    if arch["model_type"] == "rec":
+    if arch["model_type"] == "rec":  # tools/train.py's out_channels_list: SAR adds 2 symbols, NRTR 3
         chars = len(build_post_process(config["PostProcess"], config["Global"]).character)
-        arch["Head"]["out_channels_list"] = {"CTCLabelDecode": chars, "NRTRLabelDecode": chars + 3}
+        gtc = list(config["Loss"]["loss_config_list"][1])[0][:-len("Loss")]
+        arch["Head"]["out_channels_list"] = {"CTCLabelDecode": chars,
+                                             f"{gtc}LabelDecode": chars + (2 if gtc == "SAR" else 3)}
     model = build_model(arch)
     replay(model, PrunePlan.load(str(checkpoint) + ".prune.json"))
     model.set_state_dict(paddle.load(str(checkpoint) + ".pdparams"))
@@ -735,24 +793,30 @@ def train_eval_export(work, yml, metric, extra=()):
     return out, report, plan, logged_metric(proc, metric), infer
 
 
-def test_v4_mobile_det_trains_pruned_evaluates_the_same_and_exports(work):
-    """PP-OCRv4 mobile det through train.py --plugin prune (every group at 0.3), a fresh eval.py
-    equal to the end of training, export_model.py (which re-parameterizes PPLCNetV3's blocks into
-    pruned convs) and Paddle Inference."""
-    with open(work / "v4_det.yml", "w") as f:
-        yaml.safe_dump(v4_det_config(str(work / "det")), f, sort_keys=False)
+@pytest.mark.parametrize("version", ["v4", "v3"])
+def test_mobile_det_trains_pruned_evaluates_the_same_and_exports(work, version):
+    """PP-OCRv4 / v3 mobile det through train.py --plugin prune (every group at 0.3), a fresh
+    eval.py equal to the end of training, export_model.py (which re-parameterizes PPLCNetV3's
+    blocks into pruned convs) and Paddle Inference."""
+    yml = f"{version}_det.yml"
+    with open(work / yml, "w") as f:
+        yaml.safe_dump(mobile_det_config(str(work / "det"), version), f, sort_keys=False)
     out, report, plan, hmean, infer = train_eval_export(
-        work, "v4_det.yml", "hmean", ["--plugin", "prune", "--prune.ratios", "*=0.3", "--prune.plot", "false"])
+        work, yml, "hmean", ["--plugin", "prune", "--prune.ratios", "*=0.3", "--prune.plot", "false"])
     assert 1 - report["after"]["flops"] / report["before"]["flops"] > 0.3
     assert hmean == pytest.approx(report["after_training"]["metric"], abs=1e-6)
-    assert any(".lab." not in n and "conv_kxk" in n for n in plan["shapes"])  # PPLCNetV3 blocks pruned
+    if version == "v4":
+        assert any(".lab." not in n and "conv_kxk" in n for n in plan["shapes"])  # PPLCNetV3 blocks pruned
+    # only the one-channel DB outputs are skipped
+    assert {r["weight"] for r in report["convs"] if r["status"] == "skipped"} == {
+        "head.binarize.conv3.weight", "head.thresh.conv3.weight"}
     assert "neck.inp_conv.0.in_conv.weight" in plan["shapes"]  # convs feeding the FPN concat
     image = np.random.RandomState(0).rand(1, 3, SIZE, SIZE).astype("float32")
     maps = run_inference(infer, image)
     assert maps.shape == (1, 1, SIZE, SIZE) and np.isfinite(maps).all()
     # the folded convs agree with the branches to 1e-6 (relative) layer by layer; a barely trained
     # DB's maps are steep sigmoids (mostly 0 or 1), where that rounding can move a pixel or two
-    reference = checkpoint_output(work / "v4_det.yml", out / "latest", image)
+    reference = checkpoint_output(work / yml, out / "latest", image)
     differ = np.abs(maps - reference)
     assert differ.mean() < 1e-4 and (differ > 1e-3).mean() < 1e-3, (differ.mean(), differ.max())
     exported = exported_shapes(infer)
@@ -760,25 +824,30 @@ def test_v4_mobile_det_trains_pruned_evaluates_the_same_and_exports(work):
     assert expected and all(shape in exported for shape in expected.values()), expected
 
 
-def test_v4_mobile_rec_trains_pruned_evaluates_the_same_and_exports(work):
-    """PP-OCRv4 mobile rec switched on by the config's plugins: section (every group at 0.3, the
-    last backbone conv with NRTR's input projection), 1 epoch, a fresh eval.py equal to the end of
-    training, export_model.py (CTC branch only) and Paddle Inference."""
-    make_rec_set(str(work / "v4_rec"), "train", 8, random.Random(3))  # 2 steps
-    make_rec_set(str(work / "v4_rec"), "test", 4, random.Random(4))
+@pytest.mark.parametrize("version", ["v4", "v3"])
+def test_mobile_rec_trains_pruned_evaluates_the_same_and_exports(work, version):
+    """PP-OCRv4 / v3 mobile rec switched on by the config's plugins: section (every group at 0.3,
+    the last backbone conv with the training-only head's input: NRTR's projection, SAR's LSTM),
+    1 epoch, a fresh eval.py equal to the end of training, export_model.py (CTC branch only) and
+    Paddle Inference."""
+    data = work / "mobile_rec"
+    if not (data / "test_label.txt").exists():
+        make_rec_set(str(data), "train", 8, random.Random(3))  # 2 steps
+        make_rec_set(str(data), "test", 4, random.Random(4))
     plugins = {"prune": {"ratios": {"*": 0.3}, "plot": False}}
-    with open(work / "v4_rec.yml", "w") as f:
-        yaml.safe_dump(v4_rec_config(str(work / "v4_rec"), plugins), f, sort_keys=False)
-    out, report, plan, ned, infer = train_eval_export(work, "v4_rec.yml", "norm_edit_dis")
+    yml = f"{version}_rec.yml"
+    with open(work / yml, "w") as f:
+        yaml.safe_dump(mobile_rec_config(str(data), version, plugins), f, sort_keys=False)
+    out, report, plan, ned, infer = train_eval_export(work, yml, "norm_edit_dis")
     assert 1 - report["after"]["flops"] / report["before"]["flops"] > 0.3
     assert ned == pytest.approx(report["after_training"]["metric"], abs=1e-6)
-    # NRTR's input projection lost the rows of the last backbone conv's pruned channels
-    assert "head.before_gtc.1.fc.weight" in plan["shapes"]
+    # the training-only head lost the inputs of the last backbone conv's pruned channels
+    assert MOBILE_REC[version][2] in plan["shapes"]
     assert any(n.startswith("head.ctc_encoder.") for n in plan["shapes"])  # the SVTR neck's convs
-    image = np.random.RandomState(0).rand(2, *V4_REC_SHAPE).astype("float32")
+    image = np.random.RandomState(0).rand(2, *MOBILE_REC_SHAPE).astype("float32")
     probs = run_inference(infer, image)
-    assert probs.shape == (2, V4_REC_SHAPE[2] // 8, len(DIGITS) + 1) and np.isfinite(probs).all()
-    np.testing.assert_allclose(probs, checkpoint_output(work / "v4_rec.yml", out / "latest", image), atol=1e-4)
+    assert probs.shape == (2, MOBILE_REC_SHAPE[2] // 8, len(DIGITS) + 1) and np.isfinite(probs).all()
+    np.testing.assert_allclose(probs, checkpoint_output(work / yml, out / "latest", image), atol=1e-4)
     exported = exported_shapes(infer)
     expected = fused_plan_shapes(plan, ("backbone.", "head.ctc_encoder.", "head.ctc_head."))
     assert expected and all(shape in exported for shape in expected.values()), expected

@@ -677,3 +677,82 @@ def test_pruned_flops_candidates_beat_a_budget_plan_that_piles_onto_one_group():
     by_budget = next(c for c in candidates if c["plan"] == "loss-budget bisection")
     assert loss < by_budget["loss"] and ratios != by_budget["ratios"]
     assert fraction >= 0.3 and fraction < 0.31
+
+
+class ConvLSTM(nn.Layer):
+    """CRNN in small: conv, BN, the feature map as a sequence (Im2Seq), bidirectional 2-layer LSTM."""
+
+    def __init__(self, channels=8, mode="LSTM"):
+        super().__init__()
+        self.conv = nn.Conv2D(3, channels, 3, padding=1)
+        self.bn = nn.BatchNorm2D(channels)
+        rnn = nn.LSTM if mode == "LSTM" else nn.GRU
+        self.rnn = rnn(channels, 6, direction="bidirectional", num_layers=2)
+        self.fc = nn.Linear(12, 5)
+
+    def forward(self, x):
+        y = nn.functional.max_pool2d(nn.functional.relu(self.bn(self.conv(x))), (4, 1))
+        y = y.squeeze(axis=2).transpose([0, 2, 1])  # [batch, width, channels]
+        return self.fc(self.rnn(y)[0])
+
+
+@pytest.mark.parametrize("mode", ["LSTM", "GRU"])
+def test_channels_feeding_an_lstm_are_pruned_with_its_first_layers_input_weights(tmp_path, mode):
+    """The conv's kept channels contribute as before: the pruned model computes what a model built
+    with 4 channels computes with the kept slices (first-layer input columns, both directions),
+    in dygraph, after to_static export and after a plan replay; Adam's moments follow."""
+    from slim_plugins.plugins.prune.plan import PrunePlan
+
+    paddle.seed(0)
+    net = ConvLSTM(mode=mode)
+    x = paddle.randn([2, 3, 4, 10])
+    opt = paddle.optimizer.Adam(parameters=net.parameters())
+    net.train()
+    net(x).mean().backward()
+    opt.step()
+    opt.clear_grad()
+    net.eval()
+    base_shapes = {n: list(p.shape) for n, p in net.named_parameters()}
+    base_fp = architecture_fingerprint(net)
+    pm = PrunableModel(net, [1, 3, 4, 10])
+    assert list(pm.groups) == ["conv.weight"], pm.blocked
+    members = set(pm.groups["conv.weight"].members)
+    assert {"rnn.weight_ih_l0", "rnn.weight_ih_l0_reverse"} <= members
+    assert not members & {"rnn.weight_ih_l1", "rnn.weight_hh_l0", "rnn.bias_ih_l0", "fc.weight"}
+    keep = np.flatnonzero(pm.masks({"conv.weight": 0.5})[net.conv.weight.name][0][1])
+    original = state(net)
+    pm.prune({"conv.weight": 0.5}, optimizer=opt, check_inputs=[x])
+    assert len(keep) == 4 and list(net.rnn.weight_ih_l0.shape)[1] == 4 and net.rnn.input_size == 4
+    assert list(net.rnn.weight_ih_l1.shape) == list(original["rnn.weight_ih_l1"].shape)  # hidden sizes stay
+
+    sliced = ConvLSTM(channels=4, mode=mode)
+    cut = {"conv.weight": 0, "conv.bias": 0, "bn.weight": 0, "bn.bias": 0, "bn._mean": 0, "bn._variance": 0,
+           "rnn.weight_ih_l0": 1, "rnn.weight_ih_l0_reverse": 1,
+           "rnn.0.cell_fw.weight_ih": 1, "rnn.0.cell_bw.weight_ih": 1}  # the same two, by their cells
+    sliced.set_state_dict({k: np.take(v, keep, axis=cut[k]) if k in cut else v for k, v in original.items()})
+    sliced.eval()
+    expected = sliced(x).numpy()
+    with paddle.no_grad():
+        np.testing.assert_allclose(net(x).numpy(), expected, rtol=1e-5, atol=1e-6)
+    moments = [v for k, v in opt._accumulators.items() if "moment1" in k]
+    assert moments and list(moments[0][net.rnn.weight_ih_l0.name].shape) == [net.rnn.weight_ih_l0.shape[0], 4]
+    net.train()
+    net(x).mean().backward()
+    opt.step()  # the accumulators have the pruned shapes
+    net.eval()
+
+    exported = paddle.jit.to_static(net, input_spec=[paddle.static.InputSpec([None, 3, 4, 10], "float32")],
+                                    full_graph=True)
+    paddle.jit.save(exported, str(tmp_path / "inference"))
+    loaded = paddle.jit.load(str(tmp_path / "inference"))
+    loaded.eval()
+    np.testing.assert_allclose(loaded(x).numpy(), net(x).numpy(), rtol=1e-5, atol=1e-6)
+
+    plan = make_plan(pm, {"conv.weight": 0.5}, base_shapes, base_fp)
+    assert plan.layer_attrs["rnn"]["input_size"] == 4
+    plan.save(str(tmp_path / "m.prune.json"))
+    fresh = ConvLSTM(mode=mode)
+    replay(fresh, PrunePlan.load(str(tmp_path / "m.prune.json")))
+    fresh.set_state_dict(net.state_dict())
+    fresh.eval()
+    np.testing.assert_allclose(fresh(x).numpy(), net(x).numpy(), rtol=1e-5, atol=1e-6)

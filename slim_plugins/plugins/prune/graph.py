@@ -813,15 +813,36 @@ class Walker:
     op_fill_zeros_like = passthrough
 
     def op_rnn(self, op):
-        """LSTM / GRU / simple RNN (Paddle's fused ``rnn`` op): the input's channels meet the
-        flattened, coalesced cell weights, which are not pruned; the hidden state starts no group."""
-        reason = self.reason(op, "feeds an LSTM/GRU (rnn op), whose input weights are not pruned")
-        self.block(self.get(op.first("x", "input")), reason)
-        for slot in ("pre_state", "prestate", "weight_list", "weightlist"):
-            for key in op.inputs.get(slot, []):
-                self.block_key(key, reason)
+        """LSTM / GRU / simple RNN (Paddle's fused ``rnn`` op, both IRs). Its input's features
+        (the last axis of ``[time, batch, features]``) are the columns of the first layer's
+        input weights, one per direction: ``weight_list`` holds every layer's and direction's
+        ``weight_ih, weight_hh`` in turn, then the biases. Hidden sizes are not pruned: the
+        outputs, the states and the other weights start no group; initial states are excluded."""
+        key = op.first("x", "input")
+        x = self.get(key)
+        shape = self.shape(key)
+        weights = op.inputs.get("weight_list") or op.inputs.get("weightlist") or []
+        directions = 2 if op.attrs.get("is_bidirec") else 1
+        layers = int(op.attrs.get("num_layers", 1) or 1)
+        reason = self.reason(op, "sets an LSTM/GRU's initial state, whose hidden size is not pruned")
+        for slot in ("pre_state", "prestate"):
+            for state in op.inputs.get(slot, []):
+                self.block_key(state, reason)
         for i in range(len(op.outputs)):
             self.set_out(op, None, i)
+        if x is None:
+            return
+        names = [self.param_of(k) for k in weights[:2 * directions]]
+        if (len(weights) < 4 * layers * directions or None in names or shape is None
+                or x.axes != (len(shape) - 1,)):
+            raise _Unsupported("rnn whose input weights it cannot find, or whose input features "
+                               "are not the last axis")
+        for name in names[::2]:  # weight_ih of the first layer, each direction: [gates * hidden, input]
+            ids = self.param_ids[name]
+            if len(ids) != 2 or ids[1] is None or len(ids[1]) != len(x.ids):
+                raise _Unsupported("rnn input weights that do not match its input")
+            self.seen_params.add(name)
+            self.uf.union_arrays(x.ids, ids[1])
 
     def op_pixel_shuffle(self, op):
         raise _Unsupported("pixel_shuffle mixes channels into space")

@@ -428,6 +428,11 @@ class PrunableModel:
         layer = self.layer_of.get(gname)
         if layer is None:
             return
+        if isinstance(layer, nn.layer.rnn.RNNBase):  # the fused rnn op is told its input size
+            if len(shape) == 2 and any(getattr(layer, f"weight_ih_l0{s}", None) is self.params[gname]
+                                       for s in ("", "_reverse")):
+                applied.set_attr(layer, "input_size", int(shape[1]))
+            return
         weight = getattr(layer, "weight", None)
         if weight is None or weight.name != gname:
             if isinstance(layer, nn.LayerNorm) and hasattr(layer, "_normalized_shape"):

@@ -65,8 +65,9 @@ class PrunePlan:
         return cls.from_json(data, source=path)
 
 
-# layer attributes a forward reads besides the weights (conv groups are kept in layer_groups)
-LAYER_ATTRS = ("_in_channels", "_out_channels", "_normalized_shape", "_num_features")
+# layer attributes a forward reads besides the weights (conv groups are kept in layer_groups; an
+# LSTM/GRU tells its fused rnn op its input_size)
+LAYER_ATTRS = ("_in_channels", "_out_channels", "_normalized_shape", "_num_features", "input_size")
 
 
 def _plain(value):
