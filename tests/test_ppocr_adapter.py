@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import SCRIPTS, clean_env, run_python
+from conftest import SCRIPTS, clean_env, paddle_inference, run_python
 from slim_plugins import compat
 
 
@@ -719,17 +719,7 @@ def mobile_rec_config(data, version, plugins=None):
 
 def run_inference(folder, image):
     """The exported model in Paddle Inference (CPU); returns its first output."""
-    import paddle.inference as pi
-
-    model_file = "inference.json" if (folder / "inference.json").exists() else "inference.pdmodel"
-    config = pi.Config(str(folder / model_file), str(folder / "inference.pdiparams"))
-    config.disable_gpu()
-    if compat.PADDLE_3:
-        config.disable_mkldnn()  # Paddle 3.3.1's oneDNN executor rejects some PIR attributes
-    predictor = pi.create_predictor(config)
-    predictor.get_input_handle(predictor.get_input_names()[0]).copy_from_cpu(image)
-    predictor.run()
-    return predictor.get_output_handle(predictor.get_output_names()[0]).copy_to_cpu()
+    return paddle_inference(folder, "inference", image)[0]
 
 
 def checkpoint_output(config_file, checkpoint, image):
