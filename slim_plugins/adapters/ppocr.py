@@ -293,10 +293,14 @@ class PaddleOCRAdapter(Adapter):
         return patched_load_model
 
     def _patch_build_dataloader(self, data):
+        """Runs inside the import of ``ppocr.data``: a ``build_dataloader`` that is not the one this
+        adapter knows is left alone (the Train loader is then built, as without the adapter)."""
+        from slim_plugins.adapters import missing_parameters
+
         build_dataloader = getattr(data, "build_dataloader", None)
-        if not callable(build_dataloader) or getattr(build_dataloader, "_slim_patched", False):
+        if not callable(build_dataloader) or getattr(build_dataloader, "_slim_patched", False) \
+                or missing_parameters(build_dataloader, ("config", "mode")):
             return
-        self._check_parameters(f"{DATA}.build_dataloader", build_dataloader, ("config", "mode"))
         data.build_dataloader = self._wrap_build_dataloader(build_dataloader)
 
     def _wrap_build_dataloader(self, build_dataloader):
