@@ -25,6 +25,7 @@ WATCHED = {
     "paddlex": "slim_plugins.adapters.paddlex",
     "ppdet.engine.trainer": "slim_plugins.adapters.ppdet",
     "ppocr.utils.save_load": "slim_plugins.adapters.ppocr",
+    "ppocr.data": "slim_plugins.adapters.ppocr",
 }
 
 # Shims a suite needs before its first line runs: "module:function", called just before the

@@ -175,6 +175,12 @@ class Session:
     def plugin_config(self, plugin):
         return self.options.config(plugin)
 
+    def stops_before_train(self):
+        """Why an enabled plugin will end the run before any training step (``prune.action=show``),
+        or None (see :func:`~slim_plugins.hooks.spec.slim_stops_before_train`): an adapter may then
+        leave out the suite's train loader."""
+        return self.pm.hook.slim_stops_before_train(session=self)
+
     def configure_from_mapping(self, plugins, label):
         """Apply a ``plugins:`` section: ``{name: {option: value}}``, ``{name: true}`` or ``[name]``."""
         if not plugins:

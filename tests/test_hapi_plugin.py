@@ -217,7 +217,9 @@ def test_show_is_a_typed_stop_with_status_0(slim_session, hook_recorder, capsys)
     model = paddle.Model(net, inputs=[InputSpec([None, 1, 8, 8], "float32", "x")])
     model.prepare(paddle.optimizer.SGD(parameters=net.parameters()), nn.CrossEntropyLoss())
     data = paddle.io.TensorDataset([paddle.zeros([4, 1, 8, 8]), paddle.zeros([4, 1], dtype="int64")])
+    assert slim_session.stops_before_train() is None
     slim_session.enable("prune", {"action": "show"})
+    assert slim_session.stops_before_train() == "prune.action=show"  # adapters may leave out train loaders
     eager = []  # show's time is its eager forwards: one per traced pass, no before-pruning latency
     net.register_forward_pre_hook(lambda _layer, _inputs: eager.append(1) if paddle.in_dynamic_mode() else None)
     with pytest.raises(StopRun) as stop:
@@ -226,6 +228,18 @@ def test_show_is_a_typed_stop_with_status_0(slim_session, hook_recorder, capsys)
     assert "0.weight" in capsys.readouterr().out
     assert hook_recorder.names() == ["slim_before_train", "slim_on_run_end"]  # no training, no after-train
     assert len(eager) == 3  # eval, train, and eval at twice the size (which fails: Linear)
+
+
+def test_show_of_a_pruned_checkpoint_lists_it_and_never_trains(pruned_run, tmp_path, python):
+    """A model that carries a plan (loaded from a pruned checkpoint) is not pruned again, but
+    ``action show`` still ends the run before training: adapters rely on it to leave out the train
+    loader (was: the run trained on)."""
+    out, _ = pruned_run
+    proc = python([SCRIPT, str(tmp_path), "--epochs", "1", "--init", str(out / "final"), "--plugin", "prune",
+                   "--prune.action", "show"], cwd=str(tmp_path))
+    assert "prune.action=show of the pruned model" in proc.stderr
+    assert re.search(r"^0\.weight\s+16x1x3x3", proc.stdout, re.M), proc.stdout[-2000:]
+    assert not (tmp_path / "final.pdparams").exists()
 
 
 def test_misspelt_plugin_and_option_are_clear_errors(tmp_path):
@@ -289,6 +303,12 @@ def test_invalid_options_stop_before_any_work(tmp_path, args, named):
 def test_latency_target_excludes_the_other_ways_to_choose_ratios(tmp_path):
     line = user_error(["--plugin", "prune", "--prune.pruned_latency", "0.3", "--prune.pruned_flops", "0.3"], tmp_path)
     assert "choose ratios one way only, got pruned_flops, pruned_latency" in line, line
+
+
+def test_analyze_with_fixed_ratios_is_refused(tmp_path):
+    """``action analyze`` ends the run after the analysis, which fixed ratios skip (was: pruned and trained)."""
+    line = user_error(["--plugin", "prune", "--prune.action", "analyze", "--prune.ratios", "0.weight=0.5"], tmp_path)
+    assert "prune.action analyze runs a sensitivity analysis, which fixed prune.ratios skip" in line, line
 
 
 def test_latency_target_is_searched_with_measured_latency(tmp_path, python, trained):

@@ -187,14 +187,33 @@ def test_a_user_error_in_a_hook_is_one_line_and_exit_2(work):
 
 
 @needs_ppdet
+def test_show_never_builds_the_train_reader(work):
+    """`--prune.action show` ends the run before training: ppdet's TrainReader (annotations parsed,
+    worker processes started, batches prefetched) is left out, so a train set that cannot be read
+    does not stop it; the same train set stops a training at once."""
+    broken = ["-o", "TrainDataset.anno_path=annotations/missing.json", "worker_num=2", "save_dir=show_only"]
+    proc = tools(["train", "-c", config(YOLO)] + broken + ["--plugin", "prune", "--prune.action", "show"], work)
+    assert "prune.action=show ends the run before training: the train reader is not built" in proc.stderr
+    assert re.search(r"^\d+ convs: [1-9]\d* prunable groups", proc.stdout, re.M), proc.stdout[-2000:]
+    assert not (work / "show_only").exists()
+    failed = tools(["train", "-c", config(YOLO)] + broken + ["--plugin", "prune", "--prune.ratios", "*=0.3"], work,
+                   check=False)
+    assert failed.returncode != 0 and "missing.json" in failed.stdout + failed.stderr, failed.stderr[-2000:]
+    assert "tracing" not in failed.stderr
+
+
+@needs_ppdet
 def test_analyze_only_writes_the_sensitivities_and_leaves_no_temporary_files(work, baseline):
     """Run with develop's checkpoint layout (save_dir itself, not save_dir/<config>): the plugin's
     files go where the checkpoints go, one output folder (the 2.6 layout: the `pruned` run)."""
     tmp = work / "tmp_analyze"
     tmp.mkdir()
+    # the analysis never reads the train set (issue 13): an annotation file that is not there is no matter
     proc = tools(["train", "-c", config(PICO), "-o", "save_dir=analyze_only", f"pretrain_weights={baseline}",
+                  "TrainDataset.anno_path=annotations/missing.json", "worker_num=2",
                   "--plugin", "prune", "--prune.action", "analyze", "--prune.sen_ratios", "0.5",
                   "--prune.sen_batches", "1"], work, env={"TMPDIR": str(tmp), "PPDET_DEVELOP_LAYOUT": "1"})
+    assert "prune.action=analyze ends the run before training: the train reader is not built" in proc.stderr
     sens = json.loads((work / "analyze_only" / "sensitivities.json").read_text())
     assert sens["groups"] and sens["metric"]["baseline"] is not None
     assert not (work / "analyze_only" / PICO).exists()

@@ -337,6 +337,23 @@ def test_metric_scores_the_same_batches_every_time(work, det_base):
     assert result["limited"][0] == result["limited"][1] and result["all"][0] == result["all"][1]
 
 
+def test_analyze_never_builds_the_train_loader(work, det_base):
+    """`--prune.action analyze` ends the run before training: tools/train.py's Train loader is not
+    built (its dataset would read every label file), so a label file that is not there does not
+    stop the analysis; the same config stops a training at once."""
+    broken = ["Train.dataset.label_file_list=['./no_such_label_file.txt']", "Train.loader.num_workers=2"]
+    proc = run_tool("train.py", "det.yml", broken + [f"Global.pretrained_model={det_base}",
+                                                     "Global.save_model_dir=./det_analyze_only"],
+                    cwd=str(work), extra=["--plugin", "prune", "--prune.action", "analyze", "--prune.sen_ratios", "0.3",
+                                          "--prune.sen_batches", "1", "--prune.skip", "backbone.*"])
+    assert "prune.action=analyze ends the run before training: the Train loader is not built" in proc.stderr
+    with open(work / "det_analyze_only" / "sensitivities.json") as f:
+        assert json.load(f)["groups"], proc.stderr[-3000:]
+    failed = run_tool("train.py", "det.yml", broken + ["Global.save_model_dir=./det_no_labels"], cwd=str(work),
+                      expect_rc=None)
+    assert failed.returncode != 0 and "no_such_label_file" in failed.stdout + failed.stderr, failed.stderr[-2000:]
+
+
 def test_sensitivity_workers_finish_and_equal_one_process(work, det_base):
     records = []
     for workers in (1, 2):

@@ -31,6 +31,30 @@ def fixed_order_loader(loader):
                                 return_list=getattr(loader, "return_list", True))
 
 
+class SkippedTrainLoader:
+    """What an adapter gives its suite in place of the train loader when a plugin will end the run
+    before training (:meth:`slim_plugins.session.Session.stops_before_train`): no dataset parsed,
+    no worker process, no prefetch. It has one batch for the suite's schedule arithmetic
+    (steps per epoch) and refuses to be iterated, with the reason, should training start anyway."""
+
+    def __init__(self, reason, adapter, what="train loader"):
+        self.reason, self.adapter, self.what = reason, adapter, what
+        sys.stderr.write(f"[slim-plugins {adapter}] {reason} ends the run before training: "
+                         f"the {what} is not built\n")
+
+    def __len__(self):
+        return 1
+
+    def __iter__(self):
+        from slim_plugins.errors import AdapterError
+
+        raise AdapterError(f"the {self.what} was not built ({self.reason} ends the run before training), "
+                           "but training started", plugin=self.adapter,
+                           hint="report this: the plugin that answered slim_stops_before_train did not stop the run")
+
+    __next__ = __iter__
+
+
 def resolve(target):
     """``"module:Attr.path"`` -> the object, or None when the module or an attribute is missing."""
     module_name, _, path = target.partition(":")

@@ -5,7 +5,10 @@ Patches, once ``ppdet.engine.trainer`` is imported and its targets are checked (
 in every process:
 
 * ``Trainer.__init__``: reads a ``plugins:`` section of the loaded config (``-o plugins.prune.KEY=V``
-  reaches it), and a legacy ``slim: Pruner`` config; records the run.
+  reaches it), and a legacy ``slim: Pruner`` config; records the run. When a plugin will end the
+  run before training (``prune.action=show``/``analyze``), a train-mode Trainer gets a
+  :class:`~slim_plugins.adapters.SkippedTrainLoader` for its TrainReader: no annotations parsed,
+  no worker processes, no prefetch.
 * ``Trainer.load_weights`` / ``resume_weights``: ``slim_before_load_weights`` first, then
   ``slim_after_load_weights`` (ppdet skips a tensor whose shape differs silently).
 * ``ppdet.slim.build_slim_model``: a ``--slim_config`` with ``slim: Pruner`` becomes the prune
@@ -35,7 +38,7 @@ import tempfile
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
-from slim_plugins.adapters import Adapter, parameter_shapes
+from slim_plugins.adapters import Adapter, SkippedTrainLoader, parameter_shapes
 from slim_plugins.errors import AdapterError, OptionError, exception_line, user_errors
 from slim_plugins.hooks import hookimpl
 from slim_plugins.run import EvalBatches, Metric
@@ -69,6 +72,7 @@ class PPDetAdapter(Adapter):
                "ppdet.engine.trainer:Trainer._init_metrics": ("validate",),
                "ppdet.engine.callbacks:save_model": ("model", "optimizer", "save_dir", "save_name"),
                "ppdet.core.workspace:create": (), "ppdet.core.workspace:load_config": (),
+               "ppdet.engine.trainer:create": (),
                "ppdet.optimizer:ModelEMA": ()}
     state_class = PPDetState
 
@@ -112,7 +116,9 @@ class PPDetAdapter(Adapter):
         @functools.wraps(init)
         def patched_init(trainer, cfg, *args, **kwargs):
             configure_from_config(cfg)
-            init(trainer, cfg, *args, **kwargs)
+            mode = kwargs.get("mode", args[0] if args else "train")  # Trainer(cfg, mode='train')
+            with _train_reader_left_out(cfg, mode):
+                init(trainer, cfg, *args, **kwargs)
             adapter.current_run = adapter.trainer_run(trainer)
 
         patched_init._slim_patched = True
@@ -323,6 +329,38 @@ def configure_from_config(cfg):
         options = legacy_pruner_options(cfg.get("Pruner"), f"the Pruner section of {cfg.get('filename')}")
         session.enable("prune", options, source="yaml")
         cfg.pop("slim")
+
+
+# architectures whose Trainer.__init__ reads the parsed train dataset (identities of MOT models)
+_NEEDS_TRAIN_DATASET = ("JDE", "FairMOT", "DeepSORT")
+
+
+@contextlib.contextmanager
+def _train_reader_left_out(cfg, mode):
+    """A train-mode ``Trainer.__init__`` builds the TrainReader: parses the train annotations,
+    starts ``worker_num`` processes that prefetch batches. When a plugin will end the run before
+    training (``prune.action=show``/``analyze``), ``create('TrainReader')`` gives a
+    :class:`SkippedTrainLoader` meanwhile (one batch per epoch for the learning-rate schedule)."""
+    from slim_plugins.session import get_session
+
+    reason = get_session().stops_before_train() if str(mode).lower() == "train" else None
+    if not reason or cfg.get("architecture") in _NEEDS_TRAIN_DATASET:
+        yield
+        return
+    import ppdet.engine.trainer as module
+
+    create = module.create
+
+    def create_without_train_reader(name, *args, **kwargs):
+        if name == "TrainReader":
+            return lambda *_args, **_kwargs: SkippedTrainLoader(reason, "ppdet", "train reader")
+        return create(name, *args, **kwargs)
+
+    module.create = create_without_train_reader
+    try:
+        yield
+    finally:
+        module.create = create
 
 
 def legacy_pruner_options(pruner, label="the Pruner section"):

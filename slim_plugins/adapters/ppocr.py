@@ -13,6 +13,10 @@ by name, checked before patching):
   keep random weights), and in training (an optimizer is given, a plugin on) fires
   ``slim_before_train``: weights are loaded, the optimizer has not stepped, and
   ``paddle.DataParallel`` has not wrapped the model yet.
+* ``ppocr.data.build_dataloader`` (every process; the adapter is installed when ``ppocr.data``
+  has executed, before tools/train.py binds the function): reads the config's ``plugins:``
+  section, and when a plugin will end the run before training (``prune.action=show``/``analyze``)
+  gives a :class:`~slim_plugins.adapters.SkippedTrainLoader` for ``Train``: no label file read.
 
 Once a plugin is enabled (or a load rebuilt pruned shapes):
 
@@ -31,12 +35,13 @@ import weakref
 from dataclasses import dataclass
 from typing import Any, Optional, Tuple
 
-from slim_plugins.adapters import Adapter, fixed_order_loader
+from slim_plugins.adapters import Adapter, SkippedTrainLoader, fixed_order_loader
 from slim_plugins.errors import AdapterError, exception_line
 from slim_plugins.hooks import hookimpl
 from slim_plugins.run import EvalBatches, Metric
 
 SAVE_LOAD = "ppocr.utils.save_load"
+DATA = "ppocr.data"
 EXPORT = "ppocr.utils.export_model"
 PROGRAM = "tools.program"
 
@@ -83,6 +88,15 @@ def _arguments(signature, args, kwargs):
     bound = signature.bind(*args, **kwargs)
     bound.apply_defaults()
     return bound.arguments
+
+
+def _module(name):
+    module = sys.modules.get(name)
+    if module is None:
+        import importlib
+
+        module = importlib.import_module(name)
+    return module
 
 
 def _chance(config):
@@ -148,7 +162,7 @@ def _unwrap(model):
 class PaddleOCRAdapter(Adapter):
     name = "ppocr"
     weights_hint = "load trained weights: -o Global.pretrained_model=PATH"
-    modules = (SAVE_LOAD,)
+    modules = (SAVE_LOAD, DATA)  # ppocr.data: tools/train.py binds build_dataloader before it imports save_load
     distributions = ("unstructured-paddleocr", "paddleocr")
     supported = ("2.10.",)
     targets = {f"{SAVE_LOAD}:load_model": ("config", "model", "optimizer"),
@@ -184,7 +198,11 @@ class PaddleOCRAdapter(Adapter):
 
     # ------------------------------------------------------------------ patching
     def install_loading(self, session):
-        """Every process: ``load_model`` (the config's ``plugins:`` section, weight loads)."""
+        """Every process: ``load_model`` (the config's ``plugins:`` section, weight loads) and
+        ``build_dataloader`` (no Train loader for a run a plugin ends before training)."""
+        from slim_plugins import _boot
+
+        _boot.watcher.watch(DATA, self._patch_build_dataloader)  # now if imported, else when it is
         save_load = self._save_load()
         if getattr(save_load.load_model, "_slim_patched", False):
             return
@@ -201,12 +219,7 @@ class PaddleOCRAdapter(Adapter):
 
     @staticmethod
     def _save_load():
-        save_load = sys.modules.get(SAVE_LOAD)
-        if save_load is None:
-            import importlib
-
-            save_load = importlib.import_module(SAVE_LOAD)
-        return save_load
+        return _module(SAVE_LOAD)
 
     @staticmethod
     def _rebind(attr, save_load):
@@ -278,6 +291,40 @@ class PaddleOCRAdapter(Adapter):
             return result
 
         return patched_load_model
+
+    def _patch_build_dataloader(self, data):
+        """Runs inside the import of ``ppocr.data``: a ``build_dataloader`` that is not the one this
+        adapter knows is left alone (the Train loader is then built, as without the adapter)."""
+        from slim_plugins.adapters import missing_parameters
+
+        build_dataloader = getattr(data, "build_dataloader", None)
+        if not callable(build_dataloader) or getattr(build_dataloader, "_slim_patched", False) \
+                or missing_parameters(build_dataloader, ("config", "mode")):
+            return
+        data.build_dataloader = self._wrap_build_dataloader(build_dataloader)
+
+    def _wrap_build_dataloader(self, build_dataloader):
+        """tools/train.py builds the Train loader (its dataset reads every label file) before the
+        model: for a run a plugin ends before training (``prune.action=show``/``analyze``) it gets a
+        :class:`SkippedTrainLoader` instead. The config's ``plugins:`` section is read first."""
+        adapter = self
+        signature = inspect.signature(build_dataloader)
+
+        @_patches(build_dataloader)
+        def patched_build_dataloader(*args, **kwargs):
+            given = _arguments(signature, args, kwargs)
+            if given["mode"] == "Train" and isinstance(given["config"], dict):
+                from slim_plugins.session import get_session
+
+                session = get_session()
+                adapter.configure(session, given["config"])
+                reason = session.stops_before_train()
+                if reason:
+                    return SkippedTrainLoader(reason, adapter.name, "Train loader")
+            return build_dataloader(*args, **kwargs)
+
+        patched_build_dataloader._slim_original = build_dataloader
+        return patched_build_dataloader
 
     def _wrap_save_model(self, save_model):
         adapter = self
@@ -434,30 +481,34 @@ class PaddleOCRAdapter(Adapter):
 
     def train_forward(self, run):
         """``model(images, data=batch[1:])`` on the first Train batch, as tools/program.py trains:
-        heads that need labels (MultiHead's SAR/NRTR) run only this way."""
+        heads that need labels (MultiHead's SAR/NRTR) run only this way. None for a model whose
+        training forward reads the image alone (DB, CRNN, a classifier): the train-mode trace ran
+        that forward already, and the Train set stays unread (``prune.action analyze``)."""
         config = run.handle.config
-        if not config.get("Train"):
+        arch = config["Architecture"]
+        if not config.get("Train") or not (arch.get("model_type") in ("table", "kie")
+                                           or arch.get("algorithm") in EXTRA_INPUT_ALGORITHMS):
             return None
 
         def forward():
             import paddle
-            from ppocr.data import build_dataloader
             from ppocr.utils.logging import get_logger
 
             state = self.state(run)
             if state.train_batch is None:
+                build = _module(DATA).build_dataloader
+                build = getattr(build, "_slim_original", build)  # the real one, whatever the action
                 device = paddle.set_device(paddle.get_device())
-                loader = build_dataloader(config, "Train", device, get_logger())
+                # one batch: no worker processes prefetching more
+                train = dict(config["Train"], loader=dict(config["Train"].get("loader") or {}, num_workers=0))
+                loader = build(dict(config, Train=train), "Train", device, get_logger())
                 state.train_batch = next(iter(loader))
             batch = state.train_batch
             model = run.handle.model
-            arch = config["Architecture"]
-            if arch.get("model_type") == "table" or arch.get("algorithm") in EXTRA_INPUT_ALGORITHMS:
-                model(batch[0], data=batch[1:])
-            elif arch.get("model_type") == "kie":
+            if arch.get("model_type") == "kie":
                 model(batch)
             else:
-                model(batch[0])
+                model(batch[0], data=batch[1:])
 
         return forward
 

@@ -210,6 +210,22 @@ def slim_epochs_before_train(run: "TrainingRun") -> Optional[int]:
     """
 
 
+@hookspec(firstresult=True)
+def slim_stops_before_train(session: Any) -> Optional[str]:
+    """Will a plugin end the run in ``slim_before_train``, before any training step (the prune
+    plugin's ``action show`` and ``analyze``)? Asked by adapters before the run exists, while the
+    suite builds its objects: one that gets a reason may leave out what only training uses (the
+    train loader: its dataset parsing, worker processes and prefetch). Ask
+    :meth:`slim_plugins.session.Session.stops_before_train`.
+
+    :param session: the :class:`slim_plugins.session.Session` (options and enabled plugins).
+    :returns: why, in a few words a log line can name (``prune.action=show``), or None. Answer
+        only when certain: the plugin must then end every run of this process (with
+        :class:`~slim_plugins.errors.StopRun` or an error) before the suite's training loop starts.
+        Stops at the first non-None result.
+    """
+
+
 # --------------------------------------------------------------------------------------------
 # lifecycle events, in the order they fire
 

@@ -38,6 +38,18 @@ def slim_epochs_before_train(run):
 
 
 @hookimpl
+def slim_stops_before_train(session):
+    """``action`` show and analyze end the run in ``slim_before_train``, before any training step
+    (unless ``after_epochs`` trains first)."""
+    if not session.is_enabled(NAME):
+        return None
+    config = session.plugin_config(NAME).typed(PruneOptions)
+    if config.action in ("show", "analyze") and config.after_epochs is None:
+        return f"prune.action={config.action}"
+    return None
+
+
+@hookimpl
 def slim_before_train(run):
     if not run.session.is_enabled(NAME):
         return

@@ -89,7 +89,8 @@ class PruneOptions:
         shown="20 baseline evaluations, at least 300 s")
     action: str = option(
         "prune", str, "`prune` (then train), `show` (list prunable groups and exit), "
-        "`analyze` (exit after the analysis)", choices=("prune", "show", "analyze"))
+        "`analyze` (exit after the analysis; not with `ratios`); the suites' train loaders are not built "
+        "for `show` and `analyze`", choices=("prune", "show", "analyze"))
     report: Optional[str] = option(None, optional(str), "before/after figures (JSON)",
                                    shown="`<save_dir>/prune_report.json`")
     plot: bool = option(

@@ -140,8 +140,12 @@ class PruneWorkflow:
         check_schedule(self.run, cfg)
         self._check_options()
         if attached(self.model) is not None:
-            log("the model already carries a pruning plan (resumed checkpoint): not pruning again")
-            return
+            if cfg.action == "prune":
+                log("the model already carries a pruning plan (resumed checkpoint): not pruning again")
+                return
+            # show and analyze end the run whatever the model (adapters may have left out the train loader)
+            log(f"the model already carries a pruning plan (resumed checkpoint): prune.action={cfg.action} "
+                "of the pruned model")
         started = time.perf_counter()
         trace_inputs = self._resolve_inputs()
         prunable, rows = self._trace(trace_inputs)
@@ -180,6 +184,10 @@ class PruneWorkflow:
         if len(modes) > 1:
             raise OptionError(f"choose ratios one way only, got {', '.join(modes)}", plugin="prune",
                               hint="keep one of ratios, eval_metric_loss, pruned_flops, pruned_latency")
+        if cfg.action == "analyze" and cfg.ratios is not None:  # it would prune and train instead
+            raise OptionError("prune.action analyze runs a sensitivity analysis, which fixed prune.ratios skip",
+                              plugin="prune", hint="drop --prune.ratios to analyse, or use --prune.action prune "
+                                                   "to prune by the ratios and train")
 
     def _resolve_inputs(self):
         """The adapter's trace inputs and check inputs, and the unpruned model's shapes and figures."""
