@@ -88,15 +88,15 @@ def hapi_model(network):
 def figures(model, test, reference=None, batch_size=LATENCY_BATCH):
     """The plugin's own figures: FLOPs at batch 1, latency of the exported model in Paddle
     Inference (1 CPU thread) at batch 1 and at the eval batch size; with the ``reference``
-    (the unpruned model, exported), both timed alongside, and the reference's figures too."""
+    (the unpruned model, exported), both timed in turns, and the reference's figures too."""
     network = model.network
     one = [paddle.zeros([1, 1, 8, 8])]
     inputs_for = lambda n: [paddle.to_tensor(np.stack([test[i][0] for i in range(n)]))]  # noqa: E731
     exported = latency.Exported(network, inputs_for)
     if reference is None:
-        timed = latency.timed([exported], sorted({1, batch_size}))[0]
+        timed = latency.timed(exported, sorted({1, batch_size}))
     else:
-        reference_timed, timed = latency.timed([reference, exported], sorted({1, batch_size}), rounds=8)
+        reference_timed, timed = latency.compare(reference, exported, sorted({1, batch_size}))
     return {
         "params": measure.parameters(network),
         "flops": measure.flops(network, one),

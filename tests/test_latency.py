@@ -5,7 +5,7 @@ from slim_plugins.plugins.prune.latency import TOLERANCE, label, plan_for_latenc
 def curve(ratios):
     """A cut that grows with the mean ratio, as a measured one would."""
     mean = sum(ratios.values()) / 3 if ratios else 0.0
-    return 0.8 * mean, 10.0 * (1 - 0.8 * mean)
+    return {"cut": 0.8 * mean, "ms": 10.0 * (1 - 0.8 * mean)}
 
 
 def test_bisection_stops_within_the_tolerance_and_reports_every_plan_timed():
@@ -13,13 +13,13 @@ def test_bisection_stops_within_the_tolerance_and_reports_every_plan_timed():
     ratios, cut, evaluations = plan_for_latency(shape, 0.3, curve, limits={g: 0.9 for g in shape})
     assert abs(cut - 0.3) <= TOLERANCE and ratios is not None
     assert evaluations[0]["ratios"] == {g: 0.9 for g in shape}  # the largest plan first: is the target in reach?
-    assert all(abs(e["cut"] - curve(e["ratios"])[0]) < 1e-12 for e in evaluations)
+    assert all(abs(e["cut"] - curve(e["ratios"])["cut"]) < 1e-12 for e in evaluations)
     assert ratios["a"] > ratios["b"] > ratios["c"]  # the sensitivities' shape is kept
 
 
 def test_an_unreachable_target_returns_no_plan_and_the_best_cut():
     ratios, cut, evaluations = plan_for_latency({"a": 1.0}, 0.9, curve, limits={"a": 0.6})
-    assert ratios is None and len(evaluations) == 1 and cut == curve({"a": 0.6})[0]
+    assert ratios is None and len(evaluations) == 1 and cut == curve({"a": 0.6})["cut"]
 
 
 def test_labels_name_runtime_batch_and_threads():

@@ -315,15 +315,18 @@ class PruneWorkflow:
 
     def _latency(self):
         """Latency entries of the model as it is now, exported (see latency.py). The pruned
-        model is timed alongside the unpruned one, in the same minute, and the report's "before"
+        model is timed in turns with the unpruned one (latency.compare), and the report's "before"
         figures are those. None (logged) when the model does not export, unless pruned_latency
         needs it."""
         cfg = self.config
         try:
             exported = self._exported()
             if getattr(self, "latency_reference", None) is None:
-                return latency.timed([exported], self._latency_batch_sizes())[0]
-            before, after = latency.timed([self.latency_reference, exported], self._latency_batch_sizes(), rounds=8)
+                return latency.timed(exported, self._latency_batch_sizes())
+            sizes = self._latency_batch_sizes()
+            log(f"timing the pruned and the unpruned model in turns ({len(exported.engines) * len(sizes)} comparisons "
+                f"of {latency.PAIRED_MIN_SECONDS:g} to {latency.PAIRED_MAX_SECONDS:g} s)")
+            before, after = latency.compare(self.latency_reference, exported, sizes)
             self.before["latency"] = before
             self.report["latency_timed_alongside"] = True
             return after
@@ -339,8 +342,8 @@ class PruneWorkflow:
             return None
 
     def _latency_cut(self, prunable, ratios, batch_size):
-        """``(cut, ms)``: the latency cut of the model pruned at ``ratios`` (then restored),
-        timed alongside the unpruned model, both exported now."""
+        """The latency entry (``cut`` and its interval, ``ms``) of the model pruned at ``ratios``
+        (then restored), timed in turns with the unpruned model, both exported now."""
         reference = self._exported(onnx=False)
         applied = prunable.apply(ratios)
         try:
@@ -367,8 +370,8 @@ class PruneWorkflow:
                                                                 align)
             for e in evaluations:
                 log(f"pruned_latency={cfg.pruned_latency}: {how} x {e['scale']:.3f} ({e['groups']} groups): "
-                    f"{base['label']} {e['ms']:.3f} ms, cut {e['cut']:.1%} against the unpruned model timed alongside"
-                    + ("  <- chosen" if e["ratios"] is ratios else ""))
+                    f"{base['label']} {e['ms']:.3f} ms, cut {e['cut']:.1%} ({latency.interval_text(e)}) against "
+                    "the unpruned model timed in turns" + ("  <- chosen" if e["ratios"] is ratios else ""))
             if ratios is not None:
                 break
         if ratios is None:
@@ -376,10 +379,12 @@ class PruneWorkflow:
                 f"pruned_latency={cfg.pruned_latency} cannot be reached: pruning every analysed group as far as "
                 f"the sensitivities go cuts the measured {base['label']} by {cut:.1%}", plugin="prune",
                 hint="lower pruned_latency, analyse more ratios (sen_ratios up to 0.9) or a larger latency_batch_size")
+        chosen = next(e for e in evaluations if e["ratios"] is ratios)
         budget_report["latency"] = {
             "target": cfg.pruned_latency, "tolerance": latency.TOLERANCE, "runtime": base["runtime"],
             "batch_size": batch_size, "threads": base["threads"], "label": base["label"],
             "baseline_ms": base["ms"], "shape": how, "align": align, "cut": cut,
+            **{k: chosen[k] for k in ("cut_low", "cut_high", "pairs") if k in chosen},
             "evaluations": [{k: v for k, v in e.items() if k != "ratios"} for e in evaluations]}
         return ratios
 
