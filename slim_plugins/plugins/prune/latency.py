@@ -122,6 +122,23 @@ def _quiet():
         yield
 
 
+@contextlib.contextmanager
+def _silent_stdout():
+    """File descriptor 1 to /dev/null (a converter's C++ and Python progress lines)."""
+    import sys
+
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 1)
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
 def _feeds(inputs):
     return [(name, np.asarray(t.numpy())) for name, t in _flat(list(inputs), "input", [])]
 
@@ -202,14 +219,25 @@ class OnnxRuntime:
     runtime = ONNX_RUNTIME
 
     def __init__(self, model_file, threads):
+        import inspect
+
         import onnxruntime
         import paddle2onnx
 
         onnx_file = os.path.splitext(model_file)[0] + ".onnx"
-        paddle2onnx.export(model_file, os.path.splitext(model_file)[0] + ".pdiparams", onnx_file)
+        kwargs = {}
+        if "optimize_tool" in inspect.signature(paddle2onnx.export).parameters:
+            # its default (polygraphy) needs onnx_graphsurgeon, which paddle2onnx 2.1 does not install: a
+            # traceback and "Constant folding pass failed"; ONNX Runtime optimises the graph itself anyway
+            kwargs["optimize_tool"] = "onnxoptimizer"
+        with _quiet(), _silent_stdout():
+            paddle2onnx.export(model_file, os.path.splitext(model_file)[0] + ".pdiparams", onnx_file, **kwargs)
+        if not os.path.exists(onnx_file):  # paddle2onnx logs a failed conversion and returns
+            raise RuntimeError(f"paddle2onnx wrote no {os.path.basename(onnx_file)}")
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = int(threads)
         options.inter_op_num_threads = 1
+        options.log_severity_level = 3  # no warning per initializer the graph leaves unused
         self.session = onnxruntime.InferenceSession(onnx_file, options, providers=["CPUExecutionProvider"])
 
     def timer(self, feeds):
