@@ -66,6 +66,8 @@ JOBS = {  # adapter: (job module, model, train command, sensitivity options for 
     "ppocr": ("sens_ppocr_job", "DB-MobileNetV3", _ppocr, COARSE),
     "paddlex": ("sens_paddlex_job", "MobileNetV2", _paddlex, ["--prune.sen_ratios", "0.2,0.4,0.6"]),
 }
+EXTRA = {"paddlex": ["--prune.latency_batch_size", "6"]}  # the PaddleX adapter gives datasets, not batch sizes:
+# the script evaluates 6 a batch
 
 
 def run(adapter, command, work, name, options):
@@ -129,7 +131,8 @@ def main():
             plans.append((f"pruned_latency {TARGET}", ["--prune.pruned_latency", str(TARGET)] + sens))
             for i, (how, options) in enumerate(plans):
                 try:
-                    rows.append(row(adapter, model, how, run(adapter, command, work, f"run{i}", options)))
+                    rows.append(row(adapter, model, how, run(adapter, command, work, f"run{i}",
+                                                             options + EXTRA.get(adapter, []))))
                 except suite_job.JobError as exc:
                     rows.append({"adapter": adapter, "model": model, "plan": how, "error": str(exc)[-600:]})
                 print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
