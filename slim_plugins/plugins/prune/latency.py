@@ -336,10 +336,11 @@ def ratio_interval(a, b, blocks=BLOCKS):
     return ratio, ratio - half, ratio + half
 
 
-def _paired(reference, candidate, min_seconds, max_seconds, half_width):
+def _paired(reference, candidate, min_seconds, max_seconds, half_width, enough=None):
     """Times of ``reference()`` and ``candidate()`` run in turns, one run each a pair (the order
-    swapped every pair), until the ratio's interval is within ``half_width`` (after
-    ``min_seconds``) or ``max_seconds`` have passed."""
+    swapped every pair), until the ratio's interval is within ``half_width`` or ``enough(cut,
+    low, high)`` says the cut is known well enough (after ``min_seconds``), or ``max_seconds``
+    have passed."""
     for step in (reference, candidate, reference, candidate):  # warm-up: shapes, caches
         step()
     a, b = [], []
@@ -356,13 +357,14 @@ def _paired(reference, candidate, min_seconds, max_seconds, half_width):
         if elapsed >= max_seconds and len(a) >= 4:
             break
         if elapsed >= min_seconds and len(a) >= 4 * BLOCKS and len(a) % 8 == 0:
-            _ratio, low, high = ratio_interval(a, b)
-            if (high - low) / 2 <= half_width:
+            ratio, low, high = ratio_interval(a, b)
+            if (high - low) / 2 <= half_width or (enough is not None and enough(1 - ratio, 1 - high, 1 - low)):
                 break
     return a, b, time.perf_counter() - started
 
 
-def compare(reference, candidate, batch_sizes, min_seconds=None, max_seconds=None, half_width=CI_HALF_WIDTH):
+def compare(reference, candidate, batch_sizes, min_seconds=None, max_seconds=None, half_width=CI_HALF_WIDTH,
+            enough=None):
     """Latency entries of two :class:`Exported` (the unpruned and the pruned model), ``(reference
     entries, candidate entries)``, for every runtime both have and every batch size.
 
@@ -371,7 +373,8 @@ def compare(reference, candidate, batch_sizes, min_seconds=None, max_seconds=Non
     other see the same load. Each entry's ``ms`` is the median of its runs; the candidate's
     entries also carry ``cut`` (one minus the median ratio of paired runs) with its 95%
     interval ``cut_low``/``cut_high`` and the ``pairs`` timed: the figure compared with a
-    latency target. Runs until the interval is within ``half_width`` or ``max_seconds``."""
+    latency target. Runs until the interval is within ``half_width`` (or ``enough(cut, low,
+    high)``) or ``max_seconds``."""
     min_seconds = PAIRED_MIN_SECONDS if min_seconds is None else min_seconds
     max_seconds = PAIRED_MAX_SECONDS if max_seconds is None else max_seconds
     ref_timers = {(r.split(" without")[0], b): (r, s) for r, b, s in reference.timers(batch_sizes)}
@@ -380,7 +383,7 @@ def compare(reference, candidate, batch_sizes, min_seconds=None, max_seconds=Non
         base = ref_timers.get((runtime.split(" without")[0], batch))
         if base is None:
             continue
-        a, b, seconds = _paired(base[1], step, min_seconds, max_seconds, half_width)
+        a, b, seconds = _paired(base[1], step, min_seconds, max_seconds, half_width, enough)
         ratio, low, high = ratio_interval(a, b)
         for out, name, times, exported in ((ref_out, base[0], a, reference), (cand_out, runtime, b, candidate)):
             out.append({"runtime": name, "batch_size": int(batch), "threads": exported.threads,
@@ -409,11 +412,17 @@ def entry(latencies, batch_size, runtime=PADDLE_INFERENCE):
 
 
 # ------------------------------------------------------------------------------------ target
-def cut_against(reference, model, batch_size):
+def cut_against(reference, model, batch_size, target=None, tolerance=TOLERANCE):
     """``model``'s entry (:func:`compare`: ``cut``, its interval, ``ms``) against the
-    :class:`Exported` ``reference`` (Paddle Inference only)."""
+    :class:`Exported` ``reference`` (Paddle Inference only). With a ``target``, timing stops as
+    soon as the interval lies wholly inside ``target +- tolerance`` or wholly outside it: what
+    the search needs to know of the plan."""
     candidate = Exported(model, reference.inputs_for, reference.threads, onnx=False, context=reference.context)
-    ref, cand = compare(reference, candidate, [batch_size])
+    enough = None
+    if target is not None:
+        band = (target - tolerance, target + tolerance)
+        enough = lambda cut, low, high: (band[0] <= low and high <= band[1]) or high < band[0] or low > band[1]  # noqa: E731
+    ref, cand = compare(reference, candidate, [batch_size], enough=enough)
     return dict(entry(cand, batch_size), reference_ms=entry(ref, batch_size)["ms"])
 
 

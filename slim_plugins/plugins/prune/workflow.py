@@ -341,13 +341,13 @@ class PruneWorkflow:
             log(message)
             return None
 
-    def _latency_cut(self, prunable, ratios, batch_size):
+    def _latency_cut(self, prunable, ratios, batch_size, target=None):
         """The latency entry (``cut`` and its interval, ``ms``) of the model pruned at ``ratios``
         (then restored), timed in turns with the unpruned model, both exported now."""
         reference = self._exported(onnx=False)
         applied = prunable.apply(ratios)
         try:
-            return latency.cut_against(reference, self.model, batch_size)
+            return latency.cut_against(reference, self.model, batch_size, target)
         finally:
             applied.restore()
 
@@ -363,7 +363,7 @@ class PruneWorkflow:
         except OptionError:
             pass
         shapes.append(("uniform", {g: 1.0 for g in sens}))  # every group: when the plan's groups cannot reach it
-        cut_of = lambda r: self._latency_cut(prunable, r, batch_size)  # noqa: E731
+        cut_of = lambda r: self._latency_cut(prunable, r, batch_size, cfg.pruned_latency)  # noqa: E731
         align = cfg.align or latency.ALIGN
         for how, shape in shapes:
             ratios, cut, evaluations = latency.plan_for_latency(shape, cfg.pruned_latency, cut_of, limits, channels,
