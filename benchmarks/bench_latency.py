@@ -111,6 +111,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--job", action="append", choices=sorted(JOBS), help="default: all four")
     parser.add_argument("--prepared", help="folder with one prepared folder per job (sens_<job>_job.py prepare)")
+    parser.add_argument("--target-only", action="store_true", help="only the pruned_latency run")
     args = parser.parse_args()
     rows = []
     for adapter in args.job or list(JOBS):
@@ -129,6 +130,7 @@ def main():
             print(f"{adapter}: prepared in {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
             plans = [(f"uniform {r}", ["--prune.ratios", f"*={r}"]) for r in (0.3, 0.5)]
             plans.append((f"pruned_latency {TARGET}", ["--prune.pruned_latency", str(TARGET)] + sens))
+            plans = plans[-1:] if args.target_only else plans
             for i, (how, options) in enumerate(plans):
                 try:
                     rows.append(row(adapter, model, how, run(adapter, command, work, f"run{i}",

@@ -315,7 +315,8 @@ def timed(exported, batch_sizes):
 
 
 PAIRED_MIN_SECONDS = 1.5  # a comparison runs at least this long per batch size and runtime ...
-PAIRED_MAX_SECONDS = 12.0  # ... and at most this long, unless its confidence interval is narrow first
+PAIRED_MAX_SECONDS = 12.0  # ... and at most this long, unless its confidence interval is narrow first, ...
+PAIRED_MIN_PAIRS = 64  # ... or it has fewer pairs (a detector at 0.3 s a run), up to 5 x PAIRED_MAX_SECONDS
 CI_HALF_WIDTH = 0.01  # ... narrow: the cut known to within +-1 point (95%)
 BLOCKS = 8  # the interval comes from the spread of this many consecutive stretches of the comparison
 T_975 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36}  # Student's t, 95% two-sided
@@ -340,7 +341,7 @@ def _paired(reference, candidate, min_seconds, max_seconds, half_width, enough=N
     """Times of ``reference()`` and ``candidate()`` run in turns, one run each a pair (the order
     swapped every pair), until the ratio's interval is within ``half_width`` or ``enough(cut,
     low, high)`` says the cut is known well enough (after ``min_seconds``), or ``max_seconds``
-    have passed."""
+    have passed with at least :data:`PAIRED_MIN_PAIRS` pairs made (5 x ``max_seconds`` at most)."""
     for step in (reference, candidate, reference, candidate):  # warm-up: shapes, caches
         step()
     a, b = [], []
@@ -354,7 +355,7 @@ def _paired(reference, candidate, min_seconds, max_seconds, half_width, enough=N
             out_first.append(t1 - t0)
             out_second.append(time.perf_counter() - t1)
         elapsed = time.perf_counter() - started
-        if elapsed >= max_seconds and len(a) >= 4:
+        if elapsed >= max_seconds and (len(a) >= PAIRED_MIN_PAIRS or elapsed >= 5 * max_seconds):
             break
         if elapsed >= min_seconds and len(a) >= 4 * BLOCKS and len(a) % 8 == 0:
             ratio, low, high = ratio_interval(a, b)
