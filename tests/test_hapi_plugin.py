@@ -297,6 +297,7 @@ def test_latency_target_is_searched_with_measured_latency(tmp_path, python, trai
     report_path = tmp_path / "report.json"
     proc = python([SCRIPT, str(tmp_path), "--epochs", "1", "--init", str(trained), "--plugin", "prune",
                    "--prune.pruned_latency", "0.3", "--prune.sen_ratios", "0.3,0.8", "--prune.sen_batches", "2",
+                   "--prune.latency_seconds", "3",
                    "--prune.plot", "false", "--prune.report", str(report_path)], cwd=str(tmp_path))
     report = json.loads(report_path.read_text())
     labels = {"latency (Paddle Inference CPU, batch 1, 1 thread)", "latency (Paddle Inference CPU, batch 64, 1 thread)"}

@@ -395,6 +395,13 @@ def compare(reference, candidate, batch_sizes, min_seconds=None, max_seconds=Non
     return ref_out, cand_out
 
 
+def seconds(max_seconds):
+    """:func:`compare`'s time limits for a ``latency_seconds`` option (None: the defaults)."""
+    if max_seconds is None:
+        return {}
+    return {"min_seconds": min(PAIRED_MIN_SECONDS, max_seconds), "max_seconds": max_seconds}
+
+
 def interval_text(e):
     """``95% CI 27.1-31.0%, 412 pairs`` of a :func:`compare` entry."""
     return f"95% CI {e['cut_low']:.1%} to {e['cut_high']:.1%}, {e['pairs']} pairs"
@@ -413,7 +420,7 @@ def entry(latencies, batch_size, runtime=PADDLE_INFERENCE):
 
 
 # ------------------------------------------------------------------------------------ target
-def cut_against(reference, model, batch_size, target=None, tolerance=TOLERANCE):
+def cut_against(reference, model, batch_size, target=None, tolerance=TOLERANCE, max_seconds=None):
     """``model``'s entry (:func:`compare`: ``cut``, its interval, ``ms``) against the
     :class:`Exported` ``reference`` (Paddle Inference only). With a ``target``, timing stops as
     soon as the interval lies wholly inside ``target +- tolerance`` or wholly outside it: what
@@ -423,7 +430,7 @@ def cut_against(reference, model, batch_size, target=None, tolerance=TOLERANCE):
     if target is not None:
         band = (target - tolerance, target + tolerance)
         enough = lambda cut, low, high: (band[0] <= low and high <= band[1]) or high < band[0] or low > band[1]  # noqa: E731
-    ref, cand = compare(reference, candidate, [batch_size], enough=enough)
+    ref, cand = compare(reference, candidate, [batch_size], enough=enough, **seconds(max_seconds))
     return dict(entry(cand, batch_size), reference_ms=entry(ref, batch_size)["ms"])
 
 

@@ -324,9 +324,10 @@ class PruneWorkflow:
             if getattr(self, "latency_reference", None) is None:
                 return latency.timed(exported, self._latency_batch_sizes())
             sizes = self._latency_batch_sizes()
+            limits = latency.seconds(cfg.latency_seconds)
             log(f"timing the pruned and the unpruned model in turns ({len(exported.engines) * len(sizes)} comparisons "
-                f"of {latency.PAIRED_MIN_SECONDS:g} to {latency.PAIRED_MAX_SECONDS:g} s)")
-            before, after = latency.compare(self.latency_reference, exported, sizes)
+                f"of {limits['min_seconds']:g} to {limits['max_seconds']:g} s)")
+            before, after = latency.compare(self.latency_reference, exported, sizes, **limits)
             self.before["latency"] = before
             self.report["latency_timed_alongside"] = True
             return after
@@ -347,7 +348,8 @@ class PruneWorkflow:
         reference = self._exported(onnx=False)
         applied = prunable.apply(ratios)
         try:
-            return latency.cut_against(reference, self.model, batch_size, target)
+            return latency.cut_against(reference, self.model, batch_size, target,
+                                       max_seconds=self.config.latency_seconds)
         finally:
             applied.restore()
 
