@@ -85,18 +85,19 @@ def hapi_model(network):
     return model
 
 
-def figures(model, test, reference=None, batch_size=LATENCY_BATCH):
+def figures(model, test, reference=None, batch_size=LATENCY_BATCH, latency_seconds=None):
     """The plugin's own figures: FLOPs at batch 1, latency of the exported model in Paddle
     Inference (1 CPU thread) at batch 1 and at the eval batch size; with the ``reference``
-    (the unpruned model, exported), both timed alongside, and the reference's figures too."""
+    (the unpruned model, exported), both timed in turns, and the reference's figures too."""
     network = model.network
     one = [paddle.zeros([1, 1, 8, 8])]
     inputs_for = lambda n: [paddle.to_tensor(np.stack([test[i][0] for i in range(n)]))]  # noqa: E731
     exported = latency.Exported(network, inputs_for)
     if reference is None:
-        timed = latency.timed([exported], sorted({1, batch_size}))[0]
+        timed = latency.timed(exported, sorted({1, batch_size}))
     else:
-        reference_timed, timed = latency.timed([reference, exported], sorted({1, batch_size}), rounds=8)
+        reference_timed, timed = latency.compare(reference, exported, sorted({1, batch_size}),
+                                                 **latency.seconds(latency_seconds))
     return {
         "params": measure.parameters(network),
         "flops": measure.flops(network, one),
@@ -124,6 +125,7 @@ def _run_demo(report_path, quick, budget, workdir, seed):
     budget = budget if budget is not None else 0.1
     workdir = workdir or tempfile.mkdtemp(prefix="slim-demo-")
     ratios = [0.2, 0.4, 0.6, 0.8] if quick else [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
+    latency_seconds = 3.0 if quick else 12.0  # each before/after latency comparison, at most (see latency.py)
 
     print(f"1/3 training DigitsNet on scikit-learn digits ({len(train)} train / {len(test)} test images, "
           f"{epochs} epochs)", file=sys.stderr)
@@ -139,14 +141,14 @@ def _run_demo(report_path, quick, budget, workdir, seed):
           file=sys.stderr)
     sen_file = os.path.join(workdir, "sensitivities.json")
     slim_plugins.enable("prune", eval_metric_loss=budget, sen_file=sen_file, sen_ratios=ratios,
-                        report=os.path.join(workdir, "prune_report.json"))
+                        report=os.path.join(workdir, "prune_report.json"), latency_seconds=latency_seconds)
     finetuner = hapi_model(network)
     finetuner.prepare(paddle.optimizer.Adam(learning_rate=0.001, parameters=network.parameters()),
                       nn.CrossEntropyLoss(), paddle.metric.Accuracy())
     print(f"3/3 fine-tuning the pruned model ({finetune} epochs)", file=sys.stderr)
     finetuner.fit(train, test, batch_size=64, epochs=finetune, verbose=0, save_dir=workdir,
                   save_freq=finetune, callbacks=[EpochProgress("fine-tune")])
-    after = figures(finetuner, test, reference)
+    after = figures(finetuner, test, reference, latency_seconds=latency_seconds)
     after.pop("exported")
     before["latency"], after["latency"] = after["latency"]  # timed alongside, in the same minute
     result = finetuner._slim_run.results.get("prune")

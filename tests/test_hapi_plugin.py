@@ -317,12 +317,16 @@ def test_latency_target_is_searched_with_measured_latency(tmp_path, python, trai
     report_path = tmp_path / "report.json"
     proc = python([SCRIPT, str(tmp_path), "--epochs", "1", "--init", str(trained), "--plugin", "prune",
                    "--prune.pruned_latency", "0.3", "--prune.sen_ratios", "0.3,0.8", "--prune.sen_batches", "2",
+                   "--prune.latency_seconds", "3",
                    "--prune.plot", "false", "--prune.report", str(report_path)], cwd=str(tmp_path))
     report = json.loads(report_path.read_text())
     labels = {"latency (Paddle Inference CPU, batch 1, 1 thread)", "latency (Paddle Inference CPU, batch 64, 1 thread)"}
     for side in ("before", "after"):  # batch 1 and the eval batch size (fit's 64), with runtime and threads
         assert {e["label"] for e in report[side]["latency"]} == labels
         assert all(e["ms"] > 0 and e["runs"] >= 20 for e in report[side]["latency"])
+    # the pruned model's cuts: paired with the unpruned model's runs, each with its interval
+    assert all(e["cut_low"] <= e["cut"] <= e["cut_high"] and e["pairs"] == e["runs"]
+               for e in report["after"]["latency"])
     for label in labels:
         assert f"{label}: " in proc.stderr and " ms (" in proc.stderr
     searched = report["budget"]["latency"]
@@ -332,6 +336,7 @@ def test_latency_target_is_searched_with_measured_latency(tmp_path, python, trai
     # the chosen plan is the measured one closest to the target among those that reach it
     reached = [e for e in evaluations if e["cut"] >= 0.3 - searched["tolerance"]]
     assert reached and searched["cut"] == min(reached, key=lambda e: abs(e["cut"] - 0.3))["cut"]
+    assert searched["cut_low"] <= searched["cut"] <= searched["cut_high"]
     assert report["ratios"] and report["after"]["flops"] < report["before"]["flops"]
     chosen = next(e for e in evaluations if e["cut"] == searched["cut"])
     assert chosen["groups"] == len(report["ratios"])

@@ -1,11 +1,29 @@
-"""The pruned_latency search on a known latency curve (the hapi tests run it on measured ones)."""
-from slim_plugins.plugins.prune.latency import TOLERANCE, label, plan_for_latency
+"""The pruned_latency search on a known latency curve (the hapi tests run it on measured ones),
+the paired comparison's statistics, and two small exports timed in turns (ONNX Runtime too where
+paddle2onnx and onnxruntime are installed)."""
+import numpy as np
+import paddle
+import pytest
+
+from slim_plugins.plugins.prune.latency import (
+    ONNX_RUNTIME,
+    PADDLE_INFERENCE,
+    TOLERANCE,
+    Exported,
+    compare,
+    label,
+    onnx_available,
+    plan_for_latency,
+    ratio_interval,
+    timed,
+)
+from slim_plugins.plugins.prune.report import latency_lines
 
 
 def curve(ratios):
     """A cut that grows with the mean ratio, as a measured one would."""
     mean = sum(ratios.values()) / 3 if ratios else 0.0
-    return 0.8 * mean, 10.0 * (1 - 0.8 * mean)
+    return {"cut": 0.8 * mean, "ms": 10.0 * (1 - 0.8 * mean)}
 
 
 def test_bisection_stops_within_the_tolerance_and_reports_every_plan_timed():
@@ -13,15 +31,74 @@ def test_bisection_stops_within_the_tolerance_and_reports_every_plan_timed():
     ratios, cut, evaluations = plan_for_latency(shape, 0.3, curve, limits={g: 0.9 for g in shape})
     assert abs(cut - 0.3) <= TOLERANCE and ratios is not None
     assert evaluations[0]["ratios"] == {g: 0.9 for g in shape}  # the largest plan first: is the target in reach?
-    assert all(abs(e["cut"] - curve(e["ratios"])[0]) < 1e-12 for e in evaluations)
+    assert all(abs(e["cut"] - curve(e["ratios"])["cut"]) < 1e-12 for e in evaluations)
     assert ratios["a"] > ratios["b"] > ratios["c"]  # the sensitivities' shape is kept
 
 
 def test_an_unreachable_target_returns_no_plan_and_the_best_cut():
     ratios, cut, evaluations = plan_for_latency({"a": 1.0}, 0.9, curve, limits={"a": 0.6})
-    assert ratios is None and len(evaluations) == 1 and cut == curve({"a": 0.6})[0]
+    assert ratios is None and len(evaluations) == 1 and cut == curve({"a": 0.6})["cut"]
 
 
 def test_labels_name_runtime_batch_and_threads():
     assert label("Paddle Inference CPU", 64, 1) == "latency (Paddle Inference CPU, batch 64, 1 thread)"
     assert label("ONNX Runtime CPU", 1, 4) == "latency (ONNX Runtime CPU, batch 1, 4 threads)"
+
+
+def test_the_interval_of_paired_runs_shows_a_ratio_that_drifts_between_stretches():
+    """Per-pair noise averages out over many pairs; a ratio that differs from one stretch of the
+    comparison to the next (the machine's load changed) must widen the interval."""
+    rng = np.random.default_rng(0)
+    a = rng.uniform(1.0, 5.0, 800)  # the load swings each model's time several-fold
+    steady = a * 0.7 * rng.normal(1.0, 0.02, 800)
+    ratio, low, high = ratio_interval(a, steady)
+    assert abs(ratio - 0.7) < 0.005 and low < 0.7 < high and high - low < 0.01
+    drifting = a * np.repeat([0.6, 0.8], 400) * rng.normal(1.0, 0.02, 800)
+    ratio, low, high = ratio_interval(a, drifting)
+    assert high - low > 0.1 and low < 0.7 < high
+
+
+def test_report_lines_give_the_paired_cut_and_its_interval():
+    before = [{"runtime": "Paddle Inference CPU", "batch_size": 64, "threads": 1, "ms": 10.0,
+               "label": label("Paddle Inference CPU", 64, 1)}]
+    after = [dict(before[0], ms=8.0, cut=0.3, cut_low=0.28, cut_high=0.32, pairs=400)]
+    (line,) = latency_lines(before, after)
+    assert line == ("latency (Paddle Inference CPU, batch 64, 1 thread): 10.000 -> 8.000 ms "
+                    "(-30.0%, cut 95% CI 28.0% to 32.0% over 400 paired runs)")
+    (line,) = latency_lines(before, [dict(before[0], ms=8.0)])  # a model timed alone: the medians' ratio
+    assert line.endswith("10.000 -> 8.000 ms (-20.0%)")
+
+
+class Net(paddle.nn.Layer):
+    def __init__(self, width):
+        super().__init__()
+        self.conv = paddle.nn.Conv2D(3, width, 3, padding=1)
+        self.fc = paddle.nn.Linear(width, 4)
+
+    def forward(self, x):
+        return self.fc(paddle.nn.functional.adaptive_avg_pool2d(self.conv(x), 1).flatten(1))
+
+
+def inputs_for(n):
+    return [paddle.rand([n, 3, 16, 16])]
+
+
+@pytest.fixture(scope="module")
+def exports():
+    return [Exported(Net(w), inputs_for, onnx=onnx_available()) for w in (32, 16)]
+
+
+def test_two_exports_are_timed_in_pairs_with_the_cut_and_its_interval(exports):
+    reference, candidate = compare(*exports, [1, 4], min_seconds=0.05, max_seconds=0.3)
+    runtimes = [PADDLE_INFERENCE] + ([ONNX_RUNTIME] if onnx_available() else [])
+    assert [(e["runtime"], e["batch_size"]) for e in candidate] == [(r, b) for r in runtimes for b in (1, 4)]
+    for ref, cand in zip(reference, candidate):
+        assert ref["label"] == label(ref["runtime"], ref["batch_size"], 1) and ref["ms"] > 0 and cand["ms"] > 0
+        assert ref["runs"] == cand["runs"] == cand["pairs"] >= 4 and cand["pairs"] % 2 == 0  # each order as often
+        assert cand["cut_low"] <= cand["cut"] <= cand["cut_high"] and "cut" not in ref
+
+
+@pytest.mark.skipif(not onnx_available(), reason='ONNX Runtime is an extra: pip install "slim-plugins[onnx]"')
+def test_onnx_runtime_times_the_converted_export(exports):
+    (entry,) = [e for e in timed(exports[0], [2]) if e["runtime"] == ONNX_RUNTIME]
+    assert entry["label"] == "latency (ONNX Runtime CPU, batch 2, 1 thread)" and entry["ms"] > 0

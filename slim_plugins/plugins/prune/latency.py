@@ -5,6 +5,8 @@ threads (and by ONNX Runtime through paddle2onnx, when both are installed).
 Dygraph timings measure Python overhead as much as the model (a tiny CNN: 0.44 ms eager at batch
 1 against ~0.3 ms in Paddle Inference); a deployed model runs exported, so that is what is timed.
 Every figure carries its runtime, batch size and thread count, in its label and in the report.
+A pruned model is compared with the unpruned one in paired runs (:func:`compare`): its cut is the
+pairs' median ratio, with a 95% interval.
 """
 import contextlib
 import os
@@ -25,7 +27,6 @@ TOLERANCE = 0.025  # pruned_latency: a measured cut within this of the target is
 ALIGN = 8  # pruned_latency rounds kept channels to this multiple unless prune.align says otherwise: CPU kernels
 # (oneDNN's blocked layouts) run channel counts off a multiple of 8 slower than the next multiple up
 MIN_SECONDS = 0.4  # time each measurement at least this long (after warm-up): a stable median
-PAIRED_SECONDS = 1.2  # models compared: each timed this long in all, in alternating rounds
 
 
 def label(runtime, batch_size, threads):
@@ -123,6 +124,23 @@ def _quiet():
         yield
 
 
+@contextlib.contextmanager
+def _silent_stdout():
+    """File descriptor 1 to /dev/null (a converter's C++ and Python progress lines)."""
+    import sys
+
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 1)
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
 def _feeds(inputs):
     return [(name, np.asarray(t.numpy())) for name, t in _flat(list(inputs), "input", [])]
 
@@ -203,14 +221,25 @@ class OnnxRuntime:
     runtime = ONNX_RUNTIME
 
     def __init__(self, model_file, threads):
+        import inspect
+
         import onnxruntime
         import paddle2onnx
 
         onnx_file = os.path.splitext(model_file)[0] + ".onnx"
-        paddle2onnx.export(model_file, os.path.splitext(model_file)[0] + ".pdiparams", onnx_file)
+        kwargs = {}
+        if "optimize_tool" in inspect.signature(paddle2onnx.export).parameters:
+            # its default (polygraphy) needs onnx_graphsurgeon, which paddle2onnx 2.1 does not install: a
+            # traceback and "Constant folding pass failed"; ONNX Runtime optimises the graph itself anyway
+            kwargs["optimize_tool"] = "onnxoptimizer"
+        with _quiet(), _silent_stdout():
+            paddle2onnx.export(model_file, os.path.splitext(model_file)[0] + ".pdiparams", onnx_file, **kwargs)
+        if not os.path.exists(onnx_file):  # paddle2onnx logs a failed conversion and returns
+            raise RuntimeError(f"paddle2onnx wrote no {os.path.basename(onnx_file)}")
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = int(threads)
         options.inter_op_num_threads = 1
+        options.log_severity_level = 3  # no warning per initializer the graph leaves unused
         self.session = onnxruntime.InferenceSession(onnx_file, options, providers=["CPUExecutionProvider"])
 
     def timer(self, feeds):
@@ -278,32 +307,111 @@ class Exported:
         return timers
 
 
-def timed(exported, batch_sizes, rounds=1):
-    """Latency entries ``{"runtime", "batch_size", "threads", "ms", "runs", "label"}`` of each
-    :class:`Exported` in ``exported``, one list each. With several models, they run in
-    alternating ``rounds`` and each figure is the median of its rounds' medians: on a loaded
-    machine the CPU's speed drifts between minutes by more than a pruning cut, so figures that
-    are compared are measured in the same minute."""
-    timers = [e.timers(batch_sizes) for e in exported]
-    medians = [[[] for _ in t] for t in timers]
-    runs = [[0] * len(t) for t in timers]
-    for _ in range(rounds):
-        for i, model_timers in enumerate(timers):
-            for j, (_runtime, _batch, step) in enumerate(model_timers):
-                seconds = MIN_SECONDS if rounds == 1 else PAIRED_SECONDS / rounds
-                ms, n = _median_ms(step, warmup=5 if rounds == 1 else 2, seconds=seconds,
-                                   runs=20 if rounds == 1 else 5)
-                medians[i][j].append(ms)
-                runs[i][j] += n
-    return [[{"runtime": runtime, "batch_size": int(batch), "threads": e.threads, "ms": float(np.median(m)),
-              "runs": n, "label": label(runtime, batch, e.threads)}
-             for (runtime, batch, _step), m, n in zip(t, ms_lists, run_counts)]
-            for e, t, ms_lists, run_counts in zip(exported, timers, medians, runs)]
+def timed(exported, batch_sizes):
+    """Latency entries ``{"runtime", "batch_size", "threads", "ms", "runs", "label"}`` of one
+    :class:`Exported`, each the median of its runs (see :func:`compare` for two models)."""
+    return [{"runtime": runtime, "batch_size": int(batch), "threads": exported.threads,
+             "ms": ms, "runs": n, "label": label(runtime, batch, exported.threads)}
+            for runtime, batch, step in exported.timers(batch_sizes)
+            for ms, n in [_median_ms(step)]]
+
+
+PAIRED_MIN_SECONDS = 1.5  # a comparison runs at least this long per batch size and runtime ...
+PAIRED_MAX_SECONDS = 12.0  # ... and at most this long, unless its confidence interval is narrow first, ...
+PAIRED_MIN_PAIRS = 64  # ... or it has fewer pairs (a detector at 0.3 s a run), up to 5 x PAIRED_MAX_SECONDS
+CI_HALF_WIDTH = 0.01  # ... narrow: the cut known to within +-1 point (95%)
+BLOCKS = 8  # the interval comes from the spread of this many consecutive stretches of the comparison
+T_975 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36}  # Student's t, 95% two-sided
+
+
+def ratio_interval(a, b, blocks=BLOCKS):
+    """``(ratio, low, high)``: ``b``'s time over ``a``'s from runs made in pairs (``a[i]`` next
+    to ``b[i]``), as the median of the pairs' ratios, with a 95% interval from the medians of
+    ``blocks`` consecutive stretches of pairs (on a loaded machine the ratio itself drifts from
+    one stretch to the next, which an interval over single pairs would not show)."""
+    ratios = np.asarray(b, dtype=float) / np.asarray(a, dtype=float)
+    ratio = float(np.median(ratios))
+    m = min(blocks, len(ratios) // 2)
+    if m < 2:
+        return ratio, float("-inf"), float("inf")
+    medians = [float(np.median(part)) for part in np.array_split(ratios, m)]
+    half = T_975[m - 1] * float(np.std(medians, ddof=1)) / np.sqrt(m)
+    return ratio, ratio - half, ratio + half
+
+
+def _paired(reference, candidate, min_seconds, max_seconds, half_width, enough=None):
+    """Times of ``reference()`` and ``candidate()`` run in turns, one run each a pair (the order
+    swapped every pair), until the ratio's interval is within ``half_width`` or ``enough(cut,
+    low, high)`` says the cut is known well enough (after ``min_seconds``), or ``max_seconds``
+    have passed with at least :data:`PAIRED_MIN_PAIRS` pairs made (5 x ``max_seconds`` at most)."""
+    for step in (reference, candidate, reference, candidate):  # warm-up: shapes, caches
+        step()
+    a, b = [], []
+    started = time.perf_counter()
+    while True:
+        for first, second, out_first, out_second in ((reference, candidate, a, b), (candidate, reference, b, a)):
+            t0 = time.perf_counter()
+            first()
+            t1 = time.perf_counter()
+            second()
+            out_first.append(t1 - t0)
+            out_second.append(time.perf_counter() - t1)
+        elapsed = time.perf_counter() - started
+        if elapsed >= max_seconds and (len(a) >= PAIRED_MIN_PAIRS or (elapsed >= 5 * max_seconds and len(a) >= 4)):
+            break
+        if elapsed >= min_seconds and len(a) >= 4 * BLOCKS and len(a) % 8 == 0:
+            ratio, low, high = ratio_interval(a, b)
+            if (high - low) / 2 <= half_width or (enough is not None and enough(1 - ratio, 1 - high, 1 - low)):
+                break
+    return a, b, time.perf_counter() - started
+
+
+def compare(reference, candidate, batch_sizes, min_seconds=None, max_seconds=None, half_width=CI_HALF_WIDTH,
+            enough=None):
+    """Latency entries of two :class:`Exported` (the unpruned and the pruned model), ``(reference
+    entries, candidate entries)``, for every runtime both have and every batch size.
+
+    The two run in turns, one run each at a time: on a loaded machine a model's time swings
+    several-fold within seconds (another process takes the core), and runs made next to each
+    other see the same load. Each entry's ``ms`` is the median of its runs; the candidate's
+    entries also carry ``cut`` (one minus the median ratio of paired runs) with its 95%
+    interval ``cut_low``/``cut_high`` and the ``pairs`` timed: the figure compared with a
+    latency target. Runs until the interval is within ``half_width`` (or ``enough(cut, low,
+    high)``) or ``max_seconds``."""
+    min_seconds = PAIRED_MIN_SECONDS if min_seconds is None else min_seconds
+    max_seconds = PAIRED_MAX_SECONDS if max_seconds is None else max_seconds
+    ref_timers = {(r.split(" without")[0], b): (r, s) for r, b, s in reference.timers(batch_sizes)}
+    ref_out, cand_out = [], []
+    for runtime, batch, step in candidate.timers(batch_sizes):
+        base = ref_timers.get((runtime.split(" without")[0], batch))
+        if base is None:
+            continue
+        a, b, seconds = _paired(base[1], step, min_seconds, max_seconds, half_width, enough)
+        ratio, low, high = ratio_interval(a, b)
+        for out, name, times, exported in ((ref_out, base[0], a, reference), (cand_out, runtime, b, candidate)):
+            out.append({"runtime": name, "batch_size": int(batch), "threads": exported.threads,
+                        "ms": float(np.median(times)) * 1000, "runs": len(times),
+                        "label": label(name, batch, exported.threads)})
+        cand_out[-1].update({"cut": 1 - ratio, "cut_low": 1 - high, "cut_high": 1 - low, "pairs": len(a),
+                             "seconds": round(seconds, 2)})
+    return ref_out, cand_out
+
+
+def seconds(max_seconds):
+    """:func:`compare`'s time limits for a ``latency_seconds`` option (None: the defaults)."""
+    if max_seconds is None:
+        return {}
+    return {"min_seconds": min(PAIRED_MIN_SECONDS, max_seconds), "max_seconds": max_seconds}
+
+
+def interval_text(e):
+    """``95% CI 27.1% to 31.0%, 412 pairs`` of a :func:`compare` entry."""
+    return f"95% CI {e['cut_low']:.1%} to {e['cut_high']:.1%}, {e['pairs']} pairs"
 
 
 def measure(model, inputs_for, batch_sizes, threads=1, onnx=True, log=None):
     """Latency entries of ``model`` alone (see :func:`timed`)."""
-    return timed([Exported(model, inputs_for, threads, onnx, log)], batch_sizes)[0]
+    return timed(Exported(model, inputs_for, threads, onnx, log), batch_sizes)
 
 
 def entry(latencies, batch_size, runtime=PADDLE_INFERENCE):
@@ -314,13 +422,18 @@ def entry(latencies, batch_size, runtime=PADDLE_INFERENCE):
 
 
 # ------------------------------------------------------------------------------------ target
-def cut_against(reference, model, batch_size, rounds=8):
-    """``(cut, ms)``: ``model``'s latency cut against the :class:`Exported` ``reference``, the
-    two timed in alternating rounds (Paddle Inference only)."""
+def cut_against(reference, model, batch_size, target=None, tolerance=TOLERANCE, max_seconds=None):
+    """``model``'s entry (:func:`compare`: ``cut``, its interval, ``ms``) against the
+    :class:`Exported` ``reference`` (Paddle Inference only). With a ``target``, timing stops as
+    soon as the interval lies wholly inside ``target +- tolerance`` or wholly outside it: what
+    the search needs to know of the plan."""
     candidate = Exported(model, reference.inputs_for, reference.threads, onnx=False, context=reference.context)
-    ref, cand = timed([reference, candidate], [batch_size], rounds)
-    ref, cand = entry(ref, batch_size), entry(cand, batch_size)
-    return 1 - cand["ms"] / ref["ms"], cand["ms"]
+    enough = None
+    if target is not None:
+        band = (target - tolerance, target + tolerance)
+        enough = lambda cut, low, high: (band[0] <= low and high <= band[1]) or high < band[0] or low > band[1]  # noqa: E731
+    ref, cand = compare(reference, candidate, [batch_size], enough=enough, **seconds(max_seconds))
+    return dict(entry(cand, batch_size), reference_ms=entry(ref, batch_size)["ms"])
 
 
 def _scaled(shape, k, limits, channels, align):
@@ -343,7 +456,8 @@ def plan_for_latency(shape, target, cut_of, limits=None, channels=None, align=No
     with the tolerance. Without a plan within it, the one closest to the target of those not
     below ``target - tolerance`` is taken (else the closest).
 
-    :param cut_of: ``cut_of(ratios) -> (cut, ms)``, measured on the pruned, exported model.
+    :param cut_of: ``cut_of(ratios) -> {"cut", "ms", ...}`` (see :func:`cut_against`), measured
+        on the pruned, exported model.
     :returns: ``(ratios, cut, evaluations)`` or ``(None, best cut, evaluations)`` when even the
         largest scale does not come within the tolerance below the target.
     """
@@ -355,8 +469,9 @@ def plan_for_latency(shape, target, cut_of, limits=None, channels=None, align=No
         ratios = _scaled(shape, k, limits, channels, align)
         key = tuple(sorted((g, round(r, 6)) for g, r in ratios.items()))
         if key not in seen:  # equal plans after alignment: measured once
-            cut, ms = cut_of(ratios)
-            seen[key] = {"scale": k, "cut": cut, "ms": ms, "groups": len(ratios), "ratios": ratios}
+            measured = cut_of(ratios)
+            seen[key] = {"scale": k, "groups": len(ratios), "ratios": ratios,
+                         **{f: measured[f] for f in ("cut", "ms", "cut_low", "cut_high", "pairs") if f in measured}}
             evaluations.append(seen[key])
         return seen[key]["cut"]
 

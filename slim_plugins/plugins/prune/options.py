@@ -55,6 +55,10 @@ class PruneOptions:
         "targets", shown="the eval batch size")
     latency_threads: int = option(1, POSITIVE, "CPU threads of every latency measurement (Paddle Inference, "
                                                "ONNX Runtime)")
+    latency_seconds: float = option(
+        12.0, bounded(float, 0, low_open=True),
+        "seconds one comparison of the pruned and the unpruned model runs at most (per batch size and runtime; "
+        "longer until 64 paired runs, 5x at most); it stops sooner once the cut is known to +-1 point")
     budget_rule: str = option(
         "model", str,
         "`model`: the budget holds for the whole model (see above); `per_group`: PaddleSlim's rule, "

@@ -14,15 +14,31 @@ def human(n):
 
 
 def _latency_pairs(before, after):
-    """``(label, before ms, after ms or None)`` per measurement (see latency.measure)."""
-    after = {(e["runtime"], e["batch_size"], e["threads"]): e["ms"] for e in after or ()}
-    return [(e["label"], e["ms"], after.get((e["runtime"], e["batch_size"], e["threads"]))) for e in before or ()]
+    """``(label, before ms, after ms or None, change or None)`` per measurement (see
+    latency.measure); the change is the paired runs' (latency.compare) where there is one."""
+    after = {(e["runtime"], e["batch_size"], e["threads"]): e for e in after or ()}
+    out = []
+    for e in before or ():
+        a = after.get((e["runtime"], e["batch_size"], e["threads"]))
+        change = None
+        if a is not None:
+            change = -a["cut"] if "cut" in a else (a["ms"] - e["ms"]) / e["ms"]
+        out.append((e["label"], e["ms"], a and a["ms"], change, a))
+    return out
 
 
 def latency_lines(before, after):
-    """``latency (Paddle Inference CPU, batch 1, 1 thread): 0.44 -> 0.31 ms (-30.0%)``, per measurement."""
-    return [f"{lbl}: {b:.3f} -> {a:.3f} ms ({(a - b) / b:+.1%})" if a is not None else f"{lbl}: {b:.3f} ms"
-            for lbl, b, a in _latency_pairs(before, after)]
+    """``latency (Paddle Inference CPU, batch 1, 1 thread): 0.44 -> 0.31 ms (-30.0%)``, per
+    measurement; a paired comparison adds its interval: ``(-30.0%, 95% CI ..., 412 pairs)``."""
+    lines = []
+    for lbl, b, a, change, entry in _latency_pairs(before, after):
+        if a is None:
+            lines.append(f"{lbl}: {b:.3f} ms")
+            continue
+        spread = (f", cut 95% CI {entry['cut_low']:.1%} to {entry['cut_high']:.1%} over {entry['pairs']} paired runs"
+                  if "cut_low" in entry else "")
+        lines.append(f"{lbl}: {b:.3f} -> {a:.3f} ms ({change:+.1%}{spread})")
+    return lines
 
 
 def before_after_table(before, after, metric_name, metric_format=None):
@@ -30,15 +46,18 @@ def before_after_table(before, after, metric_name, metric_format=None):
     (any may be missing); ``metric_format``: the suite's units (:meth:`slim_plugins.run.Metric.format`)."""
     rows = []
     keys = [("params", "parameters", human), ("flops", "FLOPs", human)]
-    for lbl, b, _a in _latency_pairs(before.get("latency"), after.get("latency")):
+    latencies = {lbl: (b, a, change) for lbl, b, a, change, _e in _latency_pairs(before.get("latency"),
+                                                                                   after.get("latency"))}
+    for lbl in latencies:
         keys.append((lbl, lbl + " ms", lambda v: f"{v:.3f}"))
     keys.append(("metric", metric_name, metric_format or (lambda v: f"{v:.4f}")))
-    latencies = {lbl: (b, a) for lbl, b, a in _latency_pairs(before.get("latency"), after.get("latency"))}
     for key, label, fmt in keys:
-        b, a = latencies[key] if key in latencies else (before.get(key), after.get(key))
+        b, a, change = latencies[key] if key in latencies else (before.get(key), after.get(key), None)
         if b is None and a is None:
             continue
-        change = f"{(a - b) / b:+.1%}" if (a is not None and b) else ""
+        if change is None and a is not None and b:
+            change = (a - b) / b
+        change = f"{change:+.1%}" if change is not None else ""
         rows.append([label, fmt(b) if b is not None else "-", fmt(a) if a is not None else "-", change])
     return table(rows, ["", "before", "after", "change"])
 
