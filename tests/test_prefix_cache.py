@@ -5,6 +5,7 @@ import paddle
 import paddle.nn as nn
 
 from slim_plugins.plugins.prune.model import PrunableModel
+from slim_plugins.plugins.prune.prefix import PrefixCache
 from slim_plugins.plugins.prune.sensitivity import (
     SensitivityFile,
     analyze,
@@ -22,6 +23,17 @@ class CountedConv(nn.Conv2D):
     def forward(self, x):
         CountedConv.calls += 1
         return nn.Conv2D.forward(self, x)
+
+
+class Keeps(nn.Layer):
+    """Keeps its last input (as some necks keep features for a head): must run every time."""
+
+    calls = 0
+
+    def forward(self, x):
+        Keeps.calls += 1
+        self.kept = x
+        return x * 2
 
 
 def block(cin, cout):
@@ -111,3 +123,23 @@ def test_other_batches_or_another_order_are_computed_not_reused(tmp_path):
     cached, cached_stem_calls, evaluations, _ = run(tmp_path, "cached", True, 64 << 20)
     assert cached == plain
     assert cached_stem_calls == 3 * evaluations  # every batch is new: nothing was reused
+
+
+def test_a_layer_that_keeps_something_of_its_call_always_runs():
+    paddle.seed(0)
+    plain = nn.Sequential(nn.Conv2D(3, 4, 1), nn.ReLU())
+    keeps = nn.Sequential(Keeps(), nn.Conv2D(3, 4, 1))
+    for net in (plain, keeps):
+        net.eval()
+        cache = PrefixCache(net)
+        x = paddle.randn([2, 3, 4, 4])
+        Keeps.calls = 0
+        outs = []
+        for _ in range(3):
+            with cache.evaluating([net[1]]):  # the second sublayer "pruned": the first may be reused
+                outs.append(net(x).numpy())
+        assert all(np.array_equal(o, outs[0]) for o in outs)
+        if net is plain:
+            assert cache.hits == 2 and cache.misses == 1
+        else:
+            assert Keeps.calls == 3 and cache.hits == 0 and cache.bytes == 0

@@ -10,7 +10,9 @@ most of every evaluation is such a prefix.
 
 It is exact, not approximate: a call is answered from the cache only when
 
-- the sublayer contains no layer the pruning changed, and it is in eval mode (no state updated);
+- the sublayer contains no layer the pruning changed, and it is in eval mode;
+- its first computed call left the attributes of it and its sublayers as they were (a layer that
+  keeps something of its call, e.g. ``self.feats = x``, is always run);
 - the forward pass has not yet entered a changed layer in this call of the model (so the inputs
   are those of the unpruned model), in dygraph;
 - its inputs have the recorded shapes and fingerprint (a sum weighted by fixed random numbers:
@@ -39,6 +41,7 @@ class PrefixCache:
         self.entries = {}  # (id(layer), fingerprint) -> (outputs, bytes)
         self.bytes = 0
         self.hits = self.misses = 0
+        self.stateful = set()  # ids of layers whose call changed their attributes: never answered
         self._weights = {}  # (numel, place) -> fixed random weights of the fingerprint
 
     def clear(self):
@@ -91,7 +94,7 @@ class PrefixCache:
         def call(*args, **kwargs):
             if changed:
                 state["tainted"] = True
-            if dirty or state["tainted"] or layer.training or not _dygraph():
+            if dirty or state["tainted"] or layer.training or id(layer) in self.stateful or not _dygraph():
                 return forward(*args, **kwargs)
             try:
                 key = (id(layer), self._fingerprint((args, kwargs)))
@@ -102,14 +105,19 @@ class PrefixCache:
                 self.hits += 1
                 state["used"].add(key)
                 return _copy(entry[0])
+            outermost = state["inside"] == 0
+            before = _attributes(layer) if outermost else None
             state["inside"] += 1
             try:
                 out = forward(*args, **kwargs)
             finally:
                 state["inside"] -= 1
-            if state["inside"] == 0 and not state["tainted"]:  # the outermost unchanged call
+            if outermost and not state["tainted"]:  # the outermost unchanged call
                 self.misses += 1
-                self._record(key, out, state)
+                if _attributes(layer) == before:
+                    self._record(key, out, state)
+                else:
+                    self.stateful.add(id(layer))
             return out
 
         return call
@@ -146,6 +154,13 @@ class PrefixCache:
         if value is None or isinstance(value, (bool, int, float, str)):
             return value
         raise _Unsupported(type(value).__name__)
+
+
+def _attributes(layer):
+    """What a call could leave behind: every attribute of ``layer`` and its sublayers, by identity
+    (a tensor assigned to a layer lands in its ``_buffers``: dicts are read one level deep)."""
+    return [(id(sub), key, tuple((k, id(v)) for k, v in value.items()) if isinstance(value, dict) else id(value))
+            for sub in layer.sublayers(include_self=True) for key, value in sub.__dict__.items()]
 
 
 def _dygraph():
