@@ -6,7 +6,8 @@ trained briefly on scikit-learn's digits upsampled to 32 px. Printed, all measur
 (a) analysis wall time and evaluations to the ratios for eval_metric_loss 0.01/0.02/0.05/0.1:
     PaddleSlim's FilterPruner.sensitive() (every ratio of every group, once for all budgets)
     against slim-plugins per budget, as a user runs it (scan up to the cap; crossing search),
-    and whether the ratios agree within PaddleSlim's interpolation;
+    and whether the ratios agree within PaddleSlim's interpolation; and ours without the prefix
+    cache (every evaluation computing the whole model), for what that cache saves;
 (b) the whole-model loss before fine-tuning of PaddleSlim's per-group plan and of ours (the
     back-off), per budget, and whether it is within the budget;
 (c) accuracy after the same short fine-tuning at equal FLOPs (-30%, -50%): our pruned_flops
@@ -29,6 +30,7 @@ import paddle.nn as nn
 from slim_plugins import compat
 from slim_plugins.plugins.prune import measure
 from slim_plugins.plugins.prune.model import PrunableModel
+from slim_plugins.plugins.prune.prefix import DEFAULT_LIMIT_BYTES
 from slim_plugins.plugins.prune.ratios import back_off, plans_for_flops, ratios_by_loss, scale_to_flops
 from slim_plugins.plugins.prune.sensitivity import (
     SensitivityFile,
@@ -189,7 +191,7 @@ def run_paddleslim(weights, data, path):
     return {"wall": wall, "evals": evaluator.calls, "pruner": pruner, "sens": sens, "names": names, "ratios": ratios}
 
 
-def run_ours(weights, data, path, budget, search):
+def run_ours(weights, data, path, budget, search, cache_bytes=DEFAULT_LIMIT_BYTES):
     """One user's run for ``eval_metric_loss=budget``: trace, analyse with the cap, choose."""
     net = fresh(weights)
     evaluator = Evaluator(net, data)
@@ -197,7 +199,7 @@ def run_ours(weights, data, path, budget, search):
     prunable = PrunableModel(net, SHAPE)
     sfile = open_file(path, net)
     analyze(prunable, Metric("acc", evaluator), sfile, groups=prunable.selected_groups(), ratios=RATIOS, cap=budget,
-            show_progress=False, search=search)
+            show_progress=False, search=search, cache_bytes=cache_bytes)
     sens = {g: l for g, l in sfile.losses().items() if l}
     ratios = ratios_by_loss(sens, budget)
     wall = time.perf_counter() - start
@@ -284,7 +286,7 @@ def main():
     print(f"\n(a) analysis to the ratios; PaddleSlim sensitive(): {slim['wall']:.1f} s, {slim['evals']} evaluations "
           f"(all budgets at once)")
     print(f"{'budget':>7} {'ours s':>7} {'evals':>6} {'capped scan evals':>18} {'x PaddleSlim (s)':>17} "
-          f"{'x (evals)':>10}  ratios vs PaddleSlim")
+          f"{'x (evals)':>10} {'no cache s':>11}  ratios vs PaddleSlim")
     ours = {}
     rows = []
     for budget in BUDGETS:
@@ -292,18 +294,22 @@ def main():
                              for c in slim["sens"].values())  # what sen_search false would take
         found = run_ours(weights, test_data, os.path.join(tmp, f"search-{budget}.json"), budget, search=True)
         ours[budget] = found
+        uncached = run_ours(weights, test_data, os.path.join(tmp, f"uncached-{budget}.json"), budget, search=True,
+                            cache_bytes=0)
+        assert uncached["ratios"] == found["ratios"], "the prefix cache changed the chosen ratios"
         theirs = slim["ratios"][budget]
         names = set(theirs) | set(found["ratios"])
         diffs = {g: abs(theirs.get(g, 0.0) - found["ratios"].get(g, 0.0)) for g in names}
         same = sum(d < 1e-3 for d in diffs.values())
         within = sum(d <= 0.1 + 1e-9 for d in diffs.values())
         print(f"{budget:7g} {found['wall']:7.1f} {found['evals']:6d} {scan_evals:18d} "
-              f"{slim['wall'] / found['wall']:17.2f} {slim['evals'] / found['evals']:10.2f}  "
+              f"{slim['wall'] / found['wall']:17.2f} {slim['evals'] / found['evals']:10.2f} {uncached['wall']:11.1f}  "
               f"{same}/{len(names)} equal, {within}/{len(names)} within one analysed step (0.1), "
               f"max diff {max(diffs.values(), default=0):.3f}", flush=True)
         rows.append({"budget": budget, "search_wall": found["wall"], "search_evals": found["evals"],
                      "capped_scan_evals": scan_evals,
                      "speedup_wall": slim["wall"] / found["wall"], "speedup_evals": slim["evals"] / found["evals"],
+                     "uncached_wall": uncached["wall"],
                      "equal": same, "within_step": within, "groups": len(names)})
     result["analysis"] = {"paddleslim_wall": slim["wall"], "paddleslim_evals": slim["evals"], "budgets": rows}
 

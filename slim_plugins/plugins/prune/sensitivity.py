@@ -5,6 +5,7 @@ at any moment loses at most the evaluation in flight, and a restart recomputes n
 Each rewrite holds a lock file and merges what is on disk first, so two processes writing one
 file keep each other's records.
 """
+import contextlib
 import datetime
 import hashlib
 import json
@@ -15,6 +16,7 @@ import time
 import numpy as np
 
 from slim_plugins.errors import FileError, SensitivityFileError, SlimPluginsError, exception_line
+from slim_plugins.plugins.prune.prefix import DEFAULT_LIMIT_BYTES, PrefixCache, changed_layers
 from slim_plugins.progress import Progress
 
 FORMAT = "slim-plugins/sensitivity"
@@ -434,8 +436,10 @@ class GroupBreaksModel(Exception):
     """Pruning one group made PaddleSlim or the pruned model's evaluation fail."""
 
 
-def evaluate_group(prunable, metric, name, ratio, max_batches):
-    """The metric with ``name`` pruned at ``ratio``; the model is restored afterwards.
+def evaluate_group(prunable, metric, name, ratio, max_batches, cache=None):
+    """The metric with ``name`` pruned at ``ratio``; the model is restored afterwards. With a
+    :class:`~slim_plugins.plugins.prune.prefix.PrefixCache`, the calls before the group's first
+    layer are answered from earlier evaluations (the same metric, computed faster).
 
     Raises :class:`GroupBreaksModel` when PaddleSlim cannot prune the group or the pruned model
     fails to evaluate (e.g. a head conv whose channel count a later reshape relies on).
@@ -446,7 +450,8 @@ def evaluate_group(prunable, metric, name, ratio, max_batches):
         raise GroupBreaksModel(exception_line(exc)) from exc
     try:
         start = time.perf_counter()
-        value = metric(max_batches=max_batches)
+        with cache.evaluating(changed_layers(prunable, applied)) if cache else contextlib.nullcontext():
+            value = metric(max_batches=max_batches)
         return value, time.perf_counter() - start
     except SlimPluginsError:  # the evaluation itself is unusable (e.g. it saw no batch): not a record
         raise
@@ -473,15 +478,26 @@ def _baseline(sfile, metric, max_batches, check_baseline):
 
 
 def analyze(prunable, metric, sfile, *, groups, ratios=DEFAULT_RATIOS, cap=None, max_batches=None,
-            show_progress=True, check_baseline=None, search=False):
+            show_progress=True, check_baseline=None, search=False, cache_bytes=DEFAULT_LIMIT_BYTES):
     """Fill ``sfile`` for ``groups`` x ``ratios``, one evaluation at a time, in this process.
 
     Ratios of a group above the first one whose loss exceeds ``cap`` are skipped. With
     ``search`` (and a ``cap``), each group is searched for its cap crossing instead: see
     :func:`search_crossing`. ``check_baseline(value)`` may raise to refuse the unpruned model's
-    metric before anything is analysed or written.
+    metric before anything is analysed or written. Up to ``cache_bytes`` of sublayer outputs
+    that a pruned group cannot change are reused across evaluations (0: none; see
+    :mod:`~slim_plugins.plugins.prune.prefix`).
     """
     _start_analysis(prunable, metric, sfile, groups, max_batches, check_baseline)
+    cache = PrefixCache(prunable.model, cache_bytes)
+    try:
+        _analyze(prunable, metric, sfile, groups, ratios, cap, max_batches, show_progress, search, cache)
+    finally:
+        cache.clear()
+    return sfile
+
+
+def _analyze(prunable, metric, sfile, groups, ratios, cap, max_batches, show_progress, search, cache):
     if search and cap is not None:
         most = min(len(ratios), crossing_evaluations(len(ratios)))  # per group: the total never grows
         progress = Progress(len(groups) * most, "sensitivity (crossing search)", enabled=show_progress,
@@ -490,23 +506,22 @@ def analyze(prunable, metric, sfile, *, groups, ratios=DEFAULT_RATIOS, cap=None,
         for name in groups:  # groups of one model tend to cross alike: the median so far is the first guess
             prior = sorted(found)[(len(found) - 1) // 2] if found else None
             found.append(search_crossing(prunable, metric, sfile, name, ratios, cap, max_batches, progress,
-                                         prior=prior))
-        return sfile
+                                         prior=prior, cache=cache))
+        return
     work = plan_work(sfile, groups, ratios, cap)
     progress = Progress(len(work), "sensitivity", enabled=show_progress)
     for name, ratio in work:
         if _skipped(sfile, name, ratio, cap):
             progress.skip()
             continue
-        _evaluate(prunable, metric, sfile, name, ratio, max_batches, progress, "group skipped")
-    return sfile
+        _evaluate(prunable, metric, sfile, name, ratio, max_batches, progress, "group skipped", cache)
 
 
-def _evaluate(prunable, metric, sfile, name, ratio, max_batches, progress, if_broken):
+def _evaluate(prunable, metric, sfile, name, ratio, max_batches, progress, if_broken, cache=None):
     """Evaluate group ``name`` pruned at ``ratio`` into the file; False when that breaks the model
     (recorded as a failure, with ``if_broken`` saying what follows)."""
     try:
-        value, seconds = evaluate_group(prunable, metric, name, ratio, max_batches)
+        value, seconds = evaluate_group(prunable, metric, name, ratio, max_batches, cache)
     except GroupBreaksModel as exc:
         _record_broken(sfile, progress, name, ratio, exc, if_broken)
         return False
@@ -553,7 +568,8 @@ def _loss(sfile, name, ratio):
     return sfile.data["groups"][name]["ratios"][ratio_key(ratio)]["loss"]
 
 
-def search_crossing(prunable, metric, sfile, name, ratios, cap, max_batches=None, progress=None, prior=None):
+def search_crossing(prunable, metric, sfile, name, ratios, cap, max_batches=None, progress=None, prior=None,
+                    cache=None):
     """Bisection over the sorted ``ratios`` of one group for the largest ratio whose loss is
     within ``cap``, assuming the loss grows with the ratio: about log2(n) evaluations instead
     of up to n. With ``prior`` (a guess of the crossing, e.g. other groups' crossings) the
@@ -588,7 +604,8 @@ def search_crossing(prunable, metric, sfile, name, ratios, cap, max_batches=None
             continue
         if not sfile.has(name, ratio):
             evaluated += 1
-            if not _evaluate(prunable, metric, sfile, name, ratio, max_batches, progress, "treated as over the cap"):
+            if not _evaluate(prunable, metric, sfile, name, ratio, max_batches, progress, "treated as over the cap",
+                             cache):
                 high = mid
                 continue
         if _loss(sfile, name, ratio) <= cap:
@@ -666,6 +683,7 @@ def _worker_loop(conn, prunable, metric, cap, max_batches, threads):
     if threads:
         compat.set_num_threads(threads)
     local = SensitivityFile(None, {"metric": {"baseline": None}, "groups": {}})
+    cache = PrefixCache(prunable.model)  # this worker's own: its groups follow each other too
     name = ratio = None
     try:
         while True:
@@ -681,7 +699,7 @@ def _worker_loop(conn, prunable, metric, cap, max_batches, threads):
                     continue
                 conn.send(("start", name, ratio))
                 try:
-                    value, seconds = evaluate_group(prunable, metric, name, ratio, max_batches)
+                    value, seconds = evaluate_group(prunable, metric, name, ratio, max_batches, cache)
                 except GroupBreaksModel as exc:
                     local.record_failure(name, ratio, exc)
                     conn.send(("failed", name, ratio, str(exc)))
