@@ -25,3 +25,33 @@ def test_an_unreachable_target_returns_no_plan_and_the_best_cut():
 def test_labels_name_runtime_batch_and_threads():
     assert label("Paddle Inference CPU", 64, 1) == "latency (Paddle Inference CPU, batch 64, 1 thread)"
     assert label("ONNX Runtime CPU", 1, 4) == "latency (ONNX Runtime CPU, batch 1, 4 threads)"
+
+
+def test_export_leaves_out_only_the_inputs_the_forward_does_not_read(tmp_path):
+    """Paddle 3 refuses an unused dict input; leaving out one the forward reads fails in dy2st with
+    its own ``Dy2StKeyError`` (not a ValueError), which must mean "needed", not end the export
+    (PaddleDetection develop's Faster R-CNN reads ``im_shape``, its export path not ``scale_factor``)."""
+    import paddle
+
+    from slim_plugins.plugins.prune import latency
+
+    class Detector(paddle.nn.Layer):
+        def __init__(self):
+            super().__init__()
+            self.conv = paddle.nn.Conv2D(3, 4, 3)
+
+        def forward(self, inputs):
+            return self.conv(inputs["image"]).mean() + inputs["im_shape"].sum()
+
+    inputs = [{"image": paddle.ones([1, 3, 8, 8]), "im_shape": paddle.ones([1, 2]),
+               "scale_factor": paddle.ones([1, 2])}]
+    model_file = latency.export(Detector(), inputs, str(tmp_path / "model"))
+    import paddle.inference as pi
+
+    prefix = model_file.rsplit(".", 1)[0]
+    config = pi.Config(model_file, prefix + ".pdiparams")
+    config.disable_gpu()
+    if hasattr(config, "disable_mkldnn"):
+        config.disable_mkldnn()
+    names = set(pi.create_predictor(config).get_input_names())
+    assert {"image", "im_shape"} <= names and names <= {"image", "im_shape", "scale_factor"}
