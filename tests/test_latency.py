@@ -1,6 +1,7 @@
 """The pruned_latency search on a known latency curve (the hapi tests run it on measured ones),
 the paired comparison's statistics, and two small exports timed in turns (ONNX Runtime too where
-paddle2onnx and onnxruntime are installed)."""
+paddle2onnx and onnxruntime are installed); the export of a dict-input model whose inputs are not all
+used."""
 import numpy as np
 import paddle
 import pytest
@@ -102,3 +103,43 @@ def test_two_exports_are_timed_in_pairs_with_the_cut_and_its_interval(exports):
 def test_onnx_runtime_times_the_converted_export(exports):
     (entry,) = [e for e in timed(exports[0], [2]) if e["runtime"] == ONNX_RUNTIME]
     assert entry["label"] == "latency (ONNX Runtime CPU, batch 2, 1 thread)" and entry["ms"] > 0
+
+
+@pytest.mark.parametrize("reads_scale_factor", [False, True])
+def test_export_leaves_out_only_the_inputs_the_forward_does_not_read(tmp_path, reads_scale_factor):
+    """Paddle 3 refuses an unused dict input; leaving out one the forward reads fails in dy2st with
+    its own ``Dy2StKeyError`` (not a ValueError), which must mean "needed", not end the export
+    (PaddleDetection develop's Faster R-CNN reads ``im_shape``, its export path not ``scale_factor``).
+    An input read in Python but used by no op can be neither fed nor left out: it is kept, unused."""
+    import numpy as np
+    import paddle
+    import paddle.inference as pi
+
+    from slim_plugins.plugins.prune import latency
+
+    class Detector(paddle.nn.Layer):
+        def __init__(self):
+            super().__init__()
+            self.conv = paddle.nn.Conv2D(3, 4, 3)
+            self.reads_scale_factor = reads_scale_factor  # Paddle 2.6's dy2st does not see closures
+
+        def forward(self, inputs):
+            if self.reads_scale_factor:
+                _ = inputs["scale_factor"]  # read, never used
+            return self.conv(inputs["image"]).mean() + inputs["im_shape"].sum()
+
+    inputs = [{"image": paddle.ones([1, 3, 8, 8]), "im_shape": paddle.ones([1, 2]),
+               "scale_factor": paddle.ones([1, 2])}]
+    model_file = latency.export(Detector(), inputs, str(tmp_path / "model"))
+    config = pi.Config(model_file, model_file.rsplit(".", 1)[0] + ".pdiparams")
+    config.disable_gpu()
+    if hasattr(config, "disable_mkldnn"):
+        config.disable_mkldnn()
+    predictor = pi.create_predictor(config)
+    names = set(predictor.get_input_names())
+    assert {"image", "im_shape"} <= names and names <= {"image", "im_shape", "scale_factor"}
+    for name in names:
+        predictor.get_input_handle(name).copy_from_cpu(inputs[0][name].numpy())
+    predictor.run()
+    out = predictor.get_output_handle(predictor.get_output_names()[0]).copy_to_cpu()
+    assert out.size == 1 and np.isfinite(out).all()

@@ -98,7 +98,10 @@ def export(model, inputs, prefix, context=None):
 
 def _save_without_unused(model, prefix, specs):
     """Leave out dict inputs one at a time while the export still refuses an unused input, as
-    ppdet's export prunes its input spec."""
+    ppdet's export prunes its input spec. A trial that fails otherwise needs the input it left
+    out: dy2st raises its own ``Dy2StKeyError`` (an ``Exception``, not a ``KeyError``) where the
+    forward reads it (PaddleDetection develop's Faster R-CNN reads ``inputs['im_shape']``). An input
+    the forward reads but no op uses stays, fed and unused (``skip_prune_program``)."""
     for i, spec in enumerate(specs):
         if not isinstance(spec, dict):
             continue
@@ -108,11 +111,16 @@ def _save_without_unused(model, prefix, specs):
             try:
                 paddle.jit.save(model, prefix, input_spec=trial)
                 return
-            except ValueError as exc:
-                if "not involved in the target_vars" not in str(exc):
+            except Exception as exc:  # noqa: BLE001
+                if not isinstance(exc, ValueError) or "not involved in the target_vars" not in str(exc):
                     continue  # the model needs this input
                 specs = trial
-    paddle.jit.save(model, prefix, input_spec=specs)
+    try:
+        paddle.jit.save(model, prefix, input_spec=specs)
+    except ValueError as exc:  # an input read in Python but used by no op: keep it, unused
+        if "not involved in the target_vars" not in str(exc):
+            raise
+        paddle.jit.save(model, prefix, input_spec=specs, skip_prune_program=True)
 
 
 @contextlib.contextmanager
