@@ -105,7 +105,8 @@ def python():
 def paddle_inference(folder, stem, feeds):
     """Run the model exported as ``folder/stem.{json|pdmodel}`` + ``stem.pdiparams`` in Paddle
     Inference on CPU (oneDNN off: Paddle 3.3.1's oneDNN executor rejects some PIR attributes).
-    ``feeds``: ``{input name: array}``, or one array for the first input. Returns the outputs."""
+    ``feeds``: ``{input name: array}`` (a superset of the inputs the export kept), or one array for
+    the first input. Returns the outputs."""
     import paddle.inference as pi
 
     from slim_plugins import compat as compat_
@@ -117,7 +118,7 @@ def paddle_inference(folder, stem, feeds):
         config.disable_mkldnn()
     predictor = pi.create_predictor(config)
     names = predictor.get_input_names()
-    for name, value in (feeds.items() if isinstance(feeds, dict) else [(names[0], feeds)]):
-        predictor.get_input_handle(name).copy_from_cpu(value)
+    for name in names if isinstance(feeds, dict) else names[:1]:  # the inputs the export kept
+        predictor.get_input_handle(name).copy_from_cpu(feeds[name] if isinstance(feeds, dict) else feeds)
     predictor.run()
     return [predictor.get_output_handle(name).copy_to_cpu() for name in predictor.get_output_names()]
