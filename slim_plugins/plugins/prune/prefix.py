@@ -63,24 +63,19 @@ class PrefixCache:
         for _name, layer in layers:
             if any(id(sub) in changed for sub in layer.sublayers(include_self=True)):
                 dirty.add(id(layer))
+        from slim_plugins.plugins.prune.program import restored_forwards  # imports paddle
+
         state = {"tainted": False, "inside": 0, "used": set()}
-        saved = []
-        try:
+        with restored_forwards(self.model):  # the wrappers below go again on the way out
             for _name, layer in layers:
-                had = "forward" in layer.__dict__
-                saved.append((layer, had, layer.__dict__.get("forward")))
                 wrap = self._root if layer is self.model else self._call
                 layer.__dict__["forward"] = wrap(layer, layer.forward, state, id(layer) in dirty,
                                                  id(layer) in changed)
-            yield
-        finally:
-            for layer, had, forward in saved:
-                if had:
-                    layer.__dict__["forward"] = forward
-                else:
-                    layer.__dict__.pop("forward", None)
-            for key in [k for k in self.entries if k not in state["used"]]:
-                self.bytes -= self.entries.pop(key)[1]
+            try:
+                yield
+            finally:
+                for key in [k for k in self.entries if k not in state["used"]]:
+                    self.bytes -= self.entries.pop(key)[1]
 
     # ------------------------------------------------------------------ wrappers
     @staticmethod

@@ -357,7 +357,7 @@ def spec_of(value, name, dynamic_batch=False):
 
 
 @contextlib.contextmanager
-def _restored_forward(model):
+def restored_forwards(model):
     """Every layer's ``forward`` as it was: Paddle 2.6's dy2st leaves each sublayer it converted
     with its converted ``forward``, which later dygraph calls run (and fail in: Faster R-CNN's
     training branch, ``'UndefinedVar' object has no attribute 'stop_gradient'``; PaddleOCR's SAR
@@ -380,7 +380,7 @@ def read_program(model, inputs):
     specs = [spec_of(v, f"input_{i}") for i, v in enumerate(inputs)]
     param_names = {p.name for p in model.parameters()}
     kwargs = {"input_spec": specs, "full_graph": True}  # the AST route: a whole program, as export uses
-    with _restored_forward(model):
+    with restored_forwards(model):
         static = paddle.jit.to_static(model, **kwargs)
         function = static.forward if hasattr(static, "forward") else model.forward
         concrete, _layer = function.get_concrete_program(*specs)
