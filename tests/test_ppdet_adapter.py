@@ -403,6 +403,11 @@ def test_yolov3_yaml_section_with_ppdet_overrides_and_no_plugin_option(work):
     assert not re.search(r"skip backbone\.conv4_2\._pointwise_conv\._conv\.weight", proc.stderr)
     evaluated = tools(["eval", "-c", str(cfg), "-o", f"weights={out / 'model_final'}"], work)
     assert "rebuilt pruned shapes" in evaluated.stderr  # 5 iterations find no box yet: no AP table
+    # ppdet's export (yolo_box and NMS; on Paddle 3 through the adapter's PIR build) runs in Inference
+    tools(["export", "-c", str(cfg), "-o", f"weights={out / 'model_final'}", "--output_dir", "yolo_inference"], work)
+    exported = work / "yolo_inference" / "yolov3_prune"
+    boxes = predict(exported)[0]
+    assert boxes.ndim == 2 and boxes.shape[1] == 6 and np.isfinite(boxes).all()
 
 
 # -------------------------------------------------------------------------------- no ppdet needed
