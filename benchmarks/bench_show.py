@@ -1,16 +1,19 @@
 """``--prune.action show`` through the suites' unchanged train commands, timed (issues 11 and 13).
 
     python benchmarks/bench_show.py [--models yolov3_mbv1,picodet_s,ppyoloe_plus_s,faster_rcnn_r50_fpn,
-                                     db_mv3,ppocrv4_det] [--workers 2] [--json OUT]
+                                     db_mv3,ppocrv4_det,crnn_mv3,ppocrv3_rec,ppocrv4_rec,
+                                     pdx_mobilenetv2,pdx_resnet50_vd,pdx_yolov3] [--workers 2] [--json OUT]
 
 ppdet models run through the tests' ppdet driver (tests/scripts/ppdet_tools.py: tools/train.py's
 calls), PaddleOCR models through PaddleOCR's own tools/train.py; each from a config written here:
 the model sections of benchmarks/flagship_graph.py / flagship_graph_ocr.py at the config's own
 eval size, on generated data, with a TrainReader like the public configs' (``--workers`` loader
-processes). Per model: wall and CPU seconds of the whole command (its children included), the
-seconds up to the plugin's ``tracing`` line (suite setup: config, model, readers), from there to
-the last line of output (trace, inventory, table) and from that to the exit (shutting down what
-the suite started). Timings depend on the machine and its load: compare rows of one run,
+processes). PaddleX models run through the tests' PaddleX scripts (tests/scripts/paddlex_shapes.py
+with ``--arch``, on 224-pixel images; tests/scripts/paddlex_boxes.py, YOLOv3 + MobileNetV1 at 608).
+Per model: wall and CPU seconds of the whole command (its children included), the seconds up to
+the plugin's ``tracing`` line (suite setup: config, model, readers), from there to the last line
+of output (trace, inventory, table) and from that to the exit (shutting down what the suite
+started). Timings depend on the machine and its load: compare rows of one run,
 or one model's row across trees run back to back (``PYTHONPATH=TREE python benchmarks/bench_show.py``).
 """
 import argparse
@@ -31,6 +34,9 @@ sys.path.insert(0, HERE)
 TRACING = "[slim-plugins prune] tracing "
 PPDET = ("yolov3_mbv1", "picodet_s", "ppyoloe_plus_s", "faster_rcnn_r50_fpn")
 OCR = ("db_mv3", "ppocrv4_det")
+OCR_REC = ("crnn_mv3", "ppocrv3_rec", "ppocrv4_rec")
+PADDLEX = {"pdx_mobilenetv2": "MobileNetV2", "pdx_resnet50_vd": "ResNet50_vd", "pdx_yolov3": None}
+PDX_CLS_SIZE, PDX_DET_SIZE = 224, 608  # the PaddleX classifiers' crop; YOLOv3's default input
 # the public configs' eval sizes: det_mv3_db.yml resizes to 736x1280, PP-OCRv4 det gives none
 OCR_SHAPES = {"db_mv3": [736, 1280], "ppocrv4_det": None}
 
@@ -159,21 +165,81 @@ def ocr_config(name, directory, data, workers):
     return path
 
 
-def make_data(directory, images):
-    """COCO-style shapes for ppdet (tests/scripts/ppdet_shapes.py), words for PaddleOCR."""
-    ppdet = os.path.join(directory, "shapes")
-    subprocess.run([sys.executable, os.path.join(SCRIPTS, "ppdet_shapes.py"), ppdet, "--train", str(images),
-                    "--val", "8", "--size", "512"], check=True, timeout=300)
-    ocr = os.path.join(directory, "words")
+def ocr_rec_config(name, directory, data, workers):
+    """flagship_graph_ocr.py's recogniser at its eval shape, on the generated word crops, with the
+    public config's dictionary (PaddleOCR's default one for CRNN) and loss."""
+    import flagship_graph_ocr
+    import yaml
+
+    spec = flagship_graph_ocr.MODELS[name]
+    gtc = spec["gtc"]
+    if gtc is None:
+        encode, keys, loss = {"CTCLabelEncode": None}, ["image", "label", "length"], {"name": "CTCLoss"}
+    else:
+        encode = {"MultiLabelEncode": {"gtc_encode": "NRTRLabelEncode"} if gtc == "NRTR" else None}
+        keys = ["image", "label_ctc", "label_gtc" if gtc == "NRTR" else "label_sar", "length", "valid_ratio"]
+        loss = {"name": "MultiLoss", "loss_config_list": [{"CTCLoss": None}, {f"{gtc}Loss": None}]}
+    transforms = [{"DecodeImage": {"img_mode": "BGR", "channel_first": False}}, encode,
+                  {"RecResizeImg": {"image_shape": list(spec["image_shape"])}}, {"KeepKeys": {"keep_keys": keys}}]
+    loader = {"shuffle": True, "drop_last": True, "batch_size_per_card": 16, "num_workers": workers,
+              "use_shared_memory": False}
+    config = {
+        "Global": {"use_gpu": False, "epoch_num": 1, "log_smooth_window": 20, "print_batch_step": 10,
+                   "save_model_dir": os.path.join(directory, "output"), "save_epoch_step": 1000,
+                   "eval_batch_step": [0, 2000], "cal_metric_during_train": False, "pretrained_model": None,
+                   "checkpoints": None, "save_inference_dir": None, "use_visualdl": False, "seed": 1024,
+                   "character_dict_path": spec["dictionary"], "max_text_length": flagship_graph_ocr.MAX_TEXT,
+                   "use_space_char": gtc is not None},
+        "Architecture": spec["arch"],
+        "Loss": loss,
+        "Optimizer": {"name": "Adam", "beta1": 0.9, "beta2": 0.999, "lr": {"learning_rate": 0.001},
+                      "regularizer": {"name": "L2", "factor": 0}},
+        "PostProcess": {"name": "CTCLabelDecode"},
+        "Metric": {"name": "RecMetric", "main_indicator": "acc"},
+    }
+    for mode, labels, extra in (("Train", "train_label.txt", {}),
+                                ("Eval", "test_label.txt", {"shuffle": False, "drop_last": False})):
+        config[mode] = {"dataset": {"name": "SimpleDataSet", "data_dir": data,
+                                    "label_file_list": [os.path.join(data, labels)], "transforms": transforms},
+                        "loader": dict(loader, **extra)}
+    path = os.path.join(directory, f"{name}.yml")
+    with open(path, "w") as f:
+        yaml.safe_dump(config, f)
+    return path
+
+
+def make_data(directory, images, models):
+    """What ``models`` read: COCO-style shapes for ppdet (tests/scripts/ppdet_shapes.py), text
+    images and word crops for PaddleOCR, an image-folder and a VOC set for PaddleX (the tests')."""
     sys.path.insert(0, os.path.join(REPO, "tests"))
     import random
 
-    import test_ppocr_adapter as t
+    data = {}
+    if set(models) & set(PPDET):
+        data["ppdet"] = os.path.join(directory, "shapes")
+        subprocess.run([sys.executable, os.path.join(SCRIPTS, "ppdet_shapes.py"), data["ppdet"], "--train",
+                        str(images), "--val", "8", "--size", "512"], check=True, timeout=300)
+    if set(models) & set(OCR + OCR_REC):
+        import test_ppocr_adapter as t
 
-    rng = random.Random(0)
-    t.make_det_set(ocr, "train", images, rng)
-    t.make_det_set(ocr, "test", 8, rng)
-    return ppdet, ocr
+        rng = random.Random(0)
+        data["ocr"], data["rec"] = os.path.join(directory, "words"), os.path.join(directory, "crops")
+        t.make_det_set(data["ocr"], "train", images, rng)
+        t.make_det_set(data["ocr"], "test", 8, rng)
+        t.make_rec_set(data["rec"], "train", images, rng)
+        t.make_rec_set(data["rec"], "test", 8, rng)
+    if set(models) & {"pdx_mobilenetv2", "pdx_resnet50_vd"}:
+        import test_paddlex_adapter
+
+        data["pdx_cls"] = test_paddlex_adapter.make_shapes_set(os.path.join(directory, "pdx_cls"),
+                                                               n_train=max(1, images // 3), n_val=2,
+                                                               size=PDX_CLS_SIZE)
+    if "pdx_yolov3" in models:
+        import test_paddlex_detector
+
+        data["pdx_det"] = test_paddlex_detector.make_boxes_set(os.path.join(directory, "pdx_det"),
+                                                              size=PDX_DET_SIZE)
+    return data
 
 
 def ppocr_root():
@@ -203,17 +269,27 @@ def timed(args, cwd):
     return rc, wall, cpu, traced, last, "".join(lines)
 
 
-def run_model(name, directory, ppdet_data, ocr_data, workers):
+def run_model(name, directory, data, workers):
     show = ["--plugin", "prune", "--prune.action", "show"]
+    cwd = directory
     if name in PPDET:
-        cfg = ppdet_config(name, directory, ppdet_data, workers)
+        cfg = ppdet_config(name, directory, data["ppdet"], workers)
         args = [sys.executable, os.path.join(SCRIPTS, "ppdet_tools.py"), "train", "-c", cfg] + show
-        cwd = directory
+    elif name in PADDLEX:
+        out = os.path.join(directory, name)
+        if PADDLEX[name]:
+            args = [sys.executable, os.path.join(SCRIPTS, "paddlex_shapes.py"), data["pdx_cls"], out, "--epochs",
+                    "1", "--arch", PADDLEX[name]] + show
+        else:
+            args = [sys.executable, os.path.join(SCRIPTS, "paddlex_boxes.py"), data["pdx_det"], out,
+                    "--size", str(PDX_DET_SIZE)] + show
     else:
-        cfg = ocr_config(name, directory, ocr_data, workers)
-        root = ppocr_root()
-        args = [sys.executable, os.path.join(root, "tools", "train.py"), "-c", cfg] + show
-        cwd = root
+        if name in OCR_REC:
+            cfg = ocr_rec_config(name, directory, data["rec"], workers)
+        else:
+            cfg = ocr_config(name, directory, data["ocr"], workers)
+        cwd = ppocr_root()
+        args = [sys.executable, os.path.join(cwd, "tools", "train.py"), "-c", cfg] + show
     rc, wall, cpu, traced, last, out = timed(args, cwd)
     import paddle
 
@@ -221,7 +297,9 @@ def run_model(name, directory, ppdet_data, ocr_data, workers):
            "setup_s": round(traced, 1) if traced is not None else None,
            "show_s": round(last - traced, 1) if traced is not None else None,
            "exit_s": round(wall - last, 1),
-           "train_loader_skipped": "Train loader is not built" in out or "train reader is not built" in out}
+           # PaddleX scripts build their datasets themselves, before train(): nothing to skip
+           "train_loader_skipped": None if name in PADDLEX else
+           "Train loader is not built" in out or "train reader is not built" in out}
     if rc != 0 or traced is None:
         row["error"] = out[-3000:]
     return row
@@ -229,17 +307,18 @@ def run_model(name, directory, ppdet_data, ocr_data, workers):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default=",".join(PPDET + OCR))
+    parser.add_argument("--models", default=",".join(PPDET + OCR + OCR_REC + tuple(PADDLEX)))
     parser.add_argument("--workers", type=int, default=2, help="train loader worker processes (the configs' own)")
     parser.add_argument("--images", type=int, default=64, help="train images generated")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench_show_") as directory:
-        ppdet_data, ocr_data = make_data(directory, args.images)
+        models = args.models.split(",")
+        data = make_data(directory, args.images, models)
         load = os.getloadavg()[0]
-        for name in args.models.split(","):
-            row = run_model(name, directory, ppdet_data, ocr_data, args.workers)
+        for name in models:
+            row = run_model(name, directory, data, args.workers)
             row["load_before"] = round(load, 2)
             load = os.getloadavg()[0]
             rows.append(row)
