@@ -111,6 +111,14 @@ OptimizerBuilder:
     return path
 
 
+def ocr_global(directory, **extra):
+    """The Global section of PaddleOCR's public configs, one epoch, writing into ``directory``."""
+    return {"use_gpu": False, "epoch_num": 1, "log_smooth_window": 20, "print_batch_step": 10,
+            "save_model_dir": os.path.join(directory, "output"), "save_epoch_step": 1000,
+            "eval_batch_step": [0, 2000], "cal_metric_during_train": False, "pretrained_model": None,
+            "checkpoints": None, "save_inference_dir": None, "use_visualdl": False, "seed": 1024, **extra}
+
+
 def ocr_config(name, directory, data, workers):
     """flagship_graph_ocr.py's model with det_mv3_db.yml's Train and Eval sections, on ``data``."""
     import flagship_graph_ocr
@@ -123,10 +131,7 @@ def ocr_config(name, directory, data, workers):
     loader = {"shuffle": True, "drop_last": False, "batch_size_per_card": 16, "num_workers": workers,
               "use_shared_memory": False}
     config = {
-        "Global": {"use_gpu": False, "epoch_num": 1, "log_smooth_window": 20, "print_batch_step": 10,
-                   "save_model_dir": os.path.join(directory, "output"), "save_epoch_step": 1000,
-                   "eval_batch_step": [0, 2000], "cal_metric_during_train": False, "pretrained_model": None,
-                   "checkpoints": None, "save_inference_dir": None, "use_visualdl": False, "seed": 1024},
+        "Global": ocr_global(directory),
         "Architecture": arch,
         "Loss": {"name": "DBLoss", "balance_loss": True, "main_loss_type": "DiceLoss", "alpha": 5, "beta": 10,
                  "ohem_ratio": 3},
@@ -184,12 +189,8 @@ def ocr_rec_config(name, directory, data, workers):
     loader = {"shuffle": True, "drop_last": True, "batch_size_per_card": 16, "num_workers": workers,
               "use_shared_memory": False}
     config = {
-        "Global": {"use_gpu": False, "epoch_num": 1, "log_smooth_window": 20, "print_batch_step": 10,
-                   "save_model_dir": os.path.join(directory, "output"), "save_epoch_step": 1000,
-                   "eval_batch_step": [0, 2000], "cal_metric_during_train": False, "pretrained_model": None,
-                   "checkpoints": None, "save_inference_dir": None, "use_visualdl": False, "seed": 1024,
-                   "character_dict_path": spec["dictionary"], "max_text_length": flagship_graph_ocr.MAX_TEXT,
-                   "use_space_char": gtc is not None},
+        "Global": ocr_global(directory, character_dict_path=spec["dictionary"],
+                             max_text_length=flagship_graph_ocr.MAX_TEXT, use_space_char=gtc is not None),
         "Architecture": spec["arch"],
         "Loss": loss,
         "Optimizer": {"name": "Adam", "beta1": 0.9, "beta2": 0.999, "lr": {"learning_rate": 0.001},
