@@ -259,3 +259,21 @@ def set_num_threads(n):
         paddle.base.core.set_num_threads(int(n))
     except Exception:  # not every build exposes it
         pass
+
+
+@contextlib.contextmanager
+def restored_forwards(model):
+    """Every layer's ``forward`` as it was: Paddle 2.6's dy2st leaves each sublayer it converted
+    with its converted ``forward``, which later dygraph calls run (and fail in: Faster R-CNN's
+    training branch, ``'UndefinedVar' object has no attribute 'stop_gradient'``; PaddleOCR's SAR
+    decoder, an ``assert``; PaddleX's ``evaluate`` after its export, ``paddle_set_eval_frame_fn``)."""
+    saved = [(layer, "forward" in layer.__dict__, layer.__dict__.get("forward"))
+             for layer in model.sublayers(include_self=True)]
+    try:
+        yield
+    finally:
+        for layer, had, forward in saved:
+            if had:
+                layer.__dict__["forward"] = forward
+            else:
+                layer.__dict__.pop("forward", None)

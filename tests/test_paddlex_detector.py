@@ -16,7 +16,7 @@ import re
 import numpy as np
 import pytest
 
-from conftest import SCRIPTS, last_json, run_python, train_paddlex_script, write_paddlex_lists
+from conftest import SCRIPTS, last_json, paddle_inference, run_python, train_paddlex_script, write_paddlex_lists
 
 HAVE_PADDLEX = importlib.util.find_spec("paddlex") is not None
 needs_paddlex = pytest.mark.skipif(
@@ -123,10 +123,16 @@ def test_detector_is_pruned_before_paddlex_trains(baseline, pruned):
 def test_fresh_process_load_model_rebuilds_the_pruned_detector(boxes_set, pruned, tmp_path):
     out, proc = pruned
     trained = last_json(proc.stdout)
-    loaded = run_python([SCRIPT, boxes_set, str(tmp_path), "--load", str(out / "epoch_2")], cwd=str(tmp_path))
+    loaded = run_python([SCRIPT, boxes_set, str(tmp_path), "--load", str(out / "epoch_2"), "--export"],
+                        cwd=str(tmp_path))
     result = last_json(loaded.stdout)
     assert "rebuilt pruned shapes" in loaded.stderr
     assert result["shapes"] == trained["shapes"] and result["flops"] == trained["flops"]
     assert result["bbox_map"] == pytest.approx(trained["bbox_map"], abs=1e-9)
     assert result["head"] == pytest.approx(trained["head"], rel=1e-5)
     assert result["boxes"] == trained["boxes"]
+    # PaddleX's inference export of the pruned detector (NMS included) runs in Paddle Inference
+    feeds = {"image": np.random.RandomState(0).rand(1, 3, SIZE, SIZE).astype("float32"),
+             "im_shape": np.array([[SIZE, SIZE]], "float32"), "scale_factor": np.ones([1, 2], "float32")}
+    boxes = paddle_inference(tmp_path / "inference_model", "model", feeds)[0]
+    assert boxes.ndim == 2 and boxes.shape[1] == 6 and np.isfinite(boxes).all()

@@ -234,7 +234,10 @@ class PaddleXAdapter(Adapter):
             adapter.fire(run, "slim_before_export", path=target)
             # pdx.load_model rebuilds an exported model from model.yml: it needs the plan too (first)
             adapter.fire(run, "slim_on_checkpoint_save", path=os.path.join(target, "model"))
-            return export(model, save_dir, image_shape)
+            from slim_plugins.compat import restored_forwards  # imports paddle
+
+            with restored_forwards(model.net), _detection_ops(model):  # evaluate() may follow
+                return export(model, save_dir, image_shape)
 
         return patched_export
 
@@ -487,3 +490,15 @@ adapter = PaddleXAdapter()
 @hookimpl
 def slim_register_adapters(register):
     register(adapter)
+
+
+def _detection_ops(model):
+    """PaddleX 2's copy of ppdet's NMS and yolo_box ops built through the PIR API while a
+    detector exports on Paddle 3 (its own ops only build old-IR ops); nothing else changes."""
+    if model.model_type != "detector":
+        return contextlib.nullcontext()
+    import paddlex.ppdet.modeling.ops as ops
+
+    from slim_plugins.adapters.ppdet import pir_detection_ops
+
+    return pir_detection_ops(ops)

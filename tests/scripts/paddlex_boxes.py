@@ -50,6 +50,7 @@ def main():
     parser.add_argument("--lr", type=float, default=0.002)
     parser.add_argument("--pretrain")
     parser.add_argument("--load")
+    parser.add_argument("--export", action="store_true", help="with --load: PaddleX's inference export into OUT")
     args = parser.parse_args()
 
     # isort: off
@@ -71,6 +72,8 @@ def main():
         transforms=T.Compose([T.Resize(args.size), T.Normalize()]), num_workers=0)
     if args.load:
         model = pdx.load_model(args.load)
+        if args.export:
+            model._export_inference_model(args.out)  # what `paddlex --export_inference` runs
     else:
         train_dataset = pdx.datasets.VOCDetection(
             data_dir=data, file_list=os.path.join(data, "train_list.txt"),

@@ -80,7 +80,7 @@ def export(model, inputs, prefix, context=None):
     mode and its sublayers' ``forward`` are left as they were. ``context``: a context manager
     to export in (the tracer's stand-ins for post-processing that does not convert). Returns
     the model file."""
-    from slim_plugins.plugins.prune.program import restored_forwards
+    from slim_plugins.compat import restored_forwards
 
     specs = [spec_of(v, f"input_{i}", dynamic_batch=True) for i, v in enumerate(inputs)]
     with _eval_mode(model), restored_forwards(model), (context or contextlib.nullcontext()), _quiet():

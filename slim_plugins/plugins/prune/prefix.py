@@ -63,7 +63,7 @@ class PrefixCache:
         for _name, layer in layers:
             if any(id(sub) in changed for sub in layer.sublayers(include_self=True)):
                 dirty.add(id(layer))
-        from slim_plugins.plugins.prune.program import restored_forwards  # imports paddle
+        from slim_plugins.compat import restored_forwards
 
         state = {"tainted": False, "inside": 0, "used": set()}
         with restored_forwards(self.model):  # the wrappers below go again on the way out

@@ -10,12 +10,13 @@ only its name and its predecessors (``input_meta`` cannot be read from Python), 
 split sections, slice bounds and which output of a split a consumer took are lost; the program
 keeps all of them, with static shapes.
 """
-import contextlib
 import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
 import paddle
+
+from slim_plugins.compat import restored_forwards
 
 # old-IR op types -> the PIR names (without the ``pd_op.`` prefix and inplace ``_``)
 _OLD_NAMES = {
@@ -354,24 +355,6 @@ def spec_of(value, name, dynamic_batch=False):
         shape = list(value.shape)
         return InputSpec([None] + shape[1:] if dynamic_batch and shape else shape, value.dtype, name)
     return value
-
-
-@contextlib.contextmanager
-def restored_forwards(model):
-    """Every layer's ``forward`` as it was: Paddle 2.6's dy2st leaves each sublayer it converted
-    with its converted ``forward``, which later dygraph calls run (and fail in: Faster R-CNN's
-    training branch, ``'UndefinedVar' object has no attribute 'stop_gradient'``; PaddleOCR's SAR
-    decoder, an ``assert``)."""
-    saved = [(layer, "forward" in layer.__dict__, layer.__dict__.get("forward"))
-             for layer in model.sublayers(include_self=True)]
-    try:
-        yield
-    finally:
-        for layer, had, forward in saved:
-            if had:
-                layer.__dict__["forward"] = forward
-            else:
-                layer.__dict__.pop("forward", None)
 
 
 def read_program(model, inputs):
