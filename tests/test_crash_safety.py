@@ -45,7 +45,7 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path, uninterrupted):
             # number of new evaluations plus a random delay: mid-evaluation or mid-write
             seen = len(open(log).read().splitlines()) if log.exists() else 0
             wait_for = seen + rng.randint(1, 5) if attempt else 10 ** 9
-            deadline = time.time() + (rng.uniform(0.5, 3.0) if attempt == 0 else 120)
+            deadline = time.time() + (rng.uniform(0.3, 2.5) if attempt == 0 else 120)
             while time.time() < deadline and proc.poll() is None:
                 if log.exists() and len(open(log).read().splitlines()) >= wait_for:
                     time.sleep(rng.uniform(0, 0.15))
