@@ -152,10 +152,12 @@ def test_flops_target_from_a_yaml_plugin_config(tmp_path, python, trained):
     assert budget["rule"] == "model" and len(budget["candidates"]) >= 3
     assert all(c["fraction"] >= 0.4 for c in budget["candidates"])
     first, best = budget["candidates"][0], min(budget["candidates"], key=lambda c: c["loss"])
-    assert first["plan"] == "loss-budget bisection"  # replaced only by a plan clearly better (margin 0.05)
-    assert budget["whole_model_loss_chosen"] == (best["loss"] if best["loss"] < first["loss"] - 0.05
-                                                 else first["loss"])
-    assert budget["whole_model_loss"] == pytest.approx(budget["whole_model_loss_chosen"], abs=1e-9)
+    assert first["plan"] == "loss-budget bisection"
+    # compared with the batch norms' statistics re-estimated, as fine-tuning starts from them; the
+    # pruned model keeps the statistics it had (its own loss, measured as pruned, is reported too)
+    assert budget["batch_norm_recalibrated"] is True
+    assert budget["whole_model_loss_chosen"] == best["loss"]
+    assert isinstance(budget["whole_model_loss"], float)
     assert "derived_loss_cap" in report  # the pruned_flops analysis was bounded by a cap
     # the curves beside the sensitivity file, FLOPs against budget beside the report (issue 14)
     plots = [os.path.join(tmp_path, p) for p in report["plots"]]

@@ -44,7 +44,8 @@ class PruneOptions:
     pruned_flops: Optional[float] = option(
         None, optional(FRACTION),
         "in (0, 1): remove this fraction of FLOPs: with `budget_rule model`, the plan with the lowest "
-        "measured whole-model loss among the loss-budget bisection plan, a uniform ratio and two blends")
+        "whole-model loss (batch-norm statistics re-estimated) among the loss-budget bisection plan, a "
+        "uniform ratio and two blends")
     pruned_latency: Optional[float] = option(
         None, optional(FRACTION),
         "in (0, 1): cut this fraction of the measured latency (Paddle Inference CPU, at `latency_batch_size`): "

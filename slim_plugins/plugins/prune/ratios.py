@@ -257,13 +257,13 @@ def scale_to_flops(shape, target, flops_of, limits=None, channels=None, align=No
 
 
 def plans_for_flops(sensitivities, target, flops_of, loss_of, limits=None, channels=None, align=None,
-                    blends=(0.67, 0.33), margin=0.05):
+                    blends=(0.67, 0.33), margin=0.0):
     """Among plans that remove ``target`` of the FLOPs, the one with the lowest measured
     whole-model loss: the loss-budget bisection plan, a uniform ratio over the analysed groups,
     and ``blends`` of the two, each scaled to the target (so all remove about the same FLOPs).
-    One evaluation per distinct plan. Another plan replaces the loss-budget plan only if its loss
-    is lower by at least ``margin``: smaller differences are within the noise of an evaluation
-    (often a few eval batches), and so are differences between collapsed models.
+    One ``loss_of`` per distinct plan (the workflow's re-estimates the batch norms' statistics
+    first: see :mod:`.calibrate`). Another plan replaces the loss-budget plan only if its loss
+    is lower by more than ``margin``.
 
     :returns: ``(ratios, fraction, loss, candidates)`` with ``candidates`` a list of
         ``{"plan", "fraction", "loss", "groups"}`` in the order tried.
@@ -289,6 +289,6 @@ def plans_for_flops(sensitivities, target, flops_of, loss_of, limits=None, chann
                            "groups": len(ratios), "ratios": ratios})
     best = candidates[0]
     for c in candidates[1:]:
-        if c["loss"] < min(best["loss"], candidates[0]["loss"] - margin):
+        if c["loss"] < best["loss"] and c["loss"] < candidates[0]["loss"] - margin:
             best = c
     return best["ratios"], best["fraction"], best["loss"], candidates

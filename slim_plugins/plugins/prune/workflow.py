@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass
 from typing import Optional
 
 from slim_plugins.errors import AdapterError, OptionError, StopRun
-from slim_plugins.plugins.prune import flops_model, latency, measure, report
+from slim_plugins.plugins.prune import calibrate, flops_model, latency, measure, report
 from slim_plugins.plugins.prune.inventory import inventory, summary, table_text
 from slim_plugins.plugins.prune.legacy import imported_sen_file
 from slim_plugins.plugins.prune.model import PrunableModel, _dy2st_error, _opaque
@@ -497,16 +497,20 @@ class PruneWorkflow:
         finally:
             applied.restore()
 
-    def _whole_loss(self, prunable, baseline, ratios):
+    def _whole_loss(self, prunable, baseline, ratios, recalibrate=False):
         """Relative metric loss of the whole model pruned at ``ratios`` (then restored); a plan
-        that breaks the model counts as an infinite loss."""
+        that breaks the model counts as an infinite loss. With ``recalibrate``, the batch norms'
+        statistics are first re-estimated on the same eval batches (then put back), as the first
+        steps of fine-tuning would: candidate plans are compared on what fine-tuning starts from."""
         try:
             applied = prunable.apply(ratios)
         except Exception as exc:
             log(f"a plan of {len(ratios)} groups cannot be applied, counted as over budget: {exc}")
             return float("inf")
         try:
-            value = self.run.metric(max_batches=self.config.sen_batches)
+            evaluate = functools.partial(calibrate.recalibrated, self.model, self.run.metric) if recalibrate \
+                else self.run.metric
+            value = evaluate(max_batches=self.config.sen_batches)
         except Exception as exc:
             log(f"the model pruned by a plan of {len(ratios)} groups fails to evaluate, counted as over budget: {exc}")
             return float("inf")
@@ -557,11 +561,16 @@ class PruneWorkflow:
             log(f"pruned_flops={cfg.pruned_flops}: loss budget {budget:.4f}{why} removes {fraction:.1%} of FLOPs")
             self.report["chosen_budget"] = budget
         elif cfg.pruned_flops is not None:
+            recalibrated = bool(calibrate.batch_norms(self.model))
             ratios, fraction, loss, candidates = plans_for_flops(
-                sens, cfg.pruned_flops, pruned_fraction, loss_of, self._limits(sfile, sens), channels, cfg.align)
+                sens, cfg.pruned_flops, pruned_fraction,
+                lambda r: self._whole_loss(prunable, baseline, r, recalibrate=True),
+                self._limits(sfile, sens), channels, cfg.align)
+            after = " with batch-norm statistics re-estimated" if recalibrated else ""
             for c in candidates:
                 log(f"pruned_flops={cfg.pruned_flops}: plan '{c['plan']}' removes {c['fraction']:.1%} of FLOPs, "
-                    f"whole-model loss {c['loss']:+.4f}" + ("  <- chosen" if c["ratios"] is ratios else ""))
+                    f"whole-model loss{after} {c['loss']:+.4f}" + ("  <- chosen" if c["ratios"] is ratios else ""))
+            budget_report["batch_norm_recalibrated"] = recalibrated
             chosen = next(c for c in candidates if c["ratios"] is ratios)
             budget_report.update(plan=chosen["plan"], whole_model_loss_chosen=loss, evaluations=len(candidates),
                                  candidates=[{k: v for k, v in c.items() if k != "ratios"} for c in candidates])
