@@ -81,6 +81,12 @@ def test_train_prunes_by_the_planned_flops_and_saves_a_smaller_checkpoint(work, 
     assert (out / "sensitivities.json").exists()  # one output folder: checkpoints, sensitivities, report
     cut = 1 - report["after"]["flops"] / report["before"]["flops"]
     assert 0.3 <= cut < 0.5, cut
+    # the candidate plans were compared with their batch norms' statistics re-estimated on ppdet's
+    # eval batches (a batch norm in training mode inside ppdet's eval loop), the lowest loss chosen
+    budget = report["budget"]
+    assert budget["batch_norm_recalibrated"] is True and len(budget["candidates"]) >= 3
+    assert budget["whole_model_loss_chosen"] == min(c["loss"] for c in budget["candidates"])
+    assert "with batch-norm statistics re-estimated" in proc.stderr
     plan = json.loads((out / "model_final.prune.json").read_text())
     assert plan["flops"] == {"before": report["before"]["flops"], "after": report["after"]["flops"]}
     saved = checkpoint_shapes(out / "model_final.pdparams")
