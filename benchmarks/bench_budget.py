@@ -14,7 +14,7 @@ trained briefly on scikit-learn's digits upsampled to 32 px. Printed, all measur
     plan, uniform ratios, PaddleSlim's get_ratios_by_loss plan; 3 seeds, mean and spread.
 
     python benchmarks/bench_budget.py [--epochs 8] [--finetune-epochs 2] [--finetune-images 600] [--seeds 3]
-                                      [--json out.json]
+                                      [--json out.json] [--plot out.png]
 """
 import argparse
 import json
@@ -262,6 +262,32 @@ def finetuned_accuracy(weights, ratios, data, seed, epochs, images):
     return Evaluator(net, test_data, limit=None)()
 
 
+def plot_finetuned(rows, path, title):
+    """Accuracy after fine-tuning per target and plan: each seed a dot, the mean a bar."""
+    from slim_plugins.plugins.prune.report import _pyplot
+
+    plt = _pyplot()
+    plans = list(dict.fromkeys(r["plan"] for r in rows))
+    targets = list(dict.fromkeys(r["target"] for r in rows))
+    fig, axes = plt.subplots(1, len(targets), figsize=(4.5 * len(targets), 3.8), squeeze=False)
+    for ax, target in zip(axes[0], targets):
+        for i, plan in enumerate(plans):
+            row = next(r for r in rows if r["target"] == target and r["plan"] == plan)
+            ax.bar(i, row["mean"], color=f"C{i}", alpha=0.6)
+            ax.errorbar(i, row["mean"], yerr=row["std"], color="black", capsize=4)
+            ax.plot([i] * len(row["accs"]), row["accs"], "k.", markersize=5)
+            ax.text(i, row["mean"] + row["std"] + 0.01, f"{row['mean']:.3f}", ha="center", fontsize=8)
+        ax.set_xticks(range(len(plans)))
+        ax.set_xticklabels(plans)
+        ax.set_title(f"FLOPs -{target:.0%}")
+        ax.set_ylim(0, 1.05)
+        ax.set_ylabel("test accuracy after fine-tuning")
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 # ------------------------------------------------------------------------------ main
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -270,6 +296,7 @@ def main():
     parser.add_argument("--finetune-images", type=int, default=600, help="training digits the fine-tuning sees")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--json", help="write the figures here")
+    parser.add_argument("--plot", help="a PNG of (c): each plan's accuracy after fine-tuning, per seed and mean")
     args = parser.parse_args()
     began = time.perf_counter()
     tmp = tempfile.mkdtemp(prefix="bench-budget-")
@@ -365,6 +392,10 @@ def main():
                          "before_finetune": before * bound.baseline,
                          "before_finetune_recalibrated": recalibrated * bound.baseline})
     result["finetuned"] = rows
+    if args.plot:
+        plot_finetuned(rows, args.plot, f"Paddle {paddle.__version__}: fine-tuned {args.finetune_epochs} epoch(s) "
+                                        f"on {args.finetune_images} digits, {args.seeds} seeds")
+        print(f"plot: {args.plot}")
     result["seconds"] = time.perf_counter() - began
     print(f"\ntotal {result['seconds']:.0f} s")
     if args.json:
