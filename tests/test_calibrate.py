@@ -44,6 +44,8 @@ def test_recalibration_averages_the_batch_statistics_and_leaves_other_layers_in_
     np.testing.assert_array_equal(bn1d._mean.numpy(), pooled_before[0])
     np.testing.assert_array_equal(bn1d._variance.numpy(), pooled_before[1])
     assert counts.get(id(bn1d), 0) == 0
+    # a SyncBatchNorm has no CPU kernel: left out on CPU; frozen ones (use_global_stats) too
+    assert calibrate.batch_norms(nn.Sequential(nn.SyncBatchNorm(6), nn.BatchNorm2D(6, use_global_stats=True))) == []
     # dropout stayed off (the same batch gives the same output), and every layer is back in eval
     # mode with its momentum
     np.testing.assert_allclose(outs[0], again, rtol=1e-5, atol=1e-6)

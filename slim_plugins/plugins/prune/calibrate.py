@@ -12,6 +12,7 @@ import contextlib
 import warnings
 
 import numpy as np
+import paddle
 import paddle.nn as nn
 
 from ... import compat
@@ -29,6 +30,8 @@ def batch_norms(model):
             continue
         if getattr(layer, "_use_global_stats", None) or not hasattr(layer, "_mean"):
             continue  # frozen: fine-tuning does not change it either
+        if isinstance(layer, nn.SyncBatchNorm) and paddle.get_device() == "cpu":
+            continue  # no CPU kernel (both versions): a model on the CPU cannot have run one
         found.append(layer)
     return found
 
