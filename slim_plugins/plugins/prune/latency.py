@@ -1,4 +1,4 @@
-"""Latency, one definition everywhere: the median wall time of one batch through the model
+"""Latency, one definition everywhere: the median time of one batch through the model
 exported with ``paddle.jit.save`` and run by Paddle Inference on CPU with a fixed number of
 threads (and by ONNX Runtime through paddle2onnx, when both are installed).
 
