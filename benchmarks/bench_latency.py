@@ -9,7 +9,8 @@ and the latency of the exported model in Paddle Inference (CPU, 1 thread) at bat
 eval batch size, all measured in that run.
 
 The latency cuts are those of the run's report: the pruned and the unpruned export run in turns,
-one run each at a time, and the cut is one minus the median ratio of those pairs, with its 95%
+one run each at a time (1 thread: each timed by the process's CPU time, which leaves out the waits
+for a core other jobs hold), and the cut is one minus the median ratio of those pairs, with its 95%
 interval (slim_plugins/plugins/prune/latency.py, ``compare``); the search's own figure for the
 chosen plan is shown next to the report's re-measurement.
 
