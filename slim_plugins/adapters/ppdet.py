@@ -302,7 +302,7 @@ class PPDetAdapter(Adapter):
     def flops_rows(self, run):
         """Two-stage detectors: the RoI head runs once per RPN proposal, at most the test
         ``post_nms_top_n`` per image; the FLOPs are counted at that many (how many the RPN keeps
-        depends on the weights: 13 in a freshly initialised model, 1000 in a trained one)."""
+        depends on the weights: a handful in a freshly initialised model, the cap in a trained one)."""
         model = run.handle.model
         proposals = getattr(getattr(getattr(model, "rpn_head", None), "test_proposal", None), "post_nms_top_n", None)
         if not isinstance(proposals, int) or getattr(model, "bbox_head", None) is None:
