@@ -199,6 +199,12 @@ class TrainingRun:
         return self._ask("slim_trace_context") or contextlib.nullcontext()
 
     @property
+    def flops_rows(self):
+        """``{sublayer prefix: rows per image}`` FLOPs are counted at in data-dependent layers, or
+        None (see :func:`~slim_plugins.hooks.spec.slim_flops_rows`)."""
+        return self._ask("slim_flops_rows")
+
+    @property
     def initial_weights(self):
         """Weights a plugin wants loaded before training, or None."""
         return self._ask("slim_initial_weights")

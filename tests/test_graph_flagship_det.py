@@ -257,6 +257,64 @@ def test_faster_rcnn_fpn_outputs_prune_into_the_roi_head(tmp_path):
 
 
 @needs_ppdet
+def test_faster_rcnn_flops_cut_counts_the_roi_head_at_the_proposal_budget(tmp_path):
+    """The RoI head runs once per RPN proposal, and the weights decide how many proposals there
+    are: the FLOPs cut of one plan must not depend on them. Weights A (freshly initialised) keep a
+    few proposals unpruned and the full ``post_nms_top_n`` pruned; weights B (RPN deltas and scores
+    zeroed: every anchor a proposal) keep ``post_nms_top_n`` both times. With the workload the ppdet
+    adapter declares (``flops_rows``), both count the RoI head at ``post_nms_top_n`` rows."""
+    import paddle
+
+    from slim_plugins.adapters.ppdet import adapter
+    from slim_plugins.plugins.prune import measure
+    from slim_plugins.plugins.prune.model import PrunableModel
+
+    model, inputs, context = build(tmp_path, FASTER_RCNN)
+    run = types.SimpleNamespace(adapter="ppdet", handle=types.SimpleNamespace(model=model), state={})
+    rows = adapter.flops_rows(run)
+    assert rows == {"bbox_head": 100}  # the config's test_proposal post_nms_top_n
+    with context:
+        prunable = PrunableModel(model, inputs, mode="eval")
+    plan = {g: 0.5 for g in prunable.selected_groups()}
+    proposals = []
+    fc6 = model.bbox_head.head.fc6
+    handle = fc6.register_forward_post_hook(lambda _l, i, _o: proposals.append(int(i[0].shape[0])))
+
+    def cut(workload):
+        """(FLOPs cut of ``plan``, proposals unpruned, proposals pruned)."""
+        proposals.clear()
+        base = measure.flops(model, inputs, workload)
+        applied = prunable.apply(plan)
+        try:
+            pruned = measure.flops(model, inputs, workload)
+        finally:
+            applied.restore()
+        return 1 - pruned / base, proposals[0], proposals[-1]
+
+    try:
+        old_a, *counts_a = cut(None)  # the count as it was: the rows that ran
+        workload_a = measure.Workload(rows)
+        new_a, *_ = cut(workload_a)
+        reference = measure.Workload()  # no declared count: the first measurement's rows are held
+        cut(reference)
+        for layer in (model.rpn_head.rpn_rois_delta, model.rpn_head.rpn_rois_score):
+            layer.weight.set_value(paddle.zeros_like(layer.weight))
+            layer.bias.set_value(paddle.zeros_like(layer.bias))
+        old_b, *counts_b = cut(None)
+        workload_b = measure.Workload(rows)
+        new_b, *_ = cut(workload_b)
+    finally:
+        handle.remove()
+    assert counts_b == [100, 100] and counts_a[0] < 100, (counts_a, counts_b)  # the weights change the count
+    assert old_a != pytest.approx(old_b, abs=1e-3)  # counting the rows that ran: the cut depends on the weights
+    assert new_a == new_b == old_b  # at post_nms_top_n rows: one cut, the one where every proposal is kept
+    held = workload_a.describe()
+    assert held["rows"]["bbox_head.head.fc6"] == 100 and held["measured"]["bbox_head.head.fc6"] == [counts_a[0], 100]
+    assert not [n for n in held["rows"] if not n.startswith("bbox_head.")]  # the image part counted as it ran
+    assert reference.describe()["rows"]["bbox_head.head.fc6"] == counts_a[0]
+
+
+@needs_ppdet
 def test_ppyoloe_plus_pruned_by_the_train_command_evaluates_and_exports_the_same(tmp_path):
     """PP-YOLOE+ through the unchanged train, eval and export commands, each in its own process:
     ``--plugin prune`` with fixed ratios on every group (the plugin traces inside the adapter's

@@ -245,6 +245,9 @@ class Adapter:
     def world(self, run):
         return None
 
+    def flops_rows(self, run):
+        return None
+
     def train_forward(self, run):
         return None
 
@@ -291,6 +294,10 @@ class Adapter:
     @hookimpl
     def slim_trace_context(self, run):
         return self.trace_context(run) if self._owns(run) else None
+
+    @hookimpl
+    def slim_flops_rows(self, run):
+        return self.flops_rows(run) if self._owns(run) else None
 
     @hookimpl
     def slim_save_dir(self, run):

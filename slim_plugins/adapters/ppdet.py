@@ -299,6 +299,16 @@ class PPDetAdapter(Adapter):
 
         return tracing_detector(run.handle.model, ops)
 
+    def flops_rows(self, run):
+        """Two-stage detectors: the RoI head runs once per RPN proposal, at most the test
+        ``post_nms_top_n`` per image; the FLOPs are counted at that many (how many the RPN keeps
+        depends on the weights: a handful in a freshly initialised model, the cap in a trained one)."""
+        model = run.handle.model
+        proposals = getattr(getattr(getattr(model, "rpn_head", None), "test_proposal", None), "post_nms_top_n", None)
+        if not isinstance(proposals, int) or getattr(model, "bbox_head", None) is None:
+            return None
+        return {"bbox_head": proposals}
+
     def save_dir(self, run):
         # where this ppdet's Checkpointer writes: 2.6 save_dir/<config name>, develop save_dir itself
         for callback in getattr(run.handle, "_callbacks", None) or ():

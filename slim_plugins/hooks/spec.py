@@ -10,7 +10,7 @@ Two kinds of hooks:
 
 Call every hook with keyword arguments. Implementations may take a subset of the arguments.
 """
-from typing import TYPE_CHECKING, Any, Callable, ContextManager, Iterable, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, ContextManager, Dict, Iterable, List, Optional, Tuple
 
 from slim_plugins.hooks import hookspec
 
@@ -150,6 +150,20 @@ def slim_trace_context(run: "TrainingRun") -> Optional[ContextManager]:
     :param run: the training run.
     :returns: a context manager, or None when the model traces as it is. Stops at the first
         non-None result.
+    """
+
+
+@hookspec(firstresult=True)
+def slim_flops_rows(run: "TrainingRun") -> Optional[Dict[str, int]]:
+    """The rows per image at which FLOPs count sublayers whose row count depends on the data
+    (a two-stage detector's RoI head runs once per proposal, and the weights decide how many
+    proposals there are): the prune plugin counts them per row times this, so that before and
+    after pruning, and every plan a FLOPs target compares, count the same work.
+
+    :param run: the training run.
+    :returns: ``{sublayer name prefix: rows per image}`` (e.g. ``{"bbox_head": 1000}``, the RPN's
+        ``post_nms_top_n`` at test time), or None: such layers are then counted at the rows of
+        the first measurement. Stops at the first non-None result.
     """
 
 

@@ -42,7 +42,7 @@ def _side(layer, before, after):
     return "both" if len(sides) == 2 else next(iter(sides), None)
 
 
-def _probe(prunable, inputs, name, ratio):
+def _probe(prunable, inputs, name, ratio, workload=None):
     """FLOPs per layer with group ``name`` alone pruned at ``ratio``, and which side of each
     layer's channels it pruned."""
     model = prunable.model
@@ -52,7 +52,7 @@ def _probe(prunable, inputs, name, ratio):
         after = _weight_shapes(model)
         layers = dict(model.named_sublayers())
         sides = {n: _side(layers[n], before[n], after[n]) for n in before if before[n] != after.get(n)}
-        return measure.flops_by_layer(model, inputs), sides
+        return measure.flops_by_layer(model, inputs, workload), sides
     finally:
         applied.restore()
 
@@ -68,10 +68,10 @@ def _coefficients(points):
     return [0.0, round(rows[0][1], 6)]  # one distinct probe: affine
 
 
-def record(prunable, inputs, groups):
+def record(prunable, inputs, groups, workload=None):
     """``{"total", "layers": {layer: flops}, "groups": {group: {layer: [a, b]}}}`` for one batch
     of ``inputs``; groups that cannot be pruned alone, or keep every channel, are left out."""
-    base = measure.flops_by_layer(prunable.model, inputs)
+    base = measure.flops_by_layer(prunable.model, inputs, workload)
     out = {"total": int(sum(base.values())), "layers": base, "groups": {}, "inputs": {}}
     for name in groups:
         channels = prunable.groups[name].channels
@@ -80,7 +80,7 @@ def record(prunable, inputs, groups):
             k = kept_fraction(channels, ratio)
             if k < 1 and k not in probes:
                 try:
-                    probes[k], sides = _probe(prunable, inputs, name, ratio)
+                    probes[k], sides = _probe(prunable, inputs, name, ratio, workload)
                 except Exception:  # a group that breaks the model alone is never chosen
                     break
         else:

@@ -196,6 +196,8 @@ class PruneWorkflow:
             raise AdapterError("the adapter gave neither an input spec nor example inputs", plugin="prune",
                                hint="pass inputs=[InputSpec(...)] to paddle.Model")
         self.check_inputs = self.run.forward_inputs(1)
+        # one workload for every FLOPs count of this run: a two-stage detector's RoI head at a fixed row count
+        self.workload = measure.Workload(self.run.flops_rows)
         self.base_shapes = {n: list(p.shape) for n, p in self.model.named_parameters()}
         self.base_fingerprint = architecture_fingerprint(self.model)
         if self.config.action != "show":  # show reports no figures: its latency alone is 12 forwards
@@ -281,7 +283,8 @@ class PruneWorkflow:
                     row.status, row.reason = "skipped", reason
 
     def _measure(self):
-        figures = {"flops": measure.flops(self.model, self.check_inputs), "params": measure.parameters(self.model)}
+        figures = {"flops": measure.flops(self.model, self.check_inputs, self.workload),
+                   "params": measure.parameters(self.model)}
         if getattr(self, "prunable", None) is not None:  # the before figures: measured once traced
             figures["latency"] = self._latency()
         return figures
@@ -478,7 +481,7 @@ class PruneWorkflow:
         PaddleSlim names of the groups (added to files that lack them, sen_analyze=false too)."""
         changed = False
         if not sfile.flops:
-            sfile.flops = flops_model.record(prunable, self.check_inputs, groups)
+            sfile.flops = flops_model.record(prunable, self.check_inputs, groups, self.workload)
             changed = True
         names = legacy_names(prunable)
         for group in groups:
@@ -493,7 +496,7 @@ class PruneWorkflow:
         base = self.before["flops"]
         applied = prunable.apply(ratios)
         try:
-            return (base - measure.flops(self.model, self.check_inputs)) / base
+            return (base - measure.flops(self.model, self.check_inputs, self.workload)) / base
         finally:
             applied.restore()
 
@@ -637,6 +640,15 @@ class PruneWorkflow:
         return self.config.report or os.path.join(self.save_dir, "prune_report.json")
 
     def _write_report(self, plan, sfile, seconds):
+        held = self.workload.describe()
+        if held:
+            self.report["flops_rows"] = held
+            rows = ", ".join(map(str, sorted(set(held["rows"].values()))))
+            low = min(m[0] for m in held["measured"].values())
+            high = max(m[1] for m in held["measured"].values())
+            log(f"FLOPs held at {rows} rows in {len(held['rows'])} layers whose row count the data decides "
+                f"({next(iter(held['rows']))} ...; measured {low}..{high}): before, after and every plan "
+                "compared count the same work")
         self.report.update({
             "criterion": plan.criterion, "ratios": plan.ratios, "channels": plan.channels,
             "before": self.before, "after": self.after, "seconds": round(seconds, 2),
