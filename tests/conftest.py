@@ -53,6 +53,29 @@ def pytest_collection_modifyitems(config, items):
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: each file keeps its order
 
 
+def digits_cnn(width=16, epochs=6):
+    """The demo's DigitsNet trained on all of scikit-learn's digits (8 x 8): ``(net in eval mode,
+    images [N, 1, 8, 8], labels as a numpy array)``."""
+    import paddle
+    from sklearn.datasets import load_digits
+
+    from slim_plugins.demo import DigitsNet
+
+    paddle.seed(0)
+    digits = load_digits()
+    x = paddle.to_tensor((digits.images.astype("float32") / 16.0)[:, None])
+    y = paddle.to_tensor(digits.target.astype("int64"))
+    net = DigitsNet(width=width)
+    opt = paddle.optimizer.Adam(learning_rate=0.01, parameters=net.parameters())
+    for _ in range(epochs):
+        for i in range(0, len(digits.target), 64):
+            paddle.nn.functional.cross_entropy(net(x[i:i + 64]), y[i:i + 64]).backward()
+            opt.step()
+            opt.clear_grad()
+    net.eval()
+    return net, x, digits.target
+
+
 def clean_env(extra=None):
     """This environment without activation (SLIM_PLUGINS*) or distributed (PADDLE_*) variables a
     caller left, plus ``extra``: what a user's fresh shell would give a command."""

@@ -54,28 +54,15 @@ def test_recalibration_averages_the_batch_statistics_and_leaves_other_layers_in_
 
 
 def test_a_recalibrated_evaluation_of_a_pruned_plan_leaves_the_model_as_it_was():
-    from sklearn.datasets import load_digits
+    from conftest import digits_cnn
 
-    from slim_plugins.demo import DigitsNet
-
-    paddle.seed(0)
-    digits = load_digits()
-    x = paddle.to_tensor((digits.images.astype("float32") / 16.0)[:, None])
-    y = paddle.to_tensor(digits.target.astype("int64"))
-    net = DigitsNet(width=16)
-    opt = paddle.optimizer.Adam(learning_rate=0.01, parameters=net.parameters())
-    for _ in range(4):
-        for i in range(0, len(digits.target), 64):
-            nn.functional.cross_entropy(net(x[i:i + 64]), y[i:i + 64]).backward()
-            opt.step()
-            opt.clear_grad()
-    net.eval()
+    net, x, labels = digits_cnn()
     calls = []
 
     def accuracy(max_batches=None):
         calls.append(max_batches)
         with paddle.no_grad():
-            return float((net(x[:600]).numpy().argmax(1) == digits.target[:600]).mean())
+            return float((net(x[:600]).numpy().argmax(1) == labels[:600]).mean())
 
     before = {k: v.numpy().copy() for k, v in net.state_dict().items()}
     prunable = PrunableModel(net, [1, 1, 8, 8])

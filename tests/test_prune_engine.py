@@ -576,26 +576,13 @@ def test_crossing_search_chooses_the_scan_ratio_with_fewer_evaluations(tmp_path,
 @pytest.fixture(scope="module")
 def trained_digits():
     """A small CNN trained on all of scikit-learn's digits, its accuracy and its prunable model."""
-    from sklearn.datasets import load_digits
+    from conftest import digits_cnn
 
-    from slim_plugins.demo import DigitsNet
-
-    paddle.seed(0)
-    digits = load_digits()
-    x = paddle.to_tensor((digits.images.astype("float32") / 16.0)[:, None])
-    y = paddle.to_tensor(digits.target.astype("int64"))
-    net = DigitsNet(width=16)
-    opt = paddle.optimizer.Adam(learning_rate=0.01, parameters=net.parameters())
-    for _ in range(6):
-        for i in range(0, len(digits.target), 64):
-            nn.functional.cross_entropy(net(x[i:i + 64]), y[i:i + 64]).backward()
-            opt.step()
-            opt.clear_grad()
-    net.eval()
+    net, x, labels = digits_cnn()
 
     def accuracy(max_batches=None):
         with paddle.no_grad():
-            return float((net(x).numpy().argmax(1) == digits.target).mean())
+            return float((net(x).numpy().argmax(1) == labels).mean())
 
     return net, accuracy, PrunableModel(net, [1, 1, 8, 8])
 
