@@ -59,9 +59,7 @@ def recalibrating(model):
         return None
 
     def after(layer, inputs, output):
-        state = layer.__dict__.pop("_calibrating", None)
-        if state is not None:
-            layer.training, layer._momentum = state
+        _put_back(layer)
         return None
 
     for layer in layers:
@@ -74,10 +72,15 @@ def recalibrating(model):
     finally:
         for handle in handles:
             handle.remove()
-        for layer in layers:
-            state = layer.__dict__.pop("_calibrating", None)
-            if state is not None:
-                layer.training, layer._momentum = state
+        for layer in layers:  # a forward that raised between the hooks
+            _put_back(layer)
+
+
+def _put_back(layer):
+    """The mode and momentum a batch norm had before :func:`recalibrating`'s pre-hook, if it ran."""
+    state = layer.__dict__.pop("_calibrating", None)
+    if state is not None:
+        layer.training, layer._momentum = state
 
 
 @contextlib.contextmanager
