@@ -25,6 +25,8 @@ import traceback
 from types import SimpleNamespace
 
 sys.dont_write_bytecode = True
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
+from ppocr_archs import mobile_det_arch, mobile_rec_arch  # noqa: E402  the PP-OCRv3/v4 sections the tests use
 
 MAX_TEXT = 25
 KEYS_V1 = "ppocr/utils/ppocr_keys_v1.txt"  # relative to PaddleOCR's root
@@ -38,17 +40,9 @@ MODELS = {
               "Neck": {"name": "DBFPN", "out_channels": 256},
               "Head": {"name": "DBHead", "k": 50}}),
     # configs/det/ch_PP-OCRv3/ch_PP-OCRv3_det_student.yml
-    "ppocrv3_det": dict(
-        arch={"model_type": "det", "algorithm": "DB", "Transform": None,
-              "Backbone": {"name": "MobileNetV3", "scale": 0.5, "model_name": "large", "disable_se": True},
-              "Neck": {"name": "RSEFPN", "out_channels": 96, "shortcut": True},
-              "Head": {"name": "DBHead", "k": 50}}),
+    "ppocrv3_det": dict(arch=mobile_det_arch("v3")),
     # configs/det/PP-OCRv4/PP-OCRv4_mobile_det.yml
-    "ppocrv4_det": dict(
-        arch={"model_type": "det", "algorithm": "DB", "Transform": None,
-              "Backbone": {"name": "PPLCNetV3", "scale": 0.75, "det": True},
-              "Neck": {"name": "RSEFPN", "out_channels": 96, "shortcut": True},
-              "Head": {"name": "DBHead", "k": 50, "fix_nan": True}}),
+    "ppocrv4_det": dict(arch=mobile_det_arch("v4")),
     # configs/rec/rec_mv3_none_bilstm_ctc.yml: the last conv feeds Im2Seq and a 2-layer BiLSTM
     # (pruned with the LSTM's first-layer input weights since the graph's rnn rule: prunable
     # FLOPs 89.1% -> 96.0%, 29 -> 30 groups, on Paddle 2.6.2 and 3.3.1)
@@ -59,26 +53,10 @@ MODELS = {
               "Head": {"name": "CTCHead", "fc_decay": 0}},
         image_shape=[3, 32, 100], dictionary=None, gtc=None),
     # configs/rec/PP-OCRv3/ch_PP-OCRv3_rec.yml
-    "ppocrv3_rec": dict(
-        arch={"model_type": "rec", "algorithm": "SVTR_LCNet", "Transform": None,
-              "Backbone": {"name": "MobileNetV1Enhance", "scale": 0.5, "last_conv_stride": [1, 2],
-                           "last_pool_type": "avg", "last_pool_kernel_size": [2, 2]},
-              "Head": {"name": "MultiHead", "head_list": [
-                  {"CTCHead": {"Neck": {"name": "svtr", "dims": 64, "depth": 2, "hidden_dims": 120,
-                                        "use_guide": True},
-                               "Head": {"fc_decay": 0.00001}}},
-                  {"SARHead": {"enc_dim": 512, "max_text_length": MAX_TEXT}}]}},
-        image_shape=[3, 48, 320], dictionary=KEYS_V1, gtc="SAR"),
+    "ppocrv3_rec": dict(arch=mobile_rec_arch("v3", MAX_TEXT), image_shape=[3, 48, 320], dictionary=KEYS_V1, gtc="SAR"),
     # configs/rec/PP-OCRv4/PP-OCRv4_mobile_rec.yml
-    "ppocrv4_rec": dict(
-        arch={"model_type": "rec", "algorithm": "SVTR_LCNet", "Transform": None,
-              "Backbone": {"name": "PPLCNetV3", "scale": 0.95},
-              "Head": {"name": "MultiHead", "head_list": [
-                  {"CTCHead": {"Neck": {"name": "svtr", "dims": 120, "depth": 2, "hidden_dims": 120,
-                                        "kernel_size": [1, 3], "use_guide": True},
-                               "Head": {"fc_decay": 0.00001}}},
-                  {"NRTRHead": {"nrtr_dim": 384, "max_text_length": MAX_TEXT}}]}},
-        image_shape=[3, 48, 320], dictionary=KEYS_V1, gtc="NRTR"),
+    "ppocrv4_rec": dict(arch=mobile_rec_arch("v4", MAX_TEXT), image_shape=[3, 48, 320], dictionary=KEYS_V1,
+                        gtc="NRTR"),
 }
 
 

@@ -15,6 +15,7 @@ import sys
 import numpy as np
 import pytest
 import yaml
+from ppocr_archs import MOBILE_REC, mobile_det_arch
 
 from conftest import SCRIPTS, clean_env, paddle_inference, run_python
 from slim_plugins import compat
@@ -671,48 +672,15 @@ def test_db_every_group_at_0_9_evaluates_and_exports_in_fresh_processes(work, de
 # ------------------------------------------------------------------ PP-OCRv3 and PP-OCRv4 mobile det and rec (issue 11)
 MOBILE_REC_SHAPE = (3, 48, 320)  # C, H, W: both rec configs' own Eval size
 
-# the Architecture sections of PaddleOCR's public configs
-MOBILE_DET = {
-    # configs/det/PP-OCRv4/PP-OCRv4_mobile_det.yml: PPLCNetV3 x0.75 with learnable affine blocks,
-    # RSEFPN, DBHead with fix_nan
-    "v4": {"Backbone": {"name": "PPLCNetV3", "scale": 0.75, "det": True},
-           "Neck": {"name": "RSEFPN", "out_channels": 96, "shortcut": True},
-           "Head": {"name": "DBHead", "k": 50, "fix_nan": True}},
-    # configs/det/ch_PP-OCRv3/ch_PP-OCRv3_det_student.yml: MobileNetV3 large x0.5 without SE, RSEFPN
-    "v3": {"Backbone": {"name": "MobileNetV3", "scale": 0.5, "model_name": "large", "disable_se": True},
-           "Neck": {"name": "RSEFPN", "out_channels": 96, "shortcut": True},
-           "Head": {"name": "DBHead", "k": 50}},
-}
-MOBILE_REC = {
-    # configs/rec/PP-OCRv4/PP-OCRv4_mobile_rec.yml: PPLCNetV3 x0.95, MultiHead [CTC with the SVTR
-    # neck, NRTR]; the tensor reading the last backbone conv in the NRTR branch
-    "v4": ({"algorithm": "SVTR_LCNet", "Backbone": {"name": "PPLCNetV3", "scale": 0.95},
-            "Head": {"name": "MultiHead", "head_list": [
-                {"CTCHead": {"Neck": {"name": "svtr", "dims": 120, "depth": 2, "hidden_dims": 120,
-                                      "kernel_size": [1, 3], "use_guide": True},
-                             "Head": {"fc_decay": 0.00001}}},
-                {"NRTRHead": {"nrtr_dim": 384, "max_text_length": 10}}]}},
-           "NRTR", "head.before_gtc.1.fc.weight"),
-    # configs/rec/PP-OCRv3/ch_PP-OCRv3_rec.yml: MobileNetV1Enhance x0.5, MultiHead [CTC with the
-    # SVTR neck, SAR]; the SAR encoder's LSTM reads the last backbone conv
-    "v3": ({"algorithm": "SVTR_LCNet",
-            "Backbone": {"name": "MobileNetV1Enhance", "scale": 0.5, "last_conv_stride": [1, 2],
-                         "last_pool_type": "avg", "last_pool_kernel_size": [2, 2]},
-            "Head": {"name": "MultiHead", "head_list": [
-                {"CTCHead": {"Neck": {"name": "svtr", "dims": 64, "depth": 2, "hidden_dims": 120,
-                                      "use_guide": True},
-                             "Head": {"fc_decay": 0.00001}}},
-                {"SARHead": {"enc_dim": 512, "max_text_length": 10}}]}},
-           "SAR", "head.sar_head.encoder.rnn_encoder.weight_ih_l0"),
-}
+# the Architecture sections of PaddleOCR's public configs: tests/ppocr_archs.py (MOBILE_DET, MOBILE_REC)
 
 
 def mobile_det_config(data, version):
-    """A PP-OCR mobile detector (``MOBILE_DET``) on the generated 160-pixel set (its Eval resize
+    """A PP-OCR mobile detector (``ppocr_archs.MOBILE_DET``) on the generated 160-pixel set (its Eval resize
     made small)."""
     config = det_config(data)
     config["Global"]["save_model_dir"] = f"./{version}_det_out"
-    config["Architecture"] = dict({"model_type": "det", "algorithm": "DB", "Transform": None}, **MOBILE_DET[version])
+    config["Architecture"] = mobile_det_arch(version)
     config["Optimizer"]["lr"]["learning_rate"] = 0.001
     config["PostProcess"]["box_thresh"] = 0.6
     config["Train"]["dataset"]["ratio_list"] = [0.5]  # 8 of the 16 training images: 2 steps
